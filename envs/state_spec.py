@@ -1,0 +1,204 @@
+"""The state vector of the export domain, defined once.
+
+Everything that sees the site's state reads this module: the simulator's observations, the offline
+pipeline's engineered features, the forward dynamics model, the anomaly detector and the edge runtime.
+A bundle's manifest carries :func:`spec_dict`; a runtime refuses a bundle whose spec hash differs.
+
+Two layers:
+
+* **Signals** (:data:`SIGNALS`): what the master controller knows each second, aligned to a 1 s grid.
+  They are exactly what the raw logs hold (meter readings, acknowledged Zigbee commands, the
+  controller's targets and limits), so the pipeline can rebuild them from logs.
+* **Features** (:data:`FEATURES`): the state vector, computed from the signals by one streaming
+  kernel, :func:`feature_row`. The env calls it once per step; the pipeline calls
+  :func:`features_from_signals` over a whole episode, which loops the same kernel.
+
+A missing meter reading is NaN in the signals; the feature kernel holds the last reading and counts its
+age (``meter_age_s``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from envs.jit import kernel
+
+SPEC_VERSION = "export-state-v1"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One named entry of a vector, with its unit and how it is obtained."""
+
+    name: str
+    unit: str
+    description: str
+    low: float = -1e6
+    high: float = 1e6
+
+
+_PHASES = (1, 2, 3)
+
+SIGNALS: tuple[Feature, ...] = (
+    *(Feature(f"meter_export_w_l{p}", "W", f"grid meter, export positive, phase {p}; NaN if missing") for p in _PHASES),
+    *(Feature(f"meter_pv_w_l{p}", "W", f"PV meter, phase {p}; NaN if missing") for p in _PHASES),
+    *(Feature(f"target_w_l{p}", "W", f"controller's target for phase {p}, decided the second before") for p in _PHASES),
+    *(Feature(f"acked_w_l{p}", "W", f"sum over slaves on phase {p} of their last acknowledged command") for p in _PHASES),
+    *(Feature(f"available_w_l{p}", "W", f"controllable power available on phase {p} (slave status)") for p in _PHASES),
+    Feature("setpoint_w", "W", "export setpoint of the site"),
+    Feature("time_s", "s", "UTC Unix time of the second", -1e12, 1e12),
+)
+SIG = {f.name: i for i, f in enumerate(SIGNALS)}
+N_SIGNALS = len(SIGNALS)
+
+FEATURES: tuple[Feature, ...] = (
+    *(Feature(f"export_w_l{p}", "W", f"last valid grid meter reading, phase {p} (export positive)") for p in _PHASES),
+    Feature("export_w", "W", "sum of export_w_l1..l3 (net export; negative = import)"),
+    *(Feature(f"pv_w_l{p}", "W", f"last valid PV meter reading, phase {p}") for p in _PHASES),
+    Feature("pv_w", "W", "sum of pv_w_l1..l3"),
+    Feature("meter_age_s", "s", "seconds since the last valid meter reading (0 = fresh)", 0.0, 1e6),
+    Feature("export_w_mean_10s", "W", "mean of export_w over the last 10 s (fewer at episode start)"),
+    Feature("export_w_mean_60s", "W", "mean of export_w over the last 60 s (fewer at episode start)"),
+    Feature("export_w_delta_1s", "W", "export_w minus its value 1 s before (0 at episode start)"),
+    Feature("export_w_delta_5s", "W", "export_w minus its value 5 s before (or at episode start)"),
+    Feature("pv_w_delta_5s", "W", "pv_w minus its value 5 s before: cloud ramps"),
+    *(Feature(f"target_w_l{p}", "W", f"previous per-phase target, phase {p}") for p in _PHASES),
+    *(Feature(f"acked_w_l{p}", "W", f"acknowledged command sum, phase {p}") for p in _PHASES),
+    *(Feature(f"available_w_l{p}", "W", f"available controllable power, phase {p}") for p in _PHASES),
+    Feature("setpoint_w", "W", "export setpoint"),
+    Feature("export_error_w", "W", "export_w - setpoint_w (positive: exporting too much)"),
+    Feature("phase_imbalance_w", "W", "standard deviation of export_w_l1..l3 across phases", 0.0, 1e6),
+    Feature("hour_sin", "1", "sin(2 pi * UTC second of day / 86400)", -1.0, 1.0),
+    Feature("hour_cos", "1", "cos(2 pi * UTC second of day / 86400)", -1.0, 1.0),
+    Feature("doy_sin", "1", "sin(2 pi * day of year / 365.25)", -1.0, 1.0),
+    Feature("doy_cos", "1", "cos(2 pi * day of year / 365.25)", -1.0, 1.0),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+FEAT = {name: i for i, name in enumerate(FEATURE_NAMES)}
+N_FEATURES = len(FEATURES)
+FEATURE_LOW = np.array([f.low for f in FEATURES], dtype=np.float32)
+FEATURE_HIGH = np.array([f.high for f in FEATURES], dtype=np.float32)
+
+# Streaming state of the feature kernel: held readings, meter age, a ring of past export/pv totals.
+RING = 64  # >= the longest window (60 s) + 1
+KS_HELD = 0  # 6 entries: held export l1..l3, pv l1..l3
+KS_AGE = 6
+KS_COUNT = 7  # rows seen in this episode
+KS_POS = 8  # next write position in the ring
+KS_SIZE = 9
+
+
+def new_kernel_state(batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh streaming state for ``batch`` episodes: (kstate (B, KS_SIZE), ring (B, 2, RING))."""
+    return np.zeros((batch, KS_SIZE)), np.zeros((batch, 2, RING))
+
+
+@kernel
+def _window_mean(ring: np.ndarray, pos: int, count: int, w: int) -> float:
+    n = min(count, w)
+    s = 0.0
+    for k in range(1, n + 1):
+        s += ring[(pos - k) % RING]
+    return s / n
+
+
+@kernel
+def feature_row(sig: np.ndarray, kstate: np.ndarray, ring: np.ndarray, out: np.ndarray) -> None:
+    """Advance the streaming state by one second of ``sig`` (N_SIGNALS,) and write the features to ``out``.
+
+    ``kstate`` (KS_SIZE,) and ``ring`` (2, RING) are updated in place; start an episode with zeros.
+    The first row of an episode should carry a valid meter reading (held values start at 0 otherwise).
+    """
+    fresh = True
+    for j in range(6):
+        if math.isnan(sig[j]):
+            fresh = False
+    if fresh:
+        for j in range(6):
+            kstate[KS_HELD + j] = sig[j]
+        kstate[KS_AGE] = 0.0
+    elif kstate[KS_COUNT] > 0:
+        kstate[KS_AGE] += 1.0
+    e1, e2, e3 = kstate[KS_HELD], kstate[KS_HELD + 1], kstate[KS_HELD + 2]
+    p1, p2, p3 = kstate[KS_HELD + 3], kstate[KS_HELD + 4], kstate[KS_HELD + 5]
+    export = e1 + e2 + e3
+    pv = p1 + p2 + p3
+    pos = int(kstate[KS_POS])
+    ring[0, pos] = export
+    ring[1, pos] = pv
+    pos = (pos + 1) % RING
+    count = int(kstate[KS_COUNT]) + 1
+    kstate[KS_POS] = pos
+    kstate[KS_COUNT] = count
+    lag1 = min(1, count - 1)
+    lag5 = min(5, count - 1)
+    mean_e = export / 3.0
+    imb = math.sqrt(((e1 - mean_e) ** 2 + (e2 - mean_e) ** 2 + (e3 - mean_e) ** 2) / 3.0)
+    setpoint = sig[15]
+    tsec = sig[16]
+    day_frac = (tsec % 86400.0) / 86400.0
+    doy = ((tsec // 86400.0) % 365.25) / 365.25
+    out[0] = e1
+    out[1] = e2
+    out[2] = e3
+    out[3] = export
+    out[4] = p1
+    out[5] = p2
+    out[6] = p3
+    out[7] = pv
+    out[8] = kstate[KS_AGE]
+    out[9] = _window_mean(ring[0], pos, count, 10)
+    out[10] = _window_mean(ring[0], pos, count, 60)
+    out[11] = export - ring[0, (pos - 1 - lag1) % RING]
+    out[12] = export - ring[0, (pos - 1 - lag5) % RING]
+    out[13] = pv - ring[1, (pos - 1 - lag5) % RING]
+    for j in range(9):  # target, acked, available: l1..l3 each
+        out[14 + j] = sig[6 + j]
+    out[23] = setpoint
+    out[24] = export - setpoint
+    out[25] = imb
+    out[26] = math.sin(2.0 * math.pi * day_frac)
+    out[27] = math.cos(2.0 * math.pi * day_frac)
+    out[28] = math.sin(2.0 * math.pi * doy)
+    out[29] = math.cos(2.0 * math.pi * doy)
+
+
+@kernel
+def _features_loop(signals: np.ndarray, out: np.ndarray) -> None:
+    kstate = np.zeros(KS_SIZE)
+    ring = np.zeros((2, RING))
+    for t in range(signals.shape[0]):
+        feature_row(signals[t], kstate, ring, out[t])
+
+
+def features_from_signals(signals: np.ndarray) -> np.ndarray:
+    """State vectors (T, N_FEATURES) of one episode from its aligned signals (T, N_SIGNALS).
+
+    Runs :func:`feature_row` over the rows, from a fresh state: the same code the env runs per step.
+    """
+    sig = np.ascontiguousarray(signals, dtype=np.float64)
+    if sig.ndim != 2 or sig.shape[1] != N_SIGNALS:
+        raise ValueError(f"signals must have shape (T, {N_SIGNALS}), got {sig.shape}")
+    out = np.empty((sig.shape[0], N_FEATURES))
+    _features_loop(sig, out)
+    return out
+
+
+def spec_dict() -> dict:
+    """The spec as data, for manifests: version, ordered features with units, and its sha256."""
+    body = {
+        "version": SPEC_VERSION,
+        "features": [asdict(f) for f in FEATURES],
+        "signals": [asdict(f) for f in SIGNALS],
+    }
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return {**body, "sha256": digest}
+
+
+assert N_FEATURES == 30 and N_SIGNALS == 17, "update feature_row's indices with the spec"
+assert FEAT["target_w_l1"] == 14 and FEAT["setpoint_w"] == 23 and SIG["setpoint_w"] == 15

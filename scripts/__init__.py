@@ -1,0 +1,1 @@
+"""gridrl's command-line entry points (``gridrl`` / ``python -m scripts``)."""
