@@ -16,8 +16,9 @@ def to_watts(action: np.ndarray, max_power_per_phase_w: float) -> np.ndarray:
 
     Values outside [-1, 1] are clipped; NaN maps to 0 W (no controlled load), never to NaN.
     """
-    a = np.nan_to_num(np.asarray(action, dtype=np.float64), nan=-1.0, posinf=1.0, neginf=-1.0)
-    return (np.clip(a, -1.0, 1.0) + 1.0) * (0.5 * max_power_per_phase_w)
+    # fmax/fmin return the non-NaN operand: NaN -> -1 -> 0 W; +-inf clip to the bounds.
+    a = np.fmin(np.fmax(np.asarray(action, dtype=np.float64), -1.0), 1.0)
+    return (a + 1.0) * (0.5 * max_power_per_phase_w)
 
 
 def to_unit(watts: np.ndarray, max_power_per_phase_w: float) -> np.ndarray:

@@ -173,6 +173,11 @@ def day_profile(rng: np.random.Generator, site: Site, scenario: str) -> DayProfi
             available[:, s] = 0.0
             available[arrive:depart, s] = 1.0
             ev_energy[s] = rng.uniform(*sl.energy_kwh)
+        elif sl.kind == "heat_pump" and sl.tank_kwh > 0:
+            # Space heating: demand follows the outdoor temperature, higher at night and in the morning.
+            hours = np.arange(n) / 3600.0
+            shape = 1.0 + 0.4 * np.cos(2 * np.pi * (hours - 5.0) / 24.0)
+            draw[:, s] = sl.draw_kwh_per_day * 3.6e6 / DAY_S * shape / shape.mean()
         elif sl.kind == "water_heater" and sl.draw_kwh_per_day > 0:
             # Two showers (morning, evening) take 70 % of the draw; small draws take the rest.
             for centre, share in ((7.0, 0.35), (20.0, 0.35)):

@@ -63,8 +63,8 @@ EPOCH_2025 = 1_735_689_600  # 2025-01-01T00:00:00Z: simulated days are days of 2
 
 
 @kernel
-def _slave_available(kind: int, exo_avail: float, fill: float) -> float:
-    if kind == KIND_WATER_HEATER:
+def _slave_available(kind: int, exo_avail: float, fill: float, tank_j: float) -> float:
+    if kind == KIND_WATER_HEATER or (kind == KIND_HEAT_PUMP and tank_j > 0.0):
         return 1.0 if fill < 0.999 else 0.0
     if kind == KIND_EV:
         return 1.0 if exo_avail > 0.5 and fill > 0.0 else 0.0
@@ -184,7 +184,15 @@ def _step_kernel(
                     want = True
                 if not on and want and ss[b, s, SS_TIS] < params[s, SP_MIN_OFF]:
                     want = False
-                power = pmax if want else 0.0
+                tank = params[s, SP_TANK_J]
+                if tank > 0.0:  # thermal buffer: the unit's own thermostat stops it when full
+                    draw = slave_exo[b, t + 1, s, 1]
+                    if fill >= 1.0:
+                        want = False
+                    power = pmax if want else 0.0
+                    fill = min(max(fill + (power - draw) / tank, 0.0), 1.0)
+                else:
+                    power = pmax if want else 0.0
             elif kind == KIND_EV:
                 pmin = params[s, SP_MIN_W]
                 if plugged < 0.5 or fill <= 0.0 or sp < pmin:
@@ -208,7 +216,7 @@ def _step_kernel(
                 ss[b, s, SS_TIS] = 0.0
             else:
                 ss[b, s, SS_TIS] += 1.0
-            av = _slave_available(kind, plugged, fill)
+            av = _slave_available(kind, plugged, fill, params[s, SP_TANK_J])
             ss[b, s, SS_AVAIL] = av
             slave_power[b, s] = power
             ph = int(params[s, SP_PHASE])
@@ -347,13 +355,14 @@ class Simulator:
             self.link_rnd[i, :, :, 1] = rng.random((length + 1, n_s)) >= link.ack_rate
             self.time0[i] = EPOCH_2025 + (day.day_of_year - 1) * DAY_S - site.timezone_offset_h * 3600 + win.start_s
             for s, slave in enumerate(site.slaves):
-                if slave.kind == "water_heater":
+                if slave.tank_kwh > 0:
                     self.ss[i, s, SS_FILL] = float(np.clip(slave.initial_fill + rng.normal(0, 0.1), 0.0, 0.95))
                 elif slave.kind == "ev_charger":
                     self.ss[i, s, SS_FILL] = day.ev_energy_kwh[s]
                 self.ss[i, s, SS_TIS] = 1e6
                 self.ss[i, s, SS_AVAIL] = _slave_available(
-                    int(self.params[s, SP_KIND]), self.slave_exo[i, 0, s, 0], self.ss[i, s, SS_FILL]
+                    int(self.params[s, SP_KIND]), self.slave_exo[i, 0, s, 0], self.ss[i, s, SS_FILL],
+                    self.params[s, SP_TANK_J],
                 )
             self._first_obs(i)
         return self.obs

@@ -70,11 +70,11 @@ class Slave:
     ramp_w_per_s: float = 1000.0
     """How fast the device follows a new setpoint."""
     tank_kwh: float = 0.0
-    """water_heater: usable tank energy (kWh)."""
+    """water_heater: usable tank energy (kWh); heat_pump: thermal buffer in electric kWh (0 = none)."""
     initial_fill: float = 0.5
-    """water_heater: tank state of charge at midnight, 0..1."""
+    """water_heater / heat_pump with a buffer: state of charge at the episode start, 0..1."""
     draw_kwh_per_day: float = 0.0
-    """water_heater: hot water drawn per day (kWh), morning and evening."""
+    """water_heater: hot water drawn per day (kWh); heat_pump: heat demand per day (electric kWh)."""
     arrive_h: tuple[float, float] = (8.0, 10.0)
     """ev_charger: range of the EV's arrival hour (uniform)."""
     depart_h: tuple[float, float] = (17.0, 19.0)
@@ -108,6 +108,8 @@ class Slave:
             _require(0 < self.energy_kwh[0] <= self.energy_kwh[1], "energy_kwh", "must be 0 < lo <= hi")
         if self.kind == "heat_pump":
             _require(self.min_on_s >= 0 and self.min_off_s >= 0, "min_on_s", "must be >= 0")
+            _require(self.tank_kwh >= 0 and self.draw_kwh_per_day >= 0, "tank_kwh", "must be >= 0")
+            _require(0 <= self.initial_fill <= 1, "initial_fill", "must be within [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,221 @@
+"""Gymnasium environments of the export-control domain (single site-day and a batched vector env)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs.actions import N_ACTIONS, to_watts
+from envs.config import from_mapping
+from envs.profiles import DAY_S, SCENARIOS, DayProfile, day_profile
+from envs.reward import RewardWeights
+from envs.simulator import (
+    O_CHANGES,
+    O_EXPORT,
+    O_IMBALANCE,
+    O_IMPORT_CTRL,
+    O_REWARD,
+    Simulator,
+    Window,
+)
+from envs.site import Site, load_site
+from envs.state_spec import FEATURE_HIGH, FEATURE_LOW, N_FEATURES
+
+ENV_ID = "gridrl/ExportControl-v0"
+VECTOR_ENV_ID = "gridrl/ExportControlVector-v0"
+
+
+@dataclass(frozen=True)
+class ExportEnvConfig:
+    """Configuration of the export-control env (the typed form of RLlib's ``env_config``)."""
+
+    site: str | None = None
+    """Path of a site YAML file; None = the shipped default site (envs/sites/default.yaml)."""
+    scenario: str = "random"
+    """Weather: one of clear, broken_clouds, overcast, summer, winter; 'random' draws one per episode."""
+    episode_s: int = 3600
+    """Episode length in seconds (1 step = 1 s); 86400 = a whole day."""
+    start_s: int | None = None
+    """Start of the window (local seconds after midnight); None = drawn in daylight (or 0 for a day)."""
+    reward: RewardWeights = field(default_factory=RewardWeights)
+    """Reward weights (envs/reward.py)."""
+    perfect_link: bool = False
+    """Commands arrive at the end of their step and are never lost (the oracle's privilege)."""
+    record_events: bool = False
+    """Keep a row per command sent (for raw logs and tests)."""
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.episode_s <= DAY_S:
+            raise ValueError(f"episode_s: must be within [60, {DAY_S}], got {self.episode_s}")
+        if self.scenario != "random" and self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario: must be 'random' or one of {sorted(SCENARIOS)}, got {self.scenario!r}")
+        if self.start_s is not None and not 0 <= self.start_s <= DAY_S - self.episode_s:
+            raise ValueError(f"start_s: window [{self.start_s}, +{self.episode_s}] does not fit in a day")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, source: str = "env_config") -> ExportEnvConfig:
+        """Convert RLlib's untyped ``env_config`` once, at the boundary (errors name the key)."""
+        return from_mapping(cls, dict(data or {}), source=source)
+
+    def load_site(self) -> Site:
+        return load_site(self.site)
+
+    def draw_episode(self, rng: np.random.Generator, site: Site) -> tuple[DayProfile, Window]:
+        """Draw a day (scenario) and a window in it from ``rng``."""
+        scenario = self.scenario if self.scenario != "random" else str(rng.choice(sorted(SCENARIOS)))
+        day = day_profile(rng, site, scenario)
+        if self.start_s is not None:
+            start = self.start_s
+        elif self.episode_s >= DAY_S:
+            start = 0
+        else:  # daylight: between 07:00 and 19:00 local
+            lo, hi = 7 * 3600, max(7 * 3600, 19 * 3600 - self.episode_s)
+            start = int(rng.integers(lo, hi + 1))
+        return day, Window(start, self.episode_s)
+
+
+class ExportControlEnv(gym.Env):
+    """PV export control over a delayed Zigbee link.
+
+    ## Description
+    A three-phase site with rooftop PV, a base load with appliance events, and controllable loads
+    ("slaves": water heater, EV charger, heat pump) that a master controller commands over Zigbee.
+    Each second the agent sets a power target per phase; a dispatcher turns it into slave commands,
+    which arrive after a random delay (lognormal, seconds) or are lost, and the slaves follow with
+    their own ramps and limits. The goal: export less energy than the PI baseline, with lower peaks,
+    without oscillating, unbalancing the phases or importing energy to do it. Physics:
+    envs/simulator.py; weather and loads: envs/profiles.py; the site: a YAML file (envs/site.py).
+
+    ## Action Space
+    ``Box(-1, 1, (3,), float32)``: per-phase power targets, mapped linearly to
+    ``[0, max_power_per_phase_w]`` W by :func:`envs.actions.to_watts`. Non-finite or out-of-range actions
+    are clipped (NaN -> 0 W) and counted as safety violations in ``info``.
+
+    ## Observation Space
+    ``Box((30,), float32)``: the state vector of envs/state_spec.py (index, name, unit, bounds in
+    ``FEATURES``): per-phase export and PV meter readings (W, held when missing), their totals, meter
+    age (s), 10 s / 60 s export means, 1 s / 5 s export deltas and the 5 s PV delta (W), the previous
+    targets, acknowledged commands and available power per phase (W), setpoint and export error (W),
+    phase imbalance (W), and sin/cos of the time of day and day of year.
+
+    ## Rewards
+    See envs/reward.py: ``-(w_export * net export kW + w_import * controlled import kW
+    + w_change * command changes + w_imbalance * phase std kW)`` per second.
+
+    ## Starting State
+    A day is drawn from the scenario (weather, appliance events, hot water, EV session), then a window
+    of ``episode_s`` seconds in it; slaves start off, the water tank near its configured fill.
+
+    ## Episode End
+    Never terminates; truncates at the end of the window (``episode_s`` steps).
+
+    ## Arguments
+    ``config``: an :class:`ExportEnvConfig` or its dict form (RLlib's ``env_config``).
+    ``render_mode``: unused (plots come from ``gridrl simulate``).
+    ``physics_site``: simulate the slaves of this site instead (the oracle's relaxed site); days, weather
+    and loads are still drawn from ``config.site``, so every controller sees the same days.
+
+    ## Version History
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        config: ExportEnvConfig | dict[str, Any] | None = None,
+        render_mode: str | None = None,
+        physics_site: Site | None = None,
+    ):
+        self.config = config if isinstance(config, ExportEnvConfig) else ExportEnvConfig.from_dict(config)
+        self.site = self.config.load_site()
+        self.max_power_w = self.site.control.max_power_per_phase_w
+        self.observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (N_ACTIONS,), np.float32)
+        self.sim = Simulator(
+            physics_site or self.site, self.config.reward.as_array(), self.config.perfect_link,
+            self.config.record_events,
+        )
+        self._targets = np.zeros((1, N_ACTIONS))
+        self.day: DayProfile | None = None
+        self.window: Window | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.day, self.window = self.config.draw_episode(self.np_random, self.site)
+        obs = self.sim.reset([self.day], [self.window], [self.np_random])
+        info = {"scenario": self.day.scenario, "day_of_year": self.day.day_of_year, "start_s": self.window.start_s}
+        return obs[0].astype(np.float32), info
+
+    def step(self, action):
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (N_ACTIONS,):
+            a, violation = np.full(N_ACTIONS, -1.0), True
+        else:  # NaN fails both comparisons
+            violation = not (a.min() >= -1.0 - 1e-6 and a.max() <= 1.0 + 1e-6)
+        self._targets[0] = to_watts(a, self.max_power_w)
+        self.sim.step(self._targets)
+        out = self.sim.out[0]
+        info = {
+            "export_w": out[O_EXPORT],
+            "controlled_import_w": out[O_IMPORT_CTRL],
+            "command_changes": out[O_CHANGES],
+            "imbalance_w": out[O_IMBALANCE],
+            "safety_violation": violation,
+        }
+        return self.sim.obs[0].astype(np.float32), float(out[O_REWARD]), False, self.sim.done, info
+
+
+class ExportControlVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` site-days stepped together by one batched kernel (same site, independent seeds).
+
+    All members share the window length, so they end together and are reset together (autoreset on the
+    step after the end, gymnasium's NEXT_STEP mode). Observation, action and reward as in
+    :class:`ExportControlEnv`.
+    """
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int, config: ExportEnvConfig | dict[str, Any] | None = None):
+        self.config = config if isinstance(config, ExportEnvConfig) else ExportEnvConfig.from_dict(config)
+        self.num_envs = num_envs
+        self.site = self.config.load_site()
+        self.max_power_w = self.site.control.max_power_per_phase_w
+        self.single_observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (N_ACTIONS,), np.float32)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self.sim = Simulator(self.site, self.config.reward.as_array(), self.config.perfect_link, False)
+        self._rngs: list[np.random.Generator] = []
+        self._needs_reset = False
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None or not self._rngs:
+            root = np.random.SeedSequence(seed)
+            self._rngs = [np.random.default_rng(s) for s in root.spawn(self.num_envs)]
+        drawn = [self.config.draw_episode(rng, self.site) for rng in self._rngs]
+        obs = self.sim.reset([d for d, _ in drawn], [w for _, w in drawn], self._rngs)
+        self._needs_reset = False
+        return obs.astype(np.float32), {}
+
+    def step(self, actions):
+        if self._needs_reset:
+            obs, info = self.reset()
+            zeros = np.zeros(self.num_envs)
+            return obs, zeros, zeros.astype(bool), zeros.astype(bool), info
+        self.sim.step(to_watts(actions, self.max_power_w))
+        done = np.full(self.num_envs, self.sim.done)
+        self._needs_reset = self.sim.done
+        rewards = self.sim.out[:, O_REWARD].copy()
+        return self.sim.obs.astype(np.float32), rewards, np.zeros(self.num_envs, bool), done, {}
+
+
+def register_envs() -> None:
+    """Register the gymnasium ids (idempotent). Bump the version when dynamics or reward change."""
+    if ENV_ID not in gym.registry:
+        gym.register(ENV_ID, entry_point="envs.export_env:ExportControlEnv", max_episode_steps=DAY_S)
+    if VECTOR_ENV_ID not in gym.registry:
+        gym.register(VECTOR_ENV_ID, vector_entry_point="envs.export_env:ExportControlVectorEnv")
