@@ -46,6 +46,9 @@ class ExportEnvConfig:
     """Commands arrive at the end of their step and are never lost (the oracle's privilege)."""
     record_events: bool = False
     """Keep a row per command sent (for raw logs and tests)."""
+    day_of_year: int | None = None
+    """Simulate this calendar day of 2025 (1..365); None = drawn near the scenario's day. The raw-log
+    generator (offline_data/generate.py) sets it so that simulated days follow each other."""
 
     def __post_init__(self) -> None:
         if not 60 <= self.episode_s <= DAY_S:
@@ -54,6 +57,8 @@ class ExportEnvConfig:
             raise ValueError(f"scenario: must be 'random' or one of {sorted(SCENARIOS)}, got {self.scenario!r}")
         if self.start_s is not None and not 0 <= self.start_s <= DAY_S - self.episode_s:
             raise ValueError(f"start_s: window [{self.start_s}, +{self.episode_s}] does not fit in a day")
+        if self.day_of_year is not None and not 1 <= self.day_of_year <= 365:
+            raise ValueError(f"day_of_year: must be within [1, 365], got {self.day_of_year}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, source: str = "env_config") -> ExportEnvConfig:
@@ -66,7 +71,7 @@ class ExportEnvConfig:
     def draw_episode(self, rng: np.random.Generator, site: Site) -> tuple[DayProfile, Window]:
         """Draw a day (scenario) and a window in it from ``rng``."""
         scenario = self.scenario if self.scenario != "random" else str(rng.choice(sorted(SCENARIOS)))
-        day = day_profile(rng, site, scenario)
+        day = day_profile(rng, site, scenario, self.day_of_year)
         if self.start_s is not None:
             start = self.start_s
         elif self.episode_s >= DAY_S:

@@ -60,6 +60,16 @@ class DayProfile:
     ev_energy_kwh: np.ndarray  # (S,): energy each EV wants at arrival (0 for other kinds)
 
 
+def moving_average(x: np.ndarray, w: int) -> np.ndarray:
+    """Centred moving average of ``x`` along axis 0 over ``w`` samples (shorter at the ends), O(n)."""
+    c = np.cumsum(np.concatenate([np.zeros((1, *x.shape[1:])), x]), axis=0)
+    n = x.shape[0]
+    lo = np.clip(np.arange(n) - w // 2, 0, n)
+    hi = np.clip(np.arange(n) + w - w // 2, 0, n)
+    width = (hi - lo).reshape(-1, *([1] * (x.ndim - 1)))
+    return (c[hi] - c[lo]) / width
+
+
 def clear_sky_ghi(latitude_deg: float, day_of_year: int, solar_hour: np.ndarray) -> np.ndarray:
     """Clear-sky global horizontal irradiance (W/m2), Haurwitz model."""
     decl = np.deg2rad(23.45) * np.sin(2 * np.pi * (284 + day_of_year) / 365.0)
@@ -91,7 +101,7 @@ def cloud_transmission(rng: np.random.Generator, sc: Scenario, n: int) -> np.nda
         rising = np.clip(np.diff(k, prepend=k[0]), 0.0, None)
         k = k + 6.0 * np.convolve(rising, np.exp(-np.arange(30) / 8.0) / 8.0, mode="full")[:n]
     noise = np.cumsum(rng.normal(0.0, 0.002, n))
-    noise -= np.convolve(noise, np.ones(601) / 601, mode="same")
+    noise -= moving_average(noise, 601)
     return np.clip(k + noise, 0.05, 1.3)
 
 
@@ -119,7 +129,7 @@ def base_load(rng: np.random.Generator, site: Site, n: int) -> np.ndarray:
     shape = _daily_shape(hours)
     mean = np.asarray(site.base_load.mean_w)
     slow = np.cumsum(rng.normal(0.0, 3.0, (n, N_PHASES)), axis=0)
-    slow -= np.apply_along_axis(lambda c: np.convolve(c, np.ones(1201) / 1201, mode="same"), 0, slow)
+    slow -= moving_average(slow, 1201)
     load = mean[None, :] * shape[:, None] + slow
     n_events = rng.poisson(site.base_load.events_per_day * n / DAY_S)
     weights = np.array([a[3] for a in APPLIANCES])
@@ -141,19 +151,25 @@ def base_load(rng: np.random.Generator, site: Site, n: int) -> np.ndarray:
     return np.clip(load, 0.0, None)
 
 
-def day_profile(rng: np.random.Generator, site: Site, scenario: str) -> DayProfile:
+def day_profile(
+    rng: np.random.Generator, site: Site, scenario: str, day_of_year: int | None = None
+) -> DayProfile:
     """Generate one day of exogenous inputs for ``site`` under ``scenario``.
 
     Args:
         rng: The only source of randomness.
         site: The site description.
         scenario: A key of :data:`SCENARIOS`.
+        day_of_year: Simulate this calendar day (1..365) instead of one drawn near the scenario's day
+            (the draw still happens, so the rest of the random stream is unchanged).
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
     sc = SCENARIOS[scenario]
     n = DAY_S + 1
     doy = int(np.clip(sc.day_of_year + rng.integers(-10, 11), 1, 365))
+    if day_of_year is not None:
+        doy = day_of_year
     solar_hour = np.arange(n) / 3600.0 - site.timezone_offset_h + 1.0  # local clock -> solar time
     ghi = clear_sky_ghi(site.latitude_deg, doy, solar_hour) * cloud_transmission(rng, sc, n)
     pv = np.zeros((n, N_PHASES))

@@ -41,3 +41,36 @@ class RewardWeights:
     def as_array(self) -> np.ndarray:
         """The weights in the order the simulator kernel reads them."""
         return np.array([self.export, self.controlled_import, self.command_change, self.imbalance])
+
+
+def reward_from_power(
+    export_w_l: np.ndarray, ctrl_w_l: np.ndarray, command_changes: np.ndarray, weights: RewardWeights
+) -> np.ndarray:
+    """The reward of the module docstring, vectorised over steps (the offline pipeline's reward).
+
+    The simulator kernel computes the same formula inline, per step; tests/test_offline_data_* check that
+    this function reproduces the kernel's rewards from a trace's columns to float precision.
+
+    Args:
+        export_w_l: (T, 3) net export per phase after the step (W, export positive).
+        ctrl_w_l: (T, 3) controlled load per phase after the step (W).
+        command_changes: (T,) slave commands that changed during the step.
+        weights: The reward weights.
+
+    Returns:
+        (T,) float64 rewards.
+    """
+    x = np.asarray(export_w_l, dtype=np.float64)
+    net = x.sum(axis=1)
+    ctrl = np.asarray(ctrl_w_l, dtype=np.float64).sum(axis=1)
+    export_pos = np.maximum(net, 0.0)
+    import_ctrl = np.maximum(-net, 0.0) - np.maximum(-(net + ctrl), 0.0)
+    mean_x = net / 3.0
+    imb = np.sqrt(((x - mean_x[:, None]) ** 2).sum(axis=1) / 3.0)
+    w = weights.as_array()
+    return -(
+        w[0] * export_pos / 1000.0
+        + w[1] * import_ctrl / 1000.0
+        + w[2] * np.asarray(command_changes, dtype=np.float64)
+        + w[3] * imb / 1000.0
+    )

@@ -16,7 +16,7 @@ from envs.actions import to_unit
 from envs.controllers import Controller, PIController, RandomController, ZeroController
 from envs.export_env import ExportControlEnv, ExportEnvConfig
 from envs.oracle import OracleController
-from envs.simulator import O_BASE, O_CHANGES, O_CTRL, O_EXPORT_L, O_IMPORT_CTRL, O_METER, O_PV, O_REWARD
+from envs.simulator import O_BASE, O_CHANGES, O_CTRL, O_EXPORT_L, O_IMPORT_CTRL, O_METER, O_METER_PV, O_PV, O_REWARD, OUT_SIZE
 from envs.state_spec import FEATURE_NAMES
 
 BASELINES = ("pi", "oracle", "zero", "random")
@@ -36,6 +36,7 @@ class Trace:
     start_s: int
     time0: float  # UTC time of obs[0]
     slave_ids: tuple[str, ...]
+    meter0: np.ndarray | None = None  # (6,) meter readings at obs[0]: export l1..3, pv l1..3 (W)
 
 
 def make_controller(name: str, max_power_per_phase_w: float, seed: int = 0) -> Controller:
@@ -72,7 +73,7 @@ def rollout(controller: Controller, config: ExportEnvConfig, seed: int, extra=No
     controller.reset(1)
     n = config.episode_s
     n_s = len(env.site.slaves)
-    outs = np.empty((n, 20))
+    outs = np.empty((n, OUT_SIZE))
     slaves = np.empty((n, n_s))
     targets = np.empty((n, 3))
     violations = np.zeros(n, dtype=np.int8)
@@ -91,7 +92,8 @@ def rollout(controller: Controller, config: ExportEnvConfig, seed: int, extra=No
             for key, val in extra(k, obs[k], tw).items():
                 extras.setdefault(key, []).append(val)
     cols: dict[str, np.ndarray] = {"t": np.arange(1, n + 1, dtype=np.int64), "time_s": env.sim.time0[0] + np.arange(1, n + 1)}
-    for name, base in (("pv_w", O_PV), ("base_w", O_BASE), ("ctrl_w", O_CTRL), ("export_w", O_EXPORT_L), ("meter_export_w", O_METER)):
+    for name, base in (("pv_w", O_PV), ("base_w", O_BASE), ("ctrl_w", O_CTRL), ("export_w", O_EXPORT_L), ("meter_export_w", O_METER),
+                       ("meter_pv_w", O_METER_PV)):
         for p in range(3):
             cols[f"{name}_l{p + 1}"] = outs[:, base + p]
     for p in range(3):
@@ -109,4 +111,5 @@ def rollout(controller: Controller, config: ExportEnvConfig, seed: int, extra=No
         events=env.sim.events[0, : env.sim.n_events[0]].copy(), obs=obs,
         scenario=info["scenario"], day_of_year=info["day_of_year"], start_s=info["start_s"],
         time0=float(env.sim.time0[0]), slave_ids=tuple(s.id for s in env.site.slaves),
+        meter0=env.sim.meter0[0].copy(),
     )

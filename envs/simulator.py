@@ -57,8 +57,8 @@ EV_SENT, EV_SLAVE, EV_VALUE, EV_SEQ, EV_DELAY, EV_APPLIED, EV_LOST = range(7)
 EV_SIZE = 7
 # Per-step outputs (B, OUT_SIZE).
 O_REWARD, O_EXPORT, O_IMPORT_CTRL, O_CHANGES, O_IMBALANCE = range(5)
-O_PV, O_BASE, O_CTRL, O_EXPORT_L, O_METER = 5, 8, 11, 14, 17  # 3 columns each
-OUT_SIZE = 20
+O_PV, O_BASE, O_CTRL, O_EXPORT_L, O_METER, O_METER_PV = 5, 8, 11, 14, 17, 20  # 3 columns each
+OUT_SIZE = 23
 EPOCH_2025 = 1_735_689_600  # 2025-01-01T00:00:00Z: simulated days are days of 2025
 
 
@@ -279,6 +279,7 @@ def _step_kernel(
         out[b, O_CTRL], out[b, O_CTRL + 1], out[b, O_CTRL + 2] = ctrl1, ctrl2, ctrl3
         out[b, O_EXPORT_L], out[b, O_EXPORT_L + 1], out[b, O_EXPORT_L + 2] = x1, x2, x3
         out[b, O_METER], out[b, O_METER + 1], out[b, O_METER + 2] = sig[0], sig[1], sig[2]
+        out[b, O_METER_PV], out[b, O_METER_PV + 1], out[b, O_METER_PV + 2] = sig[3], sig[4], sig[5]
 
 
 @dataclass
@@ -338,6 +339,7 @@ class Simulator:
         self.obs = np.zeros((b, N_FEATURES))
         self.out = np.zeros((b, OUT_SIZE))
         self.slave_power = np.zeros((b, n_s))
+        self.meter0 = np.zeros((b, 6))  # step-0 meter readings: export l1..3, pv l1..3 (W)
         link, meter = site.link, site.meter
         for i, (day, win, rng) in enumerate(zip(days, windows, rngs)):
             if not 0 <= win.start_s <= DAY_S - length:
@@ -379,6 +381,7 @@ class Simulator:
             sig[12 + p] = float((self.ss[i, on_p, SS_AVAIL] * self.params[on_p, SP_MAX_W]).sum())
         sig[15] = self.site.control.export_setpoint_w
         sig[16] = self.time0[i]
+        self.meter0[i] = sig[0:6]
         feature_row(sig, self.kstate[i], self.ring[i], self.obs[i])
 
     def step(self, targets_w: np.ndarray) -> None:

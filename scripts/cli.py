@@ -13,7 +13,10 @@ import sys
 
 # command name -> (module under scripts/, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "pipeline": ("scripts.pipeline", "the end-to-end main job (demo profile: minutes on 2 cores)"),
     "simulate": ("scripts.simulate", "run controllers (PI, oracle, zero, random) on the export simulator"),
+    "data": ("scripts.data", "simulated raw logs and the offline RLlib dataset (generate, build)"),
+    "citylearn": ("scripts.citylearn", "CityLearn domain: build the mall schema, evaluate baselines and policies"),
 }
 
 

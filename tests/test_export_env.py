@@ -1,0 +1,209 @@
+"""The export-control simulator: API, determinism, physics invariants, the site file's errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs.config import ConfigError
+from envs.export_env import ExportControlEnv, ExportControlVectorEnv, ExportEnvConfig
+from envs.metrics import metrics_of_record
+from envs.rollout import make_controller, rollout
+from envs.simulator import EV_APPLIED, EV_DELAY, EV_LOST, EV_SENT, EV_SLAVE
+from envs.site import DEFAULT_SITE_PATH, load_site
+from envs.state_spec import N_FEATURES
+
+NOON_WINDOW = ExportEnvConfig(scenario="broken_clouds", episode_s=1800, start_s=11 * 3600, record_events=True)
+
+
+def test_registered_env_passes_check_env():
+    env = gym.make(envs.ENV_ID, config={"episode_s": 600})
+    check_env(env.unwrapped)
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == (N_FEATURES,) and obs.dtype == np.float32
+
+
+def test_same_seed_same_rollout_to_the_bit():
+    def run(seed):
+        env = ExportControlEnv({"episode_s": 120, "scenario": "broken_clouds"})
+        obs, _ = env.reset(seed=seed)
+        rng = np.random.default_rng(0)
+        out = [obs]
+        for _ in range(50):
+            obs, r, *_ = env.step(rng.uniform(-1, 1, 3).astype(np.float32))
+            out.append(obs)
+            out.append(np.array([r], dtype=np.float32))
+        return np.concatenate(out)
+
+    a, b, c = run(7), run(7), run(8)
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+
+
+def test_same_seed_same_trace_for_a_controller():
+    t1 = rollout(make_controller("pi", 7500), NOON_WINDOW, seed=5)
+    t2 = rollout(make_controller("pi", 7500), NOON_WINDOW, seed=5)
+    assert t1.frame.equals(t2.frame)
+    assert np.array_equal(t1.events, t2.events)
+
+
+@pytest.fixture(scope="module")
+def random_trace():
+    """The random controller stresses the dispatcher and slaves hardest."""
+    return rollout(make_controller("random", 7500, seed=1), NOON_WINDOW, seed=11)
+
+
+@pytest.fixture(scope="module")
+def pi_trace():
+    return rollout(make_controller("pi", 7500), NOON_WINDOW, seed=11)
+
+
+@pytest.mark.parametrize("which", ["random_trace", "pi_trace"])
+def test_energy_balances_per_phase_every_step(which, request):
+    trace = request.getfixturevalue(which)
+    fr = trace.frame
+    site = load_site()
+    for p in (1, 2, 3):
+        lhs = fr[f"pv_w_l{p}"].to_numpy()
+        rhs = fr[f"base_w_l{p}"].to_numpy() + fr[f"ctrl_w_l{p}"].to_numpy() + fr[f"export_w_l{p}"].to_numpy()
+        np.testing.assert_allclose(lhs, rhs, rtol=0, atol=1e-6)
+        on_phase = [s.id for s in site.slaves if s.phase == p]
+        slaves = sum(fr[f"slave_w_{i}"].to_numpy() for i in on_phase) if on_phase else 0.0
+        np.testing.assert_allclose(fr[f"ctrl_w_l{p}"].to_numpy(), slaves, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["random_trace", "pi_trace"])
+def test_no_slave_exceeds_its_limits(which, request):
+    fr = request.getfixturevalue(which).frame
+    for s in load_site().slaves:
+        w = fr[f"slave_w_{s.id}"].to_numpy()
+        assert w.min() >= 0.0 and w.max() <= s.max_power_w + 1e-9, s.id
+        on = w[w > 0]
+        if s.kind == "ev_charger":
+            assert on.size == 0 or on.min() >= s.min_power_w - 1e-9, "EV below its 6 A minimum"
+        if s.kind == "heat_pump":
+            assert np.all(np.isclose(on, s.max_power_w)), "heat pump is on/off"
+            # minimum on and off times: every run and every rest (inside the window) lasts long enough
+            edges = np.flatnonzero(np.diff((w > 0).astype(int)))
+            runs = np.diff(edges)
+            assert runs.size == 0 or runs.min() >= min(s.min_on_s, s.min_off_s)
+
+
+def test_no_command_takes_effect_before_its_delay(random_trace):
+    ev = random_trace.events
+    assert len(ev) > 100
+    applied = ev[:, EV_APPLIED] >= 0
+    assert np.all(ev[applied, EV_APPLIED] >= ev[applied, EV_SENT] + ev[applied, EV_DELAY])
+    assert not np.any(applied & (ev[:, EV_LOST] > 0)), "a lost command took effect"
+    assert np.any(ev[:, EV_LOST] > 0), "the link lost nothing: ack_rate is not exercised"
+    # and the slaves really follow their applied commands, not the sent ones: a slave's power
+    # cannot change in response to a command before that command was applied
+    fr = random_trace.frame
+    site = load_site()
+    for s_idx, s in enumerate(site.slaves):
+        rows = ev[(ev[:, EV_SLAVE] == s_idx) & applied]
+        first_apply = rows[:, EV_APPLIED].min() if len(rows) else np.inf
+        w = fr[f"slave_w_{s.id}"].to_numpy()
+        t = fr["t"].to_numpy()
+        assert np.all(w[t < first_apply] == 0.0), f"{s.id} drew power before any command arrived"
+
+
+def test_violations_are_counted_and_actions_stay_safe():
+    env = ExportControlEnv({"episode_s": 60})
+    env.reset(seed=0)
+    for bad in (np.array([np.nan, 0, 0]), np.array([5.0, -7.0, 0.0]), np.zeros(7)):
+        _, r, _, _, info = env.step(bad)
+        assert info["safety_violation"] and np.isfinite(r)
+        assert np.all((env._targets >= 0) & (env._targets <= env.max_power_w))
+    _, _, _, _, info = env.step(np.zeros(3, np.float32))
+    assert not info["safety_violation"]
+
+
+def test_cloudy_window_pi_beats_zero_and_oracle_bounds_pi():
+    cfg = ExportEnvConfig(scenario="broken_clouds", episode_s=4 * 3600, start_s=10 * 3600)
+    m = {c: metrics_of_record(rollout(make_controller(c, 7500), cfg, seed=2).frame) for c in ("zero", "pi", "oracle")}
+    assert m["pi"]["export_kwh"] < 0.5 * m["zero"]["export_kwh"]
+    assert m["oracle"]["export_kwh"] <= m["pi"]["export_kwh"]
+
+
+def test_vector_env_is_deterministic_and_batched():
+    def run():
+        venv = ExportControlVectorEnv(4, {"episode_s": 60, "scenario": "broken_clouds"})
+        obs, _ = venv.reset(seed=1)
+        total = np.zeros(4)
+        for _ in range(60):
+            obs, r, term, trunc, _ = venv.step(np.zeros((4, 3), np.float32))
+            total += r
+        assert trunc.all() and not term.any()
+        return obs, total
+
+    (o1, r1), (o2, r2) = run(), run()
+    assert o1.shape == (4, N_FEATURES)
+    assert np.array_equal(o1, o2) and np.array_equal(r1, r2)
+    assert len(set(np.round(r1, 6))) == 4, "batch members should be different days"
+
+
+def test_pure_python_kernels_match_compiled(tmp_path):
+    """The edge runs the kernels without numba (GRIDRL_NO_JIT=1): same numbers as compiled."""
+    code = textwrap.dedent(
+        """
+        import numpy as np, sys
+        from envs.rollout import rollout, make_controller
+        from envs.export_env import ExportEnvConfig
+        tr = rollout(make_controller("pi", 7500), ExportEnvConfig(scenario="broken_clouds", episode_s=120,
+                     start_s=43200), seed=4)
+        np.save(sys.argv[1], tr.obs)
+        """
+    )
+    outs = []
+    for jit in ("0", "1"):
+        path = tmp_path / f"obs_{jit}.npy"
+        env = {"GRIDRL_NO_JIT": "1" if jit == "0" else "0", "PATH": ""}
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env, cwd=Path(envs.__file__).parents[1])
+        outs.append(np.load(path))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-12, atol=1e-9)
+
+
+BAD_SITES = [
+    ("unknown key", {"slaves.0.colour": "red"}, "slaves[0].colour"),
+    ("wrong type", {"latitude_deg": "north"}, "latitude_deg"),
+    ("bad phase", {"slaves.0.phase": 4}, "slaves[0].phase"),
+    ("EV without minimum", {"slaves.1.min_power_w": 0.0}, "slaves[1].min_power_w"),
+    ("ack rate", {"link.ack_rate": 1.5}, "link.ack_rate"),
+]
+
+
+@pytest.mark.parametrize("label,change,field", BAD_SITES, ids=[b[0] for b in BAD_SITES])
+def test_bad_site_yaml_names_file_and_field(tmp_path, label, change, field):
+    import yaml
+
+    data = yaml.safe_load(DEFAULT_SITE_PATH.read_text())
+    for dotted, value in change.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[int(key)] if key.isdigit() else node[key]
+        node[leaf] = value
+    path = tmp_path / "bad_site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as exc:
+        load_site(path)
+    msg = str(exc.value)
+    assert str(path) in msg and field in msg, msg
+
+
+def test_missing_site_file_and_missing_field(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_site(tmp_path / "nope.yaml")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\nlatitude_deg: 10\npv: []\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: field 'slaves': required"):
+        load_site(path)
