@@ -46,6 +46,10 @@ class ExportEnvConfig:
     """Commands arrive at the end of their step and are never lost (the oracle's privilege)."""
     record_events: bool = False
     """Keep a row per command sent (for raw logs and tests)."""
+    normalization: str | None = None
+    """What the RLlib env creator feeds the networks: None = the raw state vector; 'default' = normalised
+    with envs/normalization_default.json; a path = with that normalization.json (a dataset's). The env
+    class itself always emits the raw state vector (the contract of envs/state_spec.py)."""
     day_of_year: int | None = None
     """Simulate this calendar day of 2025 (1..365); None = drawn near the scenario's day. The raw-log
     generator (offline_data/generate.py) sets it so that simulated days follow each other."""

@@ -14,6 +14,8 @@ import sys
 # command name -> (module under scripts/, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("scripts.pipeline", "the end-to-end main job (demo profile: minutes on 2 cores)"),
+    "train": ("scripts.train", "train an RLlib algorithm from a YAML config (rllib_configs/...)"),
+    "evaluate": ("scripts.evaluate", "evaluate a trained policy against the baselines on held-out days"),
     "simulate": ("scripts.simulate", "run controllers (PI, oracle, zero, random) on the export simulator"),
     "data": ("scripts.data", "simulated raw logs and the offline RLlib dataset (generate, build)"),
     "citylearn": ("scripts.citylearn", "CityLearn domain: build the mall schema, evaluate baselines and policies"),

@@ -1,0 +1,61 @@
+"""The gridrl envs as RLlib sees them: names for ``config.environment(env=...)``, and the boundary where
+RLlib's untyped ``env_config`` becomes each env's typed dataclass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from envs.config import from_mapping, to_mapping
+
+EXPORT_ENV = "gridrl-export"
+CITYLEARN_ENV = "gridrl-citylearn"
+
+
+def make_export_env(env_config: dict[str, Any]) -> Any:
+    """Env creator of ``gridrl-export`` (ExportControlEnv; env_config -> ExportEnvConfig here, once)."""
+    from envs.export_env import ExportControlEnv, ExportEnvConfig
+    from envs.normalization import NormalizeObservation, ObsNormalizer
+
+    config = ExportEnvConfig.from_dict(dict(env_config))
+    env = ExportControlEnv(config)
+    if config.normalization is not None:
+        return NormalizeObservation(env, ObsNormalizer.load(config.normalization))
+    return env
+
+
+def make_citylearn_env(env_config: dict[str, Any]) -> Any:
+    from envs.citylearn.env import make_citylearn_env as make
+
+    return make(dict(env_config))
+
+
+CREATORS = {EXPORT_ENV: make_export_env, CITYLEARN_ENV: make_citylearn_env}
+
+
+def register_rllib_envs() -> None:
+    """Register gridrl's env names with Ray Tune (idempotent; call in the driver)."""
+    from ray.tune.registry import register_env
+
+    for name, creator in CREATORS.items():
+        register_env(name, creator)
+
+
+def _config_class(env: Any) -> type | None:
+    if env == EXPORT_ENV:
+        from envs.export_env import ExportEnvConfig
+
+        return ExportEnvConfig
+    if env == CITYLEARN_ENV:
+        from envs.citylearn.env import CityLearnEnvConfig
+
+        return CityLearnEnvConfig
+    return None
+
+
+def typed_env_config(env: Any, env_config: Any, source: Path) -> dict[str, Any]:
+    """Check ``env_config`` against the env's dataclass at load time; returns its full dict form."""
+    cls = _config_class(env)
+    if cls is None:
+        return env_config
+    return to_mapping(from_mapping(cls, env_config, source=source, path="environment.env_config"))

@@ -1,0 +1,188 @@
+"""YAML -> RLlib ``AlgorithmConfig``, one-to-one with the builder methods.
+
+A training config file looks like::
+
+    algorithm: PPO                # an RLlib algorithm (or A2C: see rllib_configs/a2c.py)
+    environment:                  # = config.environment(**mapping)
+      env: gridrl-export
+      env_config: {episode_s: 3600}
+    training: {lr: 0.0003, gamma: 0.99}
+    env_runners: {num_env_runners: 1}
+
+Every other top-level key is the name of an ``AlgorithmConfig`` builder method and its mapping holds
+that method's keyword arguments. The loader checks, before anything runs, that each method exists,
+each keyword is one the method (or a parent class's version of it) accepts, and each value has the
+annotated type where the annotation is checkable; a mistake is a :class:`~envs.config.ConfigError`
+naming the file and the key. ``env_config`` of the gridrl envs is converted to its typed dataclass
+here, once, so its errors surface at load time too.
+
+Values may use ``${dataset}`` (the ``--dataset`` directory) and ``${repo}`` (the repository root).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from envs.config import ConfigError, load_yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Keys that are not builder methods.
+META_KEYS = ("algorithm", "gridrl")
+# Builder methods a YAML may call (AlgorithmConfig's public setters).
+BUILDER_METHODS = (
+    "environment", "env_runners", "learners", "training", "evaluation", "offline_data", "rl_module",
+    "reporting", "checkpointing", "debugging", "fault_tolerance", "resources", "framework", "callbacks",
+    "multi_agent", "api_stack", "python_environment", "experimental",
+)
+
+
+@dataclass(frozen=True)
+class GridrlSettings:
+    """The ``gridrl:`` section: settings of the run that are not RLlib builder calls."""
+
+    domain: str = "export"
+    """Domain of the config: export or citylearn (decides the evaluator and the bundle)."""
+    init_from: str | None = None
+    """A checkpoint whose RLModule weights initialise this one (CQL from BC), matched by parameter name."""
+    eval_days: int = 2
+    """Held-out days ``gridrl evaluate`` uses by default."""
+
+
+@dataclass
+class TrainSpec:
+    """A loaded training config: the RLlib config plus gridrl's own settings."""
+
+    path: Path
+    algorithm: str
+    algo_config: Any  # ray.rllib.algorithms.algorithm_config.AlgorithmConfig
+    settings: GridrlSettings
+    raw: dict[str, Any]
+
+
+def _resolve_annotation(ann: Any, fn: Any) -> Any:
+    if isinstance(ann, str):
+        ns = {**vars(typing), **getattr(inspect.getmodule(fn), "__dict__", {})}
+        try:
+            return eval(ann, ns)  # noqa: S307 - annotations of RLlib's own signatures
+        except Exception:
+            return None
+    return None if ann is inspect.Parameter.empty else ann
+
+
+def _type_ok(value: Any, ann: Any) -> bool | None:
+    """True/False when the annotation is checkable, None when it is not."""
+    origin = typing.get_origin(ann)
+    if ann is None or ann is Any:
+        return None
+    if origin is typing.Union:
+        results = [_type_ok(value, a) for a in typing.get_args(ann)]
+        if any(r is True for r in results):
+            return True
+        return None if any(r is None for r in results) else False
+    if ann is type(None):
+        return value is None
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann in (bool, str, dict, list):
+        return isinstance(value, ann)
+    return None
+
+
+def _old_stack_only(fn: Any) -> set[str]:
+    """Arguments RLlib marks ``# @OldAPIStack`` in the signature: ignored by the new API stack."""
+    try:
+        src = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return set()
+    head = src.split('"""', 1)[0]
+    return {line.split(":")[0].strip() for line in head.splitlines() if "@OldAPIStack" in line and ":" in line}
+
+
+def builder_parameters(config_cls: type, method: str) -> tuple[dict[str, Any], set[str]]:
+    """(keyword parameter -> resolved annotation, old-stack-only names) of ``method`` over the MRO."""
+    params: dict[str, Any] = {}
+    old: set[str] = set()
+    for klass in reversed(config_cls.__mro__):
+        fn = klass.__dict__.get(method)
+        if fn is None:
+            continue
+        old |= _old_stack_only(fn)
+        for name, p in inspect.signature(fn).parameters.items():
+            if name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                params[name] = _resolve_annotation(p.annotation, fn)
+    return params, old
+
+
+def _substitute(value: Any, variables: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for k, v in variables.items():
+            value = value.replace("${" + k + "}", v)
+        return value
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    return value
+
+
+def load_train_config(path: str | Path, dataset: str | None = None) -> TrainSpec:
+    """Load and check a training YAML; returns the RLlib config (not built) and gridrl's settings.
+
+    Raises:
+        ConfigError: unknown algorithm, builder method or keyword; wrong type; bad env_config.
+    """
+    from envs.config import from_mapping
+    from rllib_configs.algorithms import config_class
+    from rllib_configs.envs import typed_env_config
+
+    p = Path(path)
+    raw = load_yaml(p)
+    variables = {"repo": str(REPO_ROOT)}
+    if dataset is not None:
+        variables["dataset"] = str(Path(dataset).resolve())
+    data = _substitute(raw, variables)
+    if "algorithm" not in data:
+        raise ConfigError(p, "algorithm", "required (e.g. PPO, SAC, BC, CQL, A2C)")
+    algorithm = str(data["algorithm"]).upper()
+    try:
+        cls = config_class(algorithm)
+    except ValueError as exc:
+        raise ConfigError(p, "algorithm", str(exc)) from exc
+    settings = from_mapping(GridrlSettings, data.get("gridrl", {}), source=p, path="gridrl")
+    config = cls()
+    for key, kwargs in data.items():
+        if key in META_KEYS:
+            continue
+        if key not in BUILDER_METHODS:
+            raise ConfigError(p, key, f"not an AlgorithmConfig builder method (known: {', '.join(BUILDER_METHODS)})")
+        if not isinstance(kwargs, dict):
+            raise ConfigError(p, key, f"expected a mapping of keyword arguments, got {type(kwargs).__name__}")
+        params, old_stack = builder_parameters(cls, key)
+        for name, value in kwargs.items():
+            if name not in params:
+                raise ConfigError(p, f"{key}.{name}", f"{cls.__name__}.{key}() has no such argument")
+            if name in old_stack:
+                raise ConfigError(
+                    p, f"{key}.{name}", "RLlib's old API stack only: the new API stack (used here) ignores it"
+                )
+            if value is not None and _type_ok(value, params[name]) is False:
+                raise ConfigError(p, f"{key}.{name}", f"wrong type {type(value).__name__} ({value!r}); expected {params[name]}")
+        if key == "environment" and "env_config" in kwargs:
+            kwargs = {**kwargs, "env_config": typed_env_config(kwargs.get("env"), kwargs["env_config"], p)}
+        if key == "offline_data" and dataset is None and any("${dataset}" in str(v) for v in raw[key].values()):
+            raise ConfigError(p, "offline_data.input_", "uses ${dataset}: pass --dataset DIR")
+        try:
+            getattr(config, key)(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(p, key, str(exc)) from exc
+    return TrainSpec(path=p, algorithm=algorithm, algo_config=config, settings=settings, raw=raw)

@@ -1,0 +1,107 @@
+"""A trained policy, loaded from an RLlib checkpoint, as an export-domain controller.
+
+The runner writes ``gridrl_run.json`` beside the trials of every run (:func:`write_run_info`): the
+algorithm, the domain, the env config and the normalisation statistics the networks were trained
+with. :func:`load_policy` finds it by walking up from the checkpoint, so a checkpoint path is all the
+evaluator and the bundle exporter need.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from envs.actions import to_watts
+from envs.normalization import ObsNormalizer
+
+RUN_INFO = "gridrl_run.json"
+MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module" / "default_policy"
+
+
+def write_run_info(exp_dir: Path, info: dict[str, Any]) -> None:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / RUN_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def find_run_info(checkpoint: str | Path) -> dict[str, Any]:
+    """The run info of the run a checkpoint belongs to (its own directory or a parent's)."""
+    p = Path(checkpoint).resolve()
+    for d in (p, *p.parents):
+        if (d / RUN_INFO).is_file():
+            return json.loads((d / RUN_INFO).read_text())
+    raise FileNotFoundError(f"{checkpoint}: no {RUN_INFO} in it or its parents (not a gridrl training run?)")
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The newest ``checkpoint_*`` directory under a run (experiment or trial) directory."""
+    found = sorted(Path(run_dir).glob("**/checkpoint_*"), key=lambda p: (p.stat().st_mtime, p.name))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {run_dir}")
+    return found[-1]
+
+
+def module_path(checkpoint: str | Path) -> Path:
+    """The RLModule directory of an algorithm checkpoint (or the path itself if it is one)."""
+    p = Path(checkpoint)
+    if (p / MODULE_SUBDIR).is_dir():
+        return p / MODULE_SUBDIR
+    if (p / "module_state.pkl").is_file() or (p / "class_and_ctor_args.pkl").is_file():
+        return p
+    raise FileNotFoundError(f"{checkpoint}: not an RLlib algorithm checkpoint (no {MODULE_SUBDIR})")
+
+
+@dataclass
+class Policy:
+    """The greedy (deterministic) policy of a checkpoint, on raw state vectors."""
+
+    module: Any
+    normalizer: ObsNormalizer | None
+    info: dict[str, Any]
+    checkpoint: Path
+
+    def act_unit(self, obs: np.ndarray) -> np.ndarray:
+        """Greedy actions in [-1, 1] (B, 3) for raw state vectors (B, 30)."""
+        import torch
+
+        x = np.atleast_2d(obs)
+        if self.normalizer is not None:
+            x = self.normalizer(x)
+        with torch.no_grad():
+            out = self.module.forward_inference({"obs": torch.as_tensor(x, dtype=torch.float32)})
+            dist = self.module.get_inference_action_dist_cls().from_logits(out["action_dist_inputs"])
+            a = dist.to_deterministic().sample().cpu().numpy()
+        return np.clip(a, -1.0, 1.0)
+
+
+class PolicyController:
+    """A :class:`Policy` as an export-domain controller (targets in W)."""
+
+    name = "policy"
+
+    def __init__(self, policy: Policy, max_power_per_phase_w: float):
+        self.policy = policy
+        self.max_w = max_power_per_phase_w
+
+    def reset(self, batch: int = 1) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return to_watts(self.policy.act_unit(obs), self.max_w)
+
+
+def load_policy(checkpoint: str | Path) -> Policy:
+    """Load the RLModule of ``checkpoint`` and the normalisation its run used."""
+    import torch
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    torch.set_num_threads(1)
+    info = find_run_info(checkpoint)
+    module = RLModule.from_checkpoint(str(module_path(checkpoint)))
+    module.eval()
+    norm = info.get("normalization")
+    normalizer = ObsNormalizer.from_dict(norm, source=f"{checkpoint}: {RUN_INFO}") if norm else None
+    return Policy(module, normalizer, info, Path(checkpoint))

@@ -1,0 +1,199 @@
+"""The one training runner: every ``gridrl train`` goes through here, whatever the algorithm.
+
+It runs the algorithm as a Tune trainable, so checkpoints, TensorBoard logs, resume and fault tolerance
+come from Ray. One set of options (:class:`RunOptions`) serves every algorithm; a config file holds only
+what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    EPISODE_RETURN_MEAN,
+    LEARNER_RESULTS,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+)
+
+from rllib_configs.loader import TrainSpec
+from rllib_configs.policy import write_run_info
+
+TRAINING_ITERATION = "training_iteration"  # Tune's key (ray.tune.result.TRAINING_ITERATION)
+TIME_TOTAL_S = "time_total_s"
+
+
+@dataclass
+class RunOptions:
+    """Options shared by every training entry point (``gridrl train``, the pipeline, Tune sweeps)."""
+
+    storage_path: Path
+    """Root of all outputs; on a cluster, storage every node can reach."""
+    seed: int = 0
+    stop_iters: int | None = None
+    stop_timesteps: int | None = None
+    time_budget_s: float | None = None
+    num_env_runners: int | None = None
+    """Override of env_runners.num_env_runners."""
+    checkpoint_every: int = 1
+    """Checkpoint every N iterations (and always at the end)."""
+    resume: bool = False
+    """Continue the latest run of this config under storage_path from its last checkpoint."""
+    name: str | None = None
+    """Experiment name (default: the config file's stem)."""
+    max_failures: int = 0
+    """Trial restarts from the last checkpoint after a crash."""
+
+    def stop(self) -> dict[str, float]:
+        stop: dict[str, float] = {}
+        if self.stop_iters is not None:
+            stop[TRAINING_ITERATION] = self.stop_iters
+        if self.stop_timesteps is not None:
+            stop[f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}"] = self.stop_timesteps
+        if self.time_budget_s is not None:
+            stop[TIME_TOTAL_S] = self.time_budget_s
+        if not stop:
+            stop[TRAINING_ITERATION] = 10
+        return stop
+
+
+def _get(result: dict[str, Any], path: str) -> Any:
+    node: Any = result
+    for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a summary line reports, by RLlib's metric names, flattened with '/'."""
+    keys = [
+        TRAINING_ITERATION,
+        TIME_TOTAL_S,
+        f"{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}",
+        f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}",
+    ]
+    out = {k: _get(result, k) for k in keys if _get(result, k) is not None}
+    learners = result.get(LEARNER_RESULTS, {}) or {}
+    for module_id, stats in learners.items():
+        if isinstance(stats, dict):
+            for k, v in stats.items():
+                if k.endswith("loss") and isinstance(v, (int, float)):
+                    out[f"{LEARNER_RESULTS}/{module_id}/{k}"] = v
+    return out
+
+
+def configure(spec: TrainSpec, opts: RunOptions) -> Any:
+    """The AlgorithmConfig to run: the file's config plus the run options (seed, runners, GPU)."""
+    import torch
+
+    config = spec.algo_config.copy(copy_frozen=False)
+    config.debugging(seed=opts.seed)
+    if opts.num_env_runners is not None:
+        config.env_runners(num_env_runners=opts.num_env_runners)
+    if torch.cuda.is_available() and "num_gpus_per_learner" not in spec.raw.get("learners", {}):
+        config.learners(num_gpus_per_learner=1)
+    return config
+
+
+def experiment_dir(spec: TrainSpec, opts: RunOptions) -> Path:
+    return Path(opts.storage_path).resolve() / (opts.name or spec.path.stem)
+
+
+def run_info(spec: TrainSpec, config: Any, opts: RunOptions) -> dict[str, Any]:
+    """What evaluation and export need to know about a run (written as gridrl_run.json)."""
+    from envs.normalization import ObsNormalizer
+
+    env_config = dict(config.env_config or {})
+    norm = env_config.get("normalization")
+    return {
+        "algorithm": spec.algorithm,
+        "domain": spec.settings.domain,
+        "config": str(spec.path.resolve()),
+        "config_yaml": spec.raw,
+        "env": config.env if isinstance(config.env, str) else None,
+        "env_config": env_config,
+        "normalization": ObsNormalizer.load(norm).to_dict() if norm else None,
+        "seed": opts.seed,
+    }
+
+
+def _progress_callback() -> Any:
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per training iteration on stderr."""
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: D102
+            m = summary_metrics(result)
+            parts = [f"iter {m.get(TRAINING_ITERATION)}", f"{m.get(TIME_TOTAL_S, 0):.0f} s"]
+            ret = m.get(f"{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}")
+            steps = m.get(f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}")
+            if steps is not None:
+                parts.append(f"env steps {int(steps)}")
+            if ret is not None:
+                parts.append(f"return {ret:.3f}")
+            parts += [f"{k.split('/')[-1]} {v:.4g}" for k, v in m.items() if k.startswith(LEARNER_RESULTS)][:3]
+            print(f"[train] {trial.trial_id}: " + ", ".join(parts), file=sys.stderr, flush=True)
+
+    return Progress()
+
+
+def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
+    """Train through Tune; returns the summary (checkpoint path, final metrics, trial dir)."""
+    from ray import tune
+
+    from rllib_configs.envs import register_rllib_envs
+
+    register_rllib_envs()
+    config = configure(spec, opts)
+    trainable = config.algo_class
+    exp_dir = experiment_dir(spec, opts)
+    t0 = time.perf_counter()
+    if opts.resume:
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            raise FileNotFoundError(f"--resume: no run to resume at {exp_dir}")
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True, param_space=config)
+    else:
+        if exp_dir.exists():
+            raise FileExistsError(f"{exp_dir} exists: pass --resume to continue it, or --name for a new run")
+        run_config = tune.RunConfig(
+            name=exp_dir.name,
+            storage_path=str(exp_dir.parent),
+            stop=opts.stop(),
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=opts.checkpoint_every, checkpoint_at_end=True, num_to_keep=3
+            ),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            callbacks=[_progress_callback()],
+            verbose=0,
+        )
+        write_run_info(exp_dir, run_info(spec, config, opts))
+        tuner = tune.Tuner(trainable, param_space=config, run_config=run_config)
+    grid = tuner.fit()
+    result = grid[0]
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}")
+    if result.checkpoint is None:
+        raise RuntimeError("training ended without a checkpoint")
+    return {
+        "checkpoint": result.checkpoint.path,
+        "algorithm": spec.algorithm,
+        "config": str(spec.path),
+        "domain": spec.settings.domain,
+        "seed": opts.seed,
+        "trial_dir": result.path,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "metrics": summary_metrics(result.metrics or {}),
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The last line of a training command: one JSON object, for scripts to chain on."""
+    print(json.dumps(summary, default=str), flush=True)
