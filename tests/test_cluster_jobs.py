@@ -1,0 +1,52 @@
+"""`ray job submit` against a real local head (127.0.0.1, Ray 2.60 token auth on), stopped by its own PID."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.head import LocalHead
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for_job(head: LocalHead, job_id: str, timeout_s: float = 600) -> str:
+    deadline = time.monotonic() + timeout_s
+    status = ""
+    while time.monotonic() < deadline:
+        res = head.ray("job", "status", "--address", head.address, job_id, timeout=60)
+        status = (res.stdout + res.stderr).upper()
+        for final in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if final in status:
+                return final
+        time.sleep(3)
+    raise TimeoutError(f"job {job_id} not finished after {timeout_s} s: {status[-300:]}")
+
+
+@pytest.mark.integration
+def test_train_job_with_token_succeeds_and_without_token_is_refused(tmp_path):
+    storage = tmp_path / "runs"
+    with LocalHead(tmp_path / "head") as head:
+        refused = head.ray("job", "submit", "--address", head.address, "--no-wait", "--", "true", with_token=False)
+        assert refused.returncode != 0
+        assert "auth" in (refused.stdout + refused.stderr).lower()
+
+        sub = head.ray(
+            "job", "submit", "--address", head.address, "--working-dir", str(REPO), "--no-wait", "--",
+            "python", "-m", "scripts", "train", "--config", "rllib_configs/export/ppo.yaml",
+            "--stop-iters", "2", "--storage-path", str(storage), cwd=REPO,
+        )
+        assert sub.returncode == 0, sub.stderr[-2000:]
+        job_id = re.search(r"raysubmit_\w+", sub.stdout + sub.stderr).group(0)
+        status = wait_for_job(head, job_id)
+        logs = head.ray("job", "logs", "--address", head.address, job_id).stdout
+        assert status == "SUCCEEDED", logs[-3000:]
+    summary = json.loads([ln for ln in logs.splitlines() if ln.startswith("{")][-1])
+    assert summary["metrics"]["training_iteration"] == 2
+    assert Path(summary["checkpoint"]).is_dir()
+    assert Path(summary["checkpoint"]).is_relative_to(storage)
+    assert head.proc is not None and head.proc.poll() is not None, "the head was not stopped"
