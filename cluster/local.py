@@ -38,7 +38,10 @@ def init_ray(
     if address:
         return ray.init(address=address, **kwargs)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # address="local": always a new embedded Ray. A bare ray.init() would join any Ray cluster running on
+    # the machine (another user's `ray start`), with other CPUs and other people's processes.
     return ray.init(
+        address="local",
         num_cpus=num_cpus or DEFAULT_NUM_CPUS,
         object_store_memory=object_store_bytes or DEFAULT_OBJECT_STORE_BYTES,
         include_dashboard=False,

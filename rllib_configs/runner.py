@@ -8,6 +8,7 @@ what differs.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -152,6 +153,10 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
     from rllib_configs.envs import register_rllib_envs
 
     register_rllib_envs()
+    # Tune records each trial's latest checkpoint in its experiment state, saved by default at most every
+    # 10 s: a driver killed in between resumes from an older checkpoint (or from scratch). One trial's state
+    # is small, so save it after every event unless the user chose a period.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     config = configure(spec, opts)
     trainable = config.algo_class
     exp_dir = experiment_dir(spec, opts)
