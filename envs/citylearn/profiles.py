@@ -1,4 +1,4 @@
-"""Hourly exogenous profiles of a CityLearn site over a year: calendar, weather and PV, load, tariff, EV sessions.
+"""Hourly exogenous profiles of a CityLearn site for a year: calendar, weather, PV, load, tariff, EV sessions.
 
 Every generator takes the site and an ``np.random.Generator``; a seed fixes the year. Profiles are made for
 the whole calendar plus one extra day, so that forecasts (``*_predicted_*`` columns) at the end of the year
@@ -95,7 +95,9 @@ def _ar1(rng: np.random.Generator, n: int, std: float, rho: float) -> np.ndarray
 def _cos_zenith(lat_deg: float, doy: np.ndarray, solar_hour: np.ndarray) -> np.ndarray:
     decl = np.deg2rad(23.45) * np.sin(2 * np.pi * (284 + doy) / 365.0)
     lat = np.deg2rad(lat_deg)
-    return np.sin(lat) * np.sin(decl) + np.cos(lat) * np.cos(decl) * np.cos(np.deg2rad(15.0 * (solar_hour - 12.0)))
+    return np.sin(lat) * np.sin(decl) + np.cos(lat) * np.cos(decl) * np.cos(
+        np.deg2rad(15.0 * (solar_hour - 12.0))
+    )
 
 
 def weather_and_pv(site: CityLearnSite, cal: Calendar, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -116,7 +118,7 @@ def weather_and_pv(site: CityLearnSite, cal: Calendar, rng: np.random.Generator)
     clear = clear_sky_ghi(loc.latitude_deg, doy, solar_hour).mean(axis=1)
     cos_z = np.clip(_cos_zenith(loc.latitude_deg, doy, solar_hour), 0.0, None).mean(axis=1)
 
-    mean_k = np.asarray(pv.clearness_mean)[cal.month[:: HOURS_PER_DAY] - 1]
+    mean_k = np.asarray(pv.clearness_mean)[cal.month[::HOURS_PER_DAY] - 1]
     var = np.minimum(pv.clearness_spread**2, 0.9 * mean_k * (1 - mean_k))
     conc = mean_k * (1 - mean_k) / var - 1.0
     k_day = rng.beta(mean_k * conc, (1 - mean_k) * conc)
@@ -140,7 +142,9 @@ def weather_and_pv(site: CityLearnSite, cal: Calendar, rng: np.random.Generator)
     humidity = np.clip(96.0 - 3.0 * (temp - 22.0) + _ar1(rng, n, 3.0, 0.8), 45.0, 100.0)
 
     cell = temp + NOCT_RISE_C_PER_W_M2 * ghi
-    pv_w_per_kw = np.clip(ghi * pv.performance_ratio * (1 + pv.temperature_coefficient_per_c * (cell - 25.0)), 0, None)
+    pv_w_per_kw = np.clip(
+        ghi * pv.performance_ratio * (1 + pv.temperature_coefficient_per_c * (cell - 25.0)), 0, None
+    )
     assert days * HOURS_PER_DAY == n
     return {
         "ghi": ghi,
@@ -157,7 +161,9 @@ def is_busy_day(cal: Calendar) -> np.ndarray:
     return cal.day_type >= 6
 
 
-def mall_load(site: CityLearnSite, cal: Calendar, temperature_c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def mall_load(
+    site: CityLearnSite, cal: Calendar, temperature_c: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """Hourly non-shiftable load (kWh per step) scaled so the first ``site.calendar.days`` days meet
     ``site.load.annual_kwh``."""
     ld = site.load
@@ -166,10 +172,14 @@ def mall_load(site: CityLearnSite, cal: Calendar, temperature_c: np.ndarray, rng
     is_staff = (h >= ld.staff_hours[0]) & (h < ld.staff_hours[1]) & ~is_open
     span = ld.open_hours[1] - ld.open_hours[0]
     bump = 1.0 + 0.08 * np.sin(np.pi * np.clip(h + 0.5 - ld.open_hours[0], 0, span) / span)
-    activity = np.asarray(ld.monthly_factor)[cal.month - 1] * np.where(is_busy_day(cal), ld.weekend_factor, 1.0)
+    activity = np.asarray(ld.monthly_factor)[cal.month - 1] * np.where(
+        is_busy_day(cal), ld.weekend_factor, 1.0
+    )
     base = np.where(is_open, activity * bump, np.where(is_staff, ld.staff_share, ld.closed_share))
     cooling = ld.cooling_share_per_c * np.clip(temperature_c - ld.cooling_base_c, 0, None)
-    shape = (base + np.where(is_open | is_staff, cooling, 0.3 * cooling)) * np.exp(_ar1(rng, cal.n_steps, ld.noise_std, 0.8))
+    shape = (base + np.where(is_open | is_staff, cooling, 0.3 * cooling)) * np.exp(
+        _ar1(rng, cal.n_steps, ld.noise_std, 0.8)
+    )
     year_steps = site.calendar.days * HOURS_PER_DAY
     return shape * (ld.annual_kwh / shape[:year_steps].sum())
 
@@ -194,8 +204,10 @@ def _place_sessions(
     if not dwell:
         return []
     slack = window - (sum(dwell) + len(dwell) - 1)
-    gaps = np.bincount(rng.integers(0, len(dwell) + 1, size=slack), minlength=len(dwell) + 1) if slack else np.zeros(
-        len(dwell) + 1, dtype=int
+    gaps = (
+        np.bincount(rng.integers(0, len(dwell) + 1, size=slack), minlength=len(dwell) + 1)
+        if slack
+        else np.zeros(len(dwell) + 1, dtype=int)
     )
     out, t = [], first + int(gaps[0])
     for i, d in enumerate(dwell):
@@ -213,7 +225,9 @@ def _min_arrival_soc(vc: VehicleClass, dwell: np.ndarray, required: np.ndarray) 
         soc = mid.copy()
         for k in range(int(dwell.max())):
             taper = np.interp(soc, [0.0, 0.8, 1.0], [1.0, 1.0, 0.2])
-            p = np.minimum(POWER_MARGIN * vc.socket_power_kw * vc.charger_efficiency, vc.battery_power_kw * taper)
+            p = np.minimum(
+                POWER_MARGIN * vc.socket_power_kw * vc.charger_efficiency, vc.battery_power_kw * taper
+            )
             soc = np.where(k < dwell, np.minimum(soc + p / vc.battery_kwh, 1.0), soc)
         ok = soc >= required
         hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
@@ -281,5 +295,9 @@ def session_demand_kwh(site: CityLearnSite, sessions: list[Session], start: int,
     """Energy the vehicles need (battery side) over sessions starting in steps [start, end)."""
     caps = [site.socket_classes[s.socket].battery_kwh for s in sessions]
     return float(
-        sum((s.required_soc - s.arrival_soc) * c for s, c in zip(sessions, caps) if start <= s.start < end)
+        sum(
+            (s.required_soc - s.arrival_soc) * c
+            for s, c in zip(sessions, caps, strict=True)
+            if start <= s.start < end
+        )
     )

@@ -96,7 +96,10 @@ def reward_scales(env: Any) -> dict[str, float]:
         e_ref = max(e_ref, float(np.nanmax(demand)) + chargers)
         e_ev = max(e_ev, chargers)
         price = max(price, float(np.nanmax(b.pricing.electricity_pricing)) if b.pricing is not None else 0.0)
-        ci = max(ci, float(np.nanmax(b.carbon_intensity.carbon_intensity)) if b.carbon_intensity is not None else 0.0)
+        ci = max(
+            ci,
+            float(np.nanmax(b.carbon_intensity.carbon_intensity)) if b.carbon_intensity is not None else 0.0,
+        )
     return {
         "energy_scale_kwh": max(e_ref, 1e-3),
         "ev_energy_scale_kwh": max(e_ev, 1e-3),
@@ -150,14 +153,18 @@ class MultiObjectiveReward(RewardFunction):
         c = self.config
         if None in (c.energy_scale_kwh, c.ev_energy_scale_kwh, c.price_scale, c.carbon_scale):
             raise RuntimeError(
-                "MultiObjectiveReward: scales are not set; pass them as reward attributes or call calibrate(env)"
+                "MultiObjectiveReward: scales not set; give them as reward attributes or call calibrate(env)"
             )
         e_net = float(observation["net_electricity_consumption"])
         imp, exp = max(e_net, 0.0), max(-e_net, 0.0)
         gen = max(float(observation.get("solar_generation", 0.0)), 0.0)
         ev_missing = 0.0
         for data in (observation.get("electric_vehicles_chargers_dict") or {}).values():
-            if data.get("connected") and data.get("required_soc") is not None and data.get("hours_until_departure") == 0:
+            if (
+                data.get("connected")
+                and data.get("required_soc") is not None
+                and data.get("hours_until_departure") == 0
+            ):
                 soc, cap = float(data["battery_soc"]), float(data["battery_capacity"])
                 ev_missing += max(float(data["required_soc"]) - soc, 0.0) * cap
         while len(self._peak) <= building:

@@ -46,7 +46,12 @@ SHARED_INACTIVE = [
     "daylight_savings_status", "carbon_intensity", "outdoor_relative_humidity",
     *[f"outdoor_relative_humidity_predicted_{i}" for i in (1, 2, 3)],
 ]  # fmt: skip
-BUILDING_ACTIVE = ["non_shiftable_load", "solar_generation", "electrical_storage_soc", "net_electricity_consumption"]
+BUILDING_ACTIVE = [
+    "non_shiftable_load",
+    "solar_generation",
+    "electrical_storage_soc",
+    "net_electricity_consumption",
+]
 BUILDING_INACTIVE = [
     "indoor_dry_bulb_temperature", "average_unmet_cooling_setpoint_difference", "indoor_relative_humidity",
     "cooling_storage_soc", "heating_storage_soc", "dhw_storage_soc", "power_outage",
@@ -106,7 +111,9 @@ def _ahead(x: np.ndarray, h: int, n0: int, n: int) -> np.ndarray:
     return x[n0 + h : n0 + h + n]
 
 
-def _charger_frame(site: CityLearnSite, socket: int, sessions: list[profiles.Session], n0: int, n: int) -> pd.DataFrame:
+def _charger_frame(
+    site: CityLearnSite, socket: int, sessions: list[profiles.Session], n0: int, n: int
+) -> pd.DataFrame:
     """One socket's charger CSV over steps [n0, n0 + n)."""
     state = np.full(n, 3, dtype=np.int64)
     ev = np.full(n, "", dtype=object)
@@ -131,7 +138,13 @@ def _charger_frame(site: CityLearnSite, socket: int, sessions: list[profiles.Ses
             state[a - 1], ev[a - 1] = 2, name
             arrival_in[a - 1], soc_arrival[a - 1] = 1, s.arrival_soc
     return pd.DataFrame(
-        dict(zip(CHARGER_COLUMNS, (state, ev, departure, required, arrival_in, soc_arrival, session_id, current)))
+        dict(
+            zip(
+                CHARGER_COLUMNS,
+                (state, ev, departure, required, arrival_in, soc_arrival, session_id, current),
+                strict=True,
+            )
+        )
     )
 
 
@@ -160,7 +173,7 @@ def _vehicle_defs(site: CityLearnSite, first_soc: dict[int, float]) -> dict[str,
 def _building(site: CityLearnSite) -> dict[str, Any]:
     b = site.battery
     chargers = {}
-    for s, (cid, vc) in enumerate(zip(site.socket_ids, site.socket_classes)):
+    for cid, vc in zip(site.socket_ids, site.socket_classes, strict=True):
         chargers[cid] = {
             "type": "citylearn.electric_vehicle_charger.Charger",
             "charger_simulation": f"chargers/{cid}.csv",
@@ -197,7 +210,11 @@ def _building(site: CityLearnSite) -> dict[str, Any]:
                 "power_efficiency_curve": [[0.0, b.efficiency], [1.0, b.efficiency]],
             },
         },
-        "pv": {"type": "citylearn.energy_model.PV", "autosize": False, "attributes": {"nominal_power": site.pv.kwp}},
+        "pv": {
+            "type": "citylearn.energy_model.PV",
+            "autosize": False,
+            "attributes": {"nominal_power": site.pv.kwp},
+        },
         "chargers": chargers,
     }
 
@@ -210,7 +227,7 @@ def _reward_scales(site: CityLearnSite, load: np.ndarray, price: np.ndarray) -> 
         "energy_scale_kwh": round(float(load[year].max()) + sockets_kwh, 3),
         "ev_energy_scale_kwh": round(max(sockets_kwh, 1e-3), 3),
         "price_scale": float(price[year].max()),
-        "carbon_scale": site.grid.carbon_intensity_kg_per_kwh,
+        "carbon_scale": max(site.grid.carbon_intensity_kg_per_kwh, 1e-6),
     }
 
 
@@ -235,7 +252,9 @@ def build_schema(
     year_days = site.calendar.days
     days = year_days if days is None else days
     if days < 1 or start_day < 0 or start_day + days > year_days:
-        raise ValueError(f"days: need 1 <= days and start_day + days <= {year_days}, got {start_day} + {days}")
+        raise ValueError(
+            f"days: need 1 <= days and start_day + days <= {year_days}, got {start_day} + {days}"
+        )
     rng = np.random.default_rng(seed)
     cal = profiles.make_calendar(site, year_days + 1)
     wx = profiles.weather_and_pv(site, cal, rng)
@@ -267,7 +286,9 @@ def build_schema(
             weather[f"{col}_predicted_{i}"] = _ahead(wx[key], h, n0, n)
     pd.DataFrame(weather).to_csv(out / "weather.csv", index=False, float_format="%.6g")
     pricing = {"electricity_pricing": price[sl]}
-    pricing.update({f"electricity_pricing_predicted_{i}": _ahead(price, h, n0, n) for i, h in enumerate(hz, 1)})
+    pricing.update(
+        {f"electricity_pricing_predicted_{i}": _ahead(price, h, n0, n) for i, h in enumerate(hz, 1)}
+    )
     pd.DataFrame(pricing).to_csv(out / "pricing.csv", index=False, float_format="%.6g")
     ci = site.grid.carbon_intensity_kg_per_kwh
     pd.DataFrame({"carbon_intensity": np.full(n, ci)}).to_csv(out / "carbon_intensity.csv", index=False)
@@ -281,7 +302,9 @@ def build_schema(
         inside = [s for s in own if n0 <= s.start < n0 + n]
         if inside:
             first_soc[socket] = inside[0].arrival_soc
-        _charger_frame(site, socket, own, n0, n).to_csv(out / "chargers" / f"{cid}.csv", index=False, float_format="%.6g")
+        _charger_frame(site, socket, own, n0, n).to_csv(
+            out / "chargers" / f"{cid}.csv", index=False, float_format="%.6g"
+        )
 
     start_date = dt.date(site.calendar.year, 1, 1) + dt.timedelta(days=start_day)
     schema = {

@@ -25,7 +25,9 @@ def _require(cond: bool, field_name: str, problem: str) -> None:
 
 def _check_range(pair: tuple[float, float], name: str, lo: float, hi: float) -> None:
     a, b = pair
-    _require(lo <= a <= b <= hi, name, f"must be [low, high] with {lo} <= low <= high <= {hi}, got {list(pair)}")
+    _require(
+        lo <= a <= b <= hi, name, f"must be [low, high] with {lo} <= low <= high <= {hi}, got {list(pair)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class Location:
     """Local clock time minus UTC, in hours (Peru: -5, no daylight saving)."""
 
     def __post_init__(self) -> None:
-        _require(-66.0 <= self.latitude_deg <= 66.0, "latitude_deg", "must be within [-66, 66] (no polar sites)")
+        _require(
+            -66.0 <= self.latitude_deg <= 66.0, "latitude_deg", "must be within [-66, 66] (no polar sites)"
+        )
         _require(-180.0 <= self.longitude_deg <= 180.0, "longitude_deg", "must be within [-180, 180]")
         _require(-12.0 <= self.utc_offset_h <= 14.0, "utc_offset_h", "must be within [-12, 14]")
 
@@ -61,7 +65,9 @@ class Calendar:
         for h in self.holidays:
             parts = h.split("-")
             ok = len(parts) == 2 and all(p.isdigit() for p in parts)
-            _require(ok and 1 <= int(parts[0]) <= 12 and 1 <= int(parts[1]) <= 31, "holidays", f"bad MM-DD {h!r}")
+            _require(
+                ok and 1 <= int(parts[0]) <= 12 and 1 <= int(parts[1]) <= 31, "holidays", f"bad MM-DD {h!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,20 @@ class PVConfig:
     """AC output over (irradiance / 1000 W/m2 x kWp) at 25 C cell temperature: wiring, inverter, soiling."""
     temperature_coefficient_per_c: float = -0.004
     """Relative change of output per degree C of cell temperature above 25 C."""
-    clearness_mean: tuple[float, ...] = (0.60, 0.60, 0.59, 0.61, 0.64, 0.68, 0.70, 0.71, 0.68, 0.65, 0.62, 0.60)
+    clearness_mean: tuple[float, ...] = (
+        0.60,
+        0.60,
+        0.59,
+        0.61,
+        0.64,
+        0.68,
+        0.70,
+        0.71,
+        0.68,
+        0.65,
+        0.62,
+        0.60,
+    )
     """Mean daily clearness (share of the clear-sky irradiance that arrives), January to December; the
     defaults give about 4.7 kWh/m2/day at 3.7 S, rainy season (November-May) darker."""
     clearness_spread: float = 0.18
@@ -86,7 +105,11 @@ class PVConfig:
         _require(self.kwp >= 0, "kwp", f"must be >= 0, got {self.kwp}")
         _require(0 < self.performance_ratio <= 1, "performance_ratio", "must be within (0, 1]")
         _require(len(self.clearness_mean) == 12, "clearness_mean", "needs 12 monthly values")
-        _require(all(0.05 <= c <= 0.95 for c in self.clearness_mean), "clearness_mean", "values within [0.05, 0.95]")
+        _require(
+            all(0.05 <= c <= 0.95 for c in self.clearness_mean),
+            "clearness_mean",
+            "values within [0.05, 0.95]",
+        )
         _require(0 <= self.clearness_spread < 0.4, "clearness_spread", "must be within [0, 0.4)")
         _require(0 <= self.hourly_cloud_std < 1, "hourly_cloud_std", "must be within [0, 1)")
 
@@ -114,7 +137,11 @@ class BatteryConfig:
         _require(0 < self.efficiency <= 1, "efficiency", "must be within (0, 1]")
         _require(0 <= self.initial_soc <= 1, "initial_soc", "must be within [0, 1]")
         _require(0 < self.depth_of_discharge <= 1, "depth_of_discharge", "must be within (0, 1]")
-        _require(0 <= self.capacity_loss_coefficient < 0.01, "capacity_loss_coefficient", "must be within [0, 0.01)")
+        _require(
+            0 <= self.capacity_loss_coefficient < 0.01,
+            "capacity_loss_coefficient",
+            "must be within [0, 0.01)",
+        )
 
 
 @dataclass(frozen=True)
@@ -132,7 +159,7 @@ class MallLoad:
     staff_share: float = 0.70
     """Load in staff-only hours as a share of the open-hours base."""
     cooling_share_per_c: float = 0.035
-    """Extra open-hours load per degree C of outdoor temperature above ``cooling_base_c`` (air conditioning)."""
+    """Extra open-hours load per degree C of outdoor temperature above ``cooling_base_c`` (air con)."""
     cooling_base_c: float = 24.0
     """Outdoor temperature above which air conditioning adds load."""
     weekend_factor: float = 1.08
@@ -146,13 +173,17 @@ class MallLoad:
         _require(self.annual_kwh > 0, "annual_kwh", "must be > 0")
         for name in ("open_hours", "staff_hours"):
             a, b = getattr(self, name)
-            _require(0 <= a < b <= 24, name, f"must be [open, close] with 0 <= open < close <= 24, got {[a, b]}")
+            _require(
+                0 <= a < b <= 24, name, f"must be [open, close] with 0 <= open < close <= 24, got {[a, b]}"
+            )
         _require(
             self.staff_hours[0] <= self.open_hours[0] and self.open_hours[1] <= self.staff_hours[1],
             "staff_hours",
             "must contain open_hours",
         )
-        _require(0 <= self.closed_share <= 1 and 0 <= self.staff_share <= 1, "closed_share", "shares within [0, 1]")
+        _require(
+            0 <= self.closed_share <= 1 and 0 <= self.staff_share <= 1, "closed_share", "shares within [0, 1]"
+        )
         _require(len(self.monthly_factor) == 12, "monthly_factor", "needs 12 monthly values")
         _require(all(f > 0 for f in self.monthly_factor), "monthly_factor", "values must be > 0")
         _require(0 <= self.noise_std < 0.5, "noise_std", "must be within [0, 0.5)")
@@ -191,15 +222,21 @@ class VehicleClass:
     can deliver in the session, so every target is feasible."""
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and self.name.isidentifier(), "name", f"must be an identifier, got {self.name!r}")
+        _require(
+            bool(self.name) and self.name.isidentifier(), "name", f"must be an identifier, got {self.name!r}"
+        )
         _require(self.sockets >= 0, "sockets", "must be >= 0")
         _require(self.battery_kwh > 0, "battery_kwh", "must be > 0")
         _require(self.socket_power_kw > 0, "socket_power_kw", "must be > 0")
         _require(self.battery_power_kw > 0, "battery_power_kw", "must be > 0")
-        _require(0 <= self.min_socket_power_kw <= self.socket_power_kw, "min_socket_power_kw", "within [0, power]")
+        _require(
+            0 <= self.min_socket_power_kw <= self.socket_power_kw, "min_socket_power_kw", "within [0, power]"
+        )
         _require(0 < self.charger_efficiency <= 1, "charger_efficiency", "must be within (0, 1]")
         a, b = self.hours
-        _require(0 <= a < b <= 24, "hours", f"must be [first, last] with 0 <= first < last <= 24, got {[a, b]}")
+        _require(
+            0 <= a < b <= 24, "hours", f"must be [first, last] with 0 <= first < last <= 24, got {[a, b]}"
+        )
         _require(self.sessions_per_socket_day >= 0, "sessions_per_socket_day", "must be >= 0")
         lo, hi = self.dwell_h
         _require(1 <= lo <= hi <= b - a, "dwell_h", f"must be [lo, hi] with 1 <= lo <= hi <= {b - a}")
@@ -225,7 +262,11 @@ class EVConfig:
 
     def __post_init__(self) -> None:
         _require(self.annual_demand_kwh >= 0, "annual_demand_kwh", "must be >= 0")
-        _require(self.chargers >= 0 and self.sockets_per_charger >= 1, "chargers", "need chargers >= 0, sockets >= 1")
+        _require(
+            self.chargers >= 0 and self.sockets_per_charger >= 1,
+            "chargers",
+            "need chargers >= 0, sockets >= 1",
+        )
         total = sum(c.sockets for c in self.classes)
         _require(
             total == self.chargers * self.sockets_per_charger,
@@ -306,7 +347,9 @@ class CityLearnSite:
     weather: Weather = field(default_factory=Weather)
 
     def __post_init__(self) -> None:
-        _require(self.name.isidentifier(), "name", f"must be an identifier (letters, digits, _), got {self.name!r}")
+        _require(
+            self.name.isidentifier(), "name", f"must be an identifier (letters, digits, _), got {self.name!r}"
+        )
         for c in self.ev.classes:
             a, b = c.hours
             _require(b <= 24, "ev", f"class {c.name}: hours end after midnight")

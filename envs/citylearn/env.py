@@ -1,0 +1,301 @@
+"""The central-agent CityLearn env for RLlib, registered as ``gridrl-citylearn``.
+
+It is CityLearn's own ``RLlibSingleAgentWrapper`` (flat observations and actions, float rewards) around a
+``CityLearnEnv`` with a central agent, plus observation normalisation. The untyped ``env_config`` that
+RLlib passes is converted once, here, into :class:`CityLearnEnvConfig`; nothing reads the dict after that.
+
+Observation modes (``observations`` in the config):
+
+- ``normalized`` (default): CityLearn's recommended normalisation, i.e. exactly what its
+  ``NormalizedObservationWrapper`` returns (hour, day type and month as cos/sin, every other value min-max
+  scaled by CityLearn's observation limits), computed vectorised from the raw vector (about twice as fast
+  as the wrapper), then clipped to [0, 1];
+- ``citylearn``: CityLearn's ``NormalizedObservationWrapper`` itself, then clipped to [0, 1] with a Box
+  computed once (CityLearn's ``ClippedObservationWrapper`` cannot be stacked on it with gymnasium >= 1.0);
+- ``clipped``: raw values clipped to CityLearn's observation Box.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+
+from envs.config import ConfigError, from_mapping, to_mapping
+
+ENV_NAME = "gridrl-citylearn"
+GYM_ID = "gridrl/CityLearn-v0"
+REWARD_CLASS = "envs.citylearn.reward.MultiObjectiveReward"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PERIODIC = {"hour": 24, "day_type": 7, "month": 12, "minutes": 59, "seconds": 59}  # CityLearn's x_max
+
+
+@dataclass(frozen=True)
+class CityLearnEnvConfig:
+    """Typed ``env_config`` of ``gridrl-citylearn`` (keys of the RLlib ``env_config`` dict)."""
+
+    schema: str
+    """Path to a CityLearn schema.json, or a folder holding one (relative: to the working directory, else to
+    the repository root), or a dataset folder name under ``CITYLEARN_LOCAL_DATASETS_PATH``. Nothing is
+    downloaded."""
+    start_time_step: int | None = None
+    """First step of the simulation within the schema's data (None: the schema's)."""
+    end_time_step: int | None = None
+    """Last step (inclusive) of the simulation (None: the schema's)."""
+    episode_time_steps: int | None = None
+    """Split the simulation into episodes of this many steps (None: one episode)."""
+    random_episode_split: bool = False
+    """Pick the episode window at random at each reset (CityLearn's random split, seeded)."""
+    observations: Literal["normalized", "citylearn", "clipped"] = "normalized"
+    """Observation mode (see the module docstring)."""
+    reward: Literal["multi_objective", "schema"] = "multi_objective"
+    """``multi_objective``: :class:`envs.citylearn.reward.MultiObjectiveReward`; ``schema``: the schema's."""
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Fields of :class:`envs.citylearn.reward.RewardConfig` (weights, scales); they override the schema's."""
+    seed: int | None = None
+    """CityLearn's random_seed (None: the schema's); ``reset(seed=...)`` overrides it."""
+
+    def __post_init__(self) -> None:
+        if self.episode_time_steps is not None and self.episode_time_steps < 2:
+            raise ValueError(f"episode_time_steps: must be >= 2, got {self.episode_time_steps}")
+        for name in ("start_time_step", "end_time_step"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name}: must be >= 0, got {v}")
+
+
+def resolve_schema(schema: str | Path) -> Path:
+    """The schema.json that ``schema`` names (file, folder, or dataset under CITYLEARN_LOCAL_DATASETS_PATH).
+
+    Raises:
+        ConfigError: Nothing found; the message lists where it looked.
+    """
+    p = Path(os.path.expanduser(str(schema)))
+    candidates = [p, p / "schema.json"]
+    if not p.is_absolute():  # Tune may run the env in a trial folder: also try the repository root
+        candidates += [REPO_ROOT / p, REPO_ROOT / p / "schema.json"]
+    for root in filter(None, os.environ.get("CITYLEARN_LOCAL_DATASETS_PATH", "").split(os.pathsep)):
+        candidates += [Path(root) / str(schema) / "schema.json", Path(root) / str(schema)]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise ConfigError(None, "schema", f"no schema.json found; looked at {[str(c) for c in candidates]}")
+
+
+def citylearn_kwargs(config: CityLearnEnvConfig) -> dict[str, Any]:
+    """Keyword arguments of ``CityLearnEnv`` for ``config`` (central agent, the reward chosen)."""
+    import json
+
+    path = resolve_schema(config.schema)
+    kwargs: dict[str, Any] = {"schema": str(path), "central_agent": True}
+    for key, name in (
+        ("simulation_start_time_step", "start_time_step"),
+        ("simulation_end_time_step", "end_time_step"),
+        ("episode_time_steps", "episode_time_steps"),
+        ("random_seed", "seed"),
+    ):
+        if getattr(config, name) is not None:
+            kwargs[key] = getattr(config, name)
+    if config.random_episode_split:
+        kwargs["random_episode_split"] = True
+    if config.reward == "multi_objective":
+        schema_reward = json.loads(path.read_text()).get("reward_function") or {}
+        base = (
+            dict(schema_reward.get("attributes") or {}) if schema_reward.get("type") == REWARD_CLASS else {}
+        )
+        kwargs["reward_function"] = REWARD_CLASS
+        kwargs["reward_function_kwargs"] = {**base, **config.reward_kwargs}
+    elif config.reward_kwargs:
+        raise ConfigError(None, "reward_kwargs", "only used with reward: multi_objective")
+    return kwargs
+
+
+class _FastNormalizer:
+    """CityLearn's periodic + min-max normalisation of the central raw vector, vectorised.
+
+    Built once from the env's buildings; the output order and values equal those of
+    ``citylearn.wrappers.NormalizedObservationWrapper`` (tests check this on two schemas).
+    """
+
+    def __init__(self, env: Any) -> None:
+        entries: list[tuple[int, str]] = []
+        seen: set[str] = set()
+        shared = set(env.shared_observations)
+        for i, b in enumerate(env.buildings):
+            for k in b.observations(normalize=False, periodic_normalization=False):
+                if i == 0 or k not in shared or k not in seen:
+                    entries.append((i, k))
+                    seen.add(k)
+        names = env.observation_names[0]
+        if [k for _, k in entries] != list(names):
+            raise RuntimeError("CityLearn observation order changed; use observations: citylearn")
+        src, kind, xmax, lo, hi, self.names = [], [], [], [], [], []
+        for j, (i, k) in enumerate(entries):
+            low, high = env.buildings[i].periodic_normalized_observation_space_limits
+            parts = [(f"{k}_cos", 1), (f"{k}_sin", 2)] if k in PERIODIC else [(k, 0)]
+            for name, kd in parts:
+                src.append(j)
+                kind.append(kd)
+                xmax.append(PERIODIC.get(k, 1))
+                lo.append(float(low[name]))
+                hi.append(float(high[name]))
+                self.names.append(name)
+        self.src = np.asarray(src)
+        self.kind = np.asarray(kind)
+        self.angle = 2 * np.pi / np.asarray(xmax, dtype=np.float64)
+        self.lo = np.asarray(lo)
+        span = np.asarray(hi) - self.lo
+        self.inv_span = np.where(span != 0, 1.0 / np.where(span != 0, span, 1.0), 0.0)
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        x = np.asarray(raw, dtype=np.float64)[self.src]
+        v = np.where(
+            self.kind == 0, x, np.where(self.kind == 1, np.cos(x * self.angle), np.sin(x * self.angle))
+        )
+        return np.clip((v - self.lo) * self.inv_span, 0.0, 1.0).astype(np.float32)
+
+
+def _find_wrapper(env: Any, cls: type) -> Any:
+    while not isinstance(env, cls):
+        env = env.env
+    return env
+
+
+class CityLearnRLlibEnv(gym.Env):
+    """A CityLearn district (or the Iquitos mall) as one central agent.
+
+    ## Description
+    Each step is one of the schema's time steps (an hour for the mall and the 2022 challenge district).
+    The agent sets every building's battery and every EV charger at once; CityLearn simulates the step.
+
+    ## Action Space
+    ``Box(-1, 1, (n_actions,), float32)``, CityLearn's central action vector in the order of
+    ``action_names``: per building, ``electrical_storage`` (share of the battery's nominal power,
+    + charge / - discharge) then ``electric_vehicle_storage_<charger>`` (share of the charger's maximum
+    power; negative values discharge where the charger allows it, the mall's do not). Out-of-range values
+    are clipped. Mall: 129 actions (1 battery + 128 sockets).
+
+    ## Observation Space
+    ``Box(0, 1, (n_obs,), float32)`` in the default mode; the names are in ``observation_names``:
+
+    | index | name | unit (before scaling) | bounds |
+    | --- | --- | --- | --- |
+    | 0-5 | month, day_type, hour as cos/sin | - | [0, 1] |
+    | ... | outdoor temperature and its 6/12/24 h forecasts | C | [0, 1] |
+    | ... | diffuse, direct irradiance and forecasts | W/m2 | [0, 1] |
+    | ... | electricity price and forecasts | currency/kWh | [0, 1] |
+    | ... | non_shiftable_load, solar_generation, net_electricity_consumption | kWh | [0, 1] |
+    | ... | electrical_storage_soc | - | [0, 1] |
+    | ... | per charger: connected, hours to departure, required SoC, SoC, incoming | -, h, - | [0, 1] |
+
+    The mall's schema gives 666 values; the 2022 district 151. Scaling limits are CityLearn's own.
+
+    ## Rewards
+    :class:`envs.citylearn.reward.MultiObjectiveReward` (formula in its module), or the schema's reward with
+    ``reward: schema``. ``info["reward_terms"]`` holds the unweighted terms of the step.
+
+    ## Starting State
+    The schema's: battery SoC ``initial_soc``, vehicles at the SoC their sessions arrive with, the first
+    step of the episode window (random if ``random_episode_split``, from the seed).
+
+    ## Episode End
+    Terminated at the last step of the episode window (CityLearn ends it); never truncated by the env.
+
+    ## Arguments
+    ``CityLearnRLlibEnv(config)`` with a :class:`CityLearnEnvConfig` or a mapping of its fields (RLlib's
+    ``env_config``); ``make_citylearn_env(env_config)`` does the same for ``ray.tune.register_env``.
+
+    ## Version History
+    - v0: first version (CityLearn 3.0.2).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: CityLearnEnvConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        from citylearn.wrappers import NormalizedObservationWrapper, RLlibSingleAgentWrapper
+
+        data = dict(config) if isinstance(config, Mapping) else ({} if config is None else config)
+        if kwargs:
+            data = {**(to_mapping(data) if isinstance(data, CityLearnEnvConfig) else data), **kwargs}
+        self.config: CityLearnEnvConfig = from_mapping(CityLearnEnvConfig, data, source="env_config")
+        wrappers = [NormalizedObservationWrapper] if self.config.observations == "citylearn" else []
+        self._inner = RLlibSingleAgentWrapper(
+            {"env_kwargs": citylearn_kwargs(self.config), "wrappers": wrappers}
+        )
+        self.citylearn = self._inner.unwrapped
+        reward = self.citylearn.reward_function
+        if hasattr(reward, "calibrate"):
+            reward.calibrate(self.citylearn)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, self._inner.action_space.shape, np.float32)
+        self._normalizer: _FastNormalizer | None = None
+        if self.config.observations == "normalized":
+            self._normalizer = _FastNormalizer(self.citylearn)
+            n = len(self._normalizer.names)
+            self.observation_space = gym.spaces.Box(0.0, 1.0, (n,), np.float32)
+            self.observation_names = list(self._normalizer.names)
+        elif self.config.observations == "citylearn":
+            n = self._inner.observation_space.shape[0]
+            self.observation_space = gym.spaces.Box(0.0, 1.0, (n,), np.float32)
+            self.observation_names = list(
+                _find_wrapper(self._inner, NormalizedObservationWrapper).observation_names[0]
+            )
+        else:
+            box = self.citylearn.observation_space[0]
+            self.observation_space = gym.spaces.Box(box.low, box.high, box.shape, np.float32)
+            self.observation_names = list(self.citylearn.observation_names[0])
+        self.action_names = list(self.citylearn.action_names[0])
+
+    def _obs(self, raw: np.ndarray) -> np.ndarray:
+        if self._normalizer is not None:
+            return self._normalizer(raw)
+        box = self.observation_space
+        return np.clip(np.asarray(raw, dtype=np.float32), box.low, box.high)
+
+    def _info(self) -> dict[str, Any]:
+        terms = getattr(self.citylearn.reward_function, "last_terms", None)
+        info: dict[str, Any] = {"time_step": int(self.citylearn.time_step)}
+        if terms is not None:
+            info["reward_terms"] = dict(terms)
+        return info
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        raw, _ = self._inner.reset(seed=seed, options=options)
+        return self._obs(raw), self._info()
+
+    def step(self, action: np.ndarray):
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(self.action_space.shape), -1.0, 1.0)
+        raw, reward, terminated, truncated, _ = self._inner.step(list(a))
+        return self._obs(raw), float(reward), bool(terminated), bool(truncated), self._info()
+
+    def evaluate(self, **kwargs: Any) -> Any:
+        """CityLearn's ``evaluate()`` of the current episode (a DataFrame)."""
+        return self.citylearn.evaluate(**kwargs)
+
+
+def make_citylearn_env(env_config: Mapping[str, Any]) -> CityLearnRLlibEnv:
+    """Env creator for ``ray.tune.register_env(ENV_NAME, make_citylearn_env)``.
+
+    Args:
+        env_config: RLlib's env_config (a dict or EnvContext) with the fields of :class:`CityLearnEnvConfig`.
+    """
+    return CityLearnRLlibEnv(dict(env_config))
+
+
+def register() -> None:
+    """Register ``gridrl-citylearn`` with Ray Tune / RLlib and ``gridrl/CityLearn-v0`` with gymnasium.
+
+    No ``max_episode_steps``: the episode length comes from the schema and the config, and CityLearn
+    terminates the episode itself.
+    """
+    from ray.tune.registry import register_env
+
+    register_env(ENV_NAME, make_citylearn_env)
+    if GYM_ID not in gym.registry:
+        gym.register(id=GYM_ID, entry_point="envs.citylearn.env:CityLearnRLlibEnv")
