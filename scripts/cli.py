@@ -15,10 +15,13 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("scripts.pipeline", "the end-to-end main job (demo profile: minutes on 2 cores)"),
     "train": ("scripts.train", "train an RLlib algorithm from a YAML config (rllib_configs/...)"),
+    "tune": ("scripts.tune", "run a Tune sweep (tune/<domain>/<algo>.yaml) and promote the best checkpoint"),
     "evaluate": ("scripts.evaluate", "evaluate a trained policy against the baselines on held-out days"),
     "simulate": ("scripts.simulate", "run controllers (PI, oracle, zero, random) on the export simulator"),
     "data": ("scripts.data", "simulated raw logs and the offline RLlib dataset (generate, build)"),
     "citylearn": ("scripts.citylearn", "CityLearn domain: build the mall schema, evaluate baselines and policies"),
+    "export": ("scripts.export", "export a checkpoint (ONNX) or a baseline (pi, rbc) as a bundle"),
+    "edge": ("scripts.edge", "run a bundle under the edge runtime (no Ray, no torch) on simulated days"),
 }
 
 

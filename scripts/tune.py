@@ -1,0 +1,65 @@
+"""``gridrl tune``: a Tune sweep from a sweep file, with results, a plot and promotion of the best."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "tune",
+        help="run a Tune sweep (tune/<domain>/<algo>.yaml) and promote the best checkpoint",
+        description=(
+            "Sample --num-samples trials from the sweep file's search space, run them under its scheduler "
+            "(ASHA by default), write results.csv/.parquet and sweep.png, and promote the best checkpoint to "
+            "<storage-path>/best/<domain>/<algo>/ if it beats the one there. The last stdout line is JSON."
+        ),
+    )
+    p.add_argument("--config", required=True, help="sweep file, e.g. tune/export/ppo.yaml")
+    p.add_argument("--num-samples", type=int, default=None, help="trials to sample (default: the file's, 50)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once (default: what fits)")
+    p.add_argument("--storage-path", default="runs", help="root of the sweep and of best/ (default ./runs)")
+    p.add_argument("--name", default=None, help="sweep name (default sweep-<domain>-<file stem>)")
+    p.add_argument("--dataset", default=None, help="dataset directory (offline sweeps)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep without rerunning finished trials")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search and of every trial")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
+    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded local Ray (default 2)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from cluster.local import init_ray
+    from envs.config import ConfigError
+    from tune.results import plot_sweep, promote, write_table
+    from tune.spec import load_sweep
+    from tune.sweep import SweepOptions, param_space, run_sweep
+
+    try:
+        spec = load_sweep(args.config, dataset=args.dataset)
+    except ConfigError as exc:
+        print(f"gridrl tune: {exc}", file=sys.stderr)
+        return 2
+    opts = SweepOptions(
+        storage_path=Path(args.storage_path), num_samples=args.num_samples or spec.file.num_samples,
+        max_concurrent=args.max_concurrent, seed=args.seed, resume=args.resume, name=args.name,
+    )
+    init_ray(args.address, num_cpus=args.num_cpus)
+    try:
+        grid, exp_dir = run_sweep(spec, opts)
+    except (FileExistsError, FileNotFoundError, RuntimeError) as exc:
+        print(f"gridrl tune: {exc}", file=sys.stderr)
+        return 2
+    _, _, names = param_space(spec, args.seed)
+    metric, mode = spec.file.metric, spec.file.mode
+    table = write_table(grid, exp_dir, metric, names)
+    best = grid.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
+    plot = plot_sweep(grid, exp_dir, metric, best, names)
+    promotion = promote(grid, exp_dir, Path(args.storage_path), spec.domain, spec.algorithm, metric, mode, names)
+    errors = sum(1 for r in grid if r.error)
+    print(json.dumps({"sweep": str(exp_dir), "trials": len(grid), "errors": errors, "results": str(table),
+                      "plot": str(plot), **promotion}, default=str))
+    return 0

@@ -1,0 +1,116 @@
+"""What a sweep leaves behind: the results table, a PNG, and the promoted best checkpoint.
+
+Promotion copies the best trial's best checkpoint to ``<storage>/best/<domain>/<algo>/`` with
+``promotion.json`` (metric, value, mode, params, the sweep's id and trial) and the run's
+``gridrl_run.json``, so ``gridrl evaluate`` and ``gridrl export`` take that path. A new best replaces the
+old one only if it is better on the same metric; otherwise it says so and leaves the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rllib_configs.policy import RUN_INFO
+
+PROMOTION = "promotion.json"
+
+
+def _flat_params(config: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    return {names.get(k, k): config.get(k) for k in names}
+
+
+def write_table(grid: Any, exp_dir: Path, metric: str, names: dict[str, str]) -> Path:
+    """results.csv and results.parquet: one row per trial, its params, last metric, best metric."""
+    import polars as pl
+
+    rows = []
+    for r in grid:
+        hist = r.metrics_dataframe
+        series = hist[metric].dropna().tolist() if hist is not None and metric in hist else []
+        rows.append({
+            "trial_id": (r.metrics or {}).get("trial_id"),
+            "status": "ERROR" if r.error else "OK",
+            "iterations": (r.metrics or {}).get("training_iteration"),
+            f"last/{metric}": series[-1] if series else None,
+            f"best/{metric}": (max(series) if series else None),
+            **{f"param/{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
+               for k, v in _flat_params(r.config or {}, names).items()},
+            "path": r.path,
+        })
+    df = pl.DataFrame(rows)
+    df.write_csv(exp_dir / "results.csv")
+    df.write_parquet(exp_dir / "results.parquet")
+    return exp_dir / "results.csv"
+
+
+def plot_sweep(grid: Any, exp_dir: Path, metric: str, best: Any, names: dict[str, str]) -> Path:
+    """PNG: the metric of every trial over its iterations, with the best trial's parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for r in grid:
+        hist = r.metrics_dataframe
+        if hist is None or metric not in hist:
+            continue
+        lw, alpha = (2.5, 1.0) if best is not None and r.path == best.path else (0.8, 0.5)
+        ax.plot(hist["training_iteration"], hist[metric], lw=lw, alpha=alpha)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if best is not None:
+        text = "\n".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                         for k, v in _flat_params(best.config, names).items())
+        ax.text(1.01, 1.0, "best trial\n" + text, transform=ax.transAxes, va="top", fontsize=8)
+    ax.set_title(f"{len(list(grid))} trials: {metric}")
+    fig.tight_layout()
+    out = exp_dir / "sweep.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def _better(new: float, old: float, mode: str) -> bool:
+    return new > old if mode == "max" else new < old
+
+
+def promote(grid: Any, exp_dir: Path, storage: Path, domain: str, algo: str, metric: str, mode: str,
+            names: dict[str, str]) -> dict[str, Any]:
+    """Promote the sweep's best checkpoint if it beats the current best on ``metric``."""
+    best = grid.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
+    ckpt = best.get_best_checkpoint(metric, mode) if best else None
+    if best is None or ckpt is None:
+        return {"promoted": False, "reason": "no trial produced a checkpoint with the metric"}
+    hist = best.metrics_dataframe
+    value = float(hist[metric].max() if mode == "max" else hist[metric].min())
+    target = Path(storage).resolve() / "best" / domain / algo.lower()
+    old = json.loads((target / PROMOTION).read_text()) if (target / PROMOTION).is_file() else None
+    record = {
+        "metric": metric, "mode": mode, "value": value, "sweep_id": exp_dir.name, "sweep_dir": str(exp_dir),
+        "trial_path": best.path, "source_checkpoint": ckpt.path, "params": _flat_params(best.config, names),
+        "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if old is not None and old.get("metric") == metric and not _better(value, float(old["value"]), mode):
+        msg = f"not promoted: the current best ({old['value']:.6g} from {old['sweep_id']}) is not beaten by {value:.6g}"
+        print(f"[tune] {msg}", file=sys.stderr)
+        return {"promoted": False, "reason": msg, "best": str(target), "candidate": record}
+    staging = target.with_name(target.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(ckpt.path, staging / "checkpoint")
+    shutil.copy(exp_dir / RUN_INFO, staging / RUN_INFO)
+    (staging / "config.json").write_text(json.dumps(best.config, indent=2, default=str))
+    (staging / PROMOTION).write_text(json.dumps(record, indent=2, default=str))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    if old is not None and not math.isnan(float(old["value"])):
+        print(f"[tune] promoted: {value:.6g} beats {old['value']:.6g}", file=sys.stderr)
+    return {"promoted": True, "best": str(target), "checkpoint": str(target / "checkpoint"), **record}
