@@ -1,0 +1,118 @@
+"""Tune sweeps: sweep-file errors, a small sweep that promotes, promotion only when better, resume."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from envs.config import ConfigError
+from tests.proctree import kill_tree
+from tune.spec import load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {
+    "base": "rllib_configs/export/ppo.yaml",
+    "metric": "env_runners/episode_return_mean",
+    "mode": "max",
+    "search_space": {"training.lr": {"loguniform": [1e-5, 1e-3]}, "training.gamma": {"uniform": [0.95, 0.99]}},
+    "scheduler": {"type": "fifo"},
+    "stop": {"training_iteration": 2},
+    "overrides": {
+        "env_runners": {"num_env_runners": 0},
+        "training": {"train_batch_size_per_learner": 600, "minibatch_size": 200, "num_epochs": 2},
+    },
+}
+
+
+def sweep_file(tmp_path: Path, **changes) -> Path:
+    data = {**SMALL, **changes}
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize(
+    "changes,field",
+    [
+        ({"search_space": {"training.lrr": {"uniform": [0, 1]}}}, "search_space.training.lrr"),
+        ({"search_space": {"training.lr": {"logarithmic": [1e-5, 1e-3]}}}, "search_space.training.lr.logarithmic"),
+        ({"search_space": {"training.lr": {"loguniform": [1e-3, 1e-5]}}}, "search_space.training.lr.loguniform"),
+        ({"search_space": {"training.lr": {"uniform": ["a", 1]}}}, "search_space.training.lr.uniform"),
+        ({"scheduler": {"type": "hyperband"}}, "scheduler.type"),
+        ({"base": "rllib_configs/export/nope.yaml"}, "base"),
+        ({"overrides": {"env_runners": {"num_runners": 0}}}, "overrides.env_runners.num_runners"),
+        ({"mode": "maximise"}, "mode"),
+    ],
+)
+def test_bad_sweep_files_name_the_key(tmp_path, changes, field):
+    p = sweep_file(tmp_path, **changes)
+    with pytest.raises(ConfigError) as exc:
+        load_sweep(p)
+    assert field in str(exc.value) and str(p) in str(exc.value)
+
+
+def gridrl_tune(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "scripts", "tune", *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+@pytest.mark.smoke
+def test_small_online_sweep_promotes_and_only_a_better_one_replaces_it(tmp_path):
+    p = sweep_file(tmp_path)
+    proc = gridrl_tune("--config", str(p), "--num-samples", "3", "--storage-path", str(tmp_path / "s"), "--seed", "1")
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["trials"] == 3 and summary["errors"] == 0 and summary["promoted"] is True
+    best = tmp_path / "s" / "best" / "export" / "ppo"
+    assert (best / "checkpoint").is_dir() and (best / "gridrl_run.json").is_file()
+    record = json.loads((best / "promotion.json").read_text())
+    assert record["sweep_id"] == "sweep-export-sweep" and set(record["params"]) == {"training.lr", "training.gamma"}
+    assert (Path(summary["sweep"]) / "results.csv").read_text().count("\n") == 4
+    assert (Path(summary["sweep"]) / "results.parquet").is_file() and (Path(summary["sweep"]) / "sweep.png").is_file()
+    # gridrl evaluate takes the promoted path
+    from rllib_configs.policy import load_policy
+
+    assert load_policy(best / "checkpoint").act_unit([[0.0] * 30]).shape == (1, 3)
+    # A second sweep that does not beat the best is not promoted, and says so.
+    record["value"] = 1e12
+    (best / "promotion.json").write_text(json.dumps(record))
+    proc = gridrl_tune("--config", str(p), "--num-samples", "1", "--storage-path", str(tmp_path / "s"),
+                       "--name", "again", "--seed", "2")
+    out, _ = proc.communicate(timeout=900)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["promoted"] is False and "not promoted" in summary["reason"]
+    assert json.loads((best / "promotion.json").read_text())["value"] == 1e12
+
+
+@pytest.mark.smoke
+def test_resume_after_killing_the_driver_does_not_rerun_finished_trials(tmp_path):
+    p = sweep_file(tmp_path)
+    args = ["--config", str(p), "--num-samples", "3", "--max-concurrent", "1", "--storage-path", str(tmp_path / "s"),
+            "--name", "r", "--seed", "4"]
+    proc = gridrl_tune(*args)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not any(" completed after " in ln for ln in lines):
+        time.sleep(0.5)
+    finished = {m.group(1) for ln in lines for m in [re.search(r"Trial (\S+) completed after", ln)] if m}
+    assert finished, "no trial finished before the deadline"
+    kill_tree(proc.pid)
+    proc.wait(30)
+    resumed = gridrl_tune(*args, "--resume")
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["trials"] == 3 and summary["errors"] == 0
+    restarted = set(re.findall(r"Trial (\S+) started", out))
+    assert not (finished & restarted), f"finished trials were rerun: {finished & restarted}"
