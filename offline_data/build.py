@@ -1,0 +1,397 @@
+"""``gridrl data build``: raw logs -> validated, aligned, featurised, split RLlib-ready Parquet.
+
+Stages (a progress bar each): ``scan`` (sha256 of every source file), ``validate``
+(offline_data/validate.py), ``align`` (align.py), ``features`` (transitions.day_steps), ``split`` and
+``write`` (split.py, transitions.transitions). Output, in ``DATASET/``:
+
+* ``train/``, ``val/``, ``test/``: Parquet files of transitions (transitions.TRANSITION_SCHEMA), in large
+  row groups (``ray.data.read_parquet`` and RLlib's ``.offline_data(input_=...)`` read them);
+* ``normalization.json``: statistics of the train split;
+* ``quarantine/<stream>/date=YYYY-MM-DD.parquet``: every rejected row with ``file, row, reason, column, raw``;
+* ``cache/date=YYYY-MM-DD/``: each day's steps and counts, keyed by the sha256 of its source files and the
+  settings that shape a day;
+* ``manifest.json``: sources with sha256, counts per stream and stage, time span, versions, command line.
+  Written last: a folder without it is not a dataset.
+
+**Incremental.** A day whose key matches the previous build's is reused (its cache and quarantine files
+are hard-linked); only new or changed day partitions go through validate, align and features. Split
+boundaries move with the data, so the split files are always rewritten from the cached steps.
+
+**Atomic.** Everything is built in a sibling folder ``.DATASET.building-*`` that replaces ``DATASET`` by a
+rename at the end; a failed build removes it and leaves the previous dataset as it was.
+
+Memory: one day per worker and stage at a time (offline_data/stages.py); per-day files stream into the
+split writers. Peak memory does not grow with the number of days (tests/benchmarks/bench_offline_data.py
+measures it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from envs.config import to_mapping
+from envs.reward import RewardWeights
+from envs.site import DEFAULT_SITE_PATH, load_site
+from envs.state_spec import spec_dict
+from offline_data.align import AlignConfig
+from offline_data.progress import Progress
+from offline_data.rawio import RawFile, RawLogError, discover, sha256_file
+from offline_data.schemas import SCHEMA_VERSION, STREAMS
+from offline_data.split import SPLITS, SplitWriter, Stats, boundaries
+from offline_data.stages import align_one, features_one, make_pool, run_stage, validate_day
+from offline_data.transitions import (
+    STEPS_SCHEMA,
+    TRANSITION_SCHEMA,
+    TRANSITIONS_VERSION,
+    column_stats,
+    transitions,
+)
+
+PIPELINE_VERSION = "offline-data-1"
+DATASET_VERSION = "gridrl-dataset-v1"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Settings of ``gridrl data build`` (``--config FILE.yaml`` holds the same keys)."""
+
+    lookahead: int = 5
+    """k of the k-step lookahead target (lookahead_obs, lookahead_actions)."""
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    """Shares of train, val and test, in time order."""
+    align: AlignConfig = field(default_factory=AlignConfig)
+    """Staleness limits and the shortest episode."""
+    site: str | None = None
+    """Site YAML (for the action scale); None = RAW/site.yaml if present, else the shipped default site."""
+    reward: RewardWeights = field(default_factory=RewardWeights)
+    """Reward weights (envs/reward.py)."""
+    row_group_rows: int = 262_144
+    """Rows per Parquet row group of the split files."""
+    rows_per_file: int = 2_097_152
+    """Rows per split file before a new one is started."""
+
+    def __post_init__(self) -> None:
+        if self.lookahead < 1:
+            raise ValueError(f"lookahead: must be >= 1, got {self.lookahead}")
+        if len(self.split) != 3 or any(s < 0 for s in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(f"split: three non-negative shares summing to 1, got {self.split}")
+        if self.align.min_episode_s < 2:
+            raise ValueError("align: min_episode_s must be >= 2 (an episode needs one step)")
+
+
+class BuildError(RuntimeError):
+    """The build cannot proceed (the message says why); the previous dataset is untouched."""
+
+
+def _site_path(cfg: BuildConfig, raw: Path) -> Path:
+    if cfg.site:
+        return Path(cfg.site)
+    return raw / "site.yaml" if (raw / "site.yaml").is_file() else DEFAULT_SITE_PATH
+
+
+def _hash_sources(days: dict, old: dict, enabled: bool) -> dict[str, dict]:
+    """sha256 per source file; reused from the previous manifest when size and mtime are unchanged."""
+    prev = {s["path"]: s for s in old.get("sources", [])}
+    files = [f for streams in days.values() for fs in streams.values() for f in fs]
+    out = {}
+    with Progress("scan", len(files), "files", enabled) as bar:
+        for f in files:
+            p = prev.get(f.rel)
+            same = p and p.get("bytes") == f.size and p.get("mtime_ns") == f.mtime_ns
+            out[f.rel] = {
+                "path": f.rel,
+                "bytes": f.size,
+                "mtime_ns": f.mtime_ns,
+                "sha256": p["sha256"] if same else sha256_file(f.path),
+            }
+            bar.update(1)
+    return out
+
+
+def _day_key(date: str, streams: dict[str, list[RawFile]], sources: dict, settings: dict) -> str:
+    body = {
+        "pipeline": PIPELINE_VERSION,
+        "settings": settings,
+        "files": sorted((f.rel, sources[f.rel]["sha256"]) for fs in streams.values() for f in fs),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=os.link)
+    else:
+        os.link(src, dst)
+
+
+def _read_steps(root: Path, date: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(
+        root / "cache" / f"date={date}" / "steps.parquet",
+        columns=columns,
+        schema=STEPS_SCHEMA if columns is None else None,
+    )
+
+
+def _iso(second: int | None) -> str | None:
+    return (
+        None
+        if second is None
+        else dt.datetime.fromtimestamp(second, dt.UTC).isoformat().replace("+00:00", "Z")
+    )
+
+
+def build(
+    raw: Path,
+    out: Path,
+    cfg: BuildConfig,
+    seed: int = 0,
+    command_line: list[str] | None = None,
+    progress: bool = True,
+    workers: int = 1,
+) -> dict:
+    """Build ``out`` from ``raw`` (see the module docstring); returns the manifest.
+
+    ``workers`` > 1 runs the per-day stages in that many processes (offline_data/stages.py); the
+    dataset is the same for any number of workers.
+
+    Raises:
+        RawLogError: a raw file cannot be used (the message names the file and the column).
+        BuildError: ``out`` exists and is not a gridrl dataset, or there is nothing to split.
+    """
+    raw, out = Path(raw), Path(out)
+    t_start = time.perf_counter()
+    days = discover(raw)
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise BuildError(
+            f"{out}: exists and is not a gridrl dataset (no manifest.json); refusing to replace it"
+        )
+    old = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    site_path = _site_path(cfg, raw)
+    max_w = load_site(site_path).control.max_power_per_phase_w
+    settings = {
+        "raw_schema": SCHEMA_VERSION,
+        "spec": spec_dict()["sha256"],
+        "align": asdict(cfg.align),
+        "reward": asdict(cfg.reward),
+        "max_power_per_phase_w": max_w,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    try:
+        manifest = _build_into(tmp, raw, out, days, old, cfg, settings, max_w, progress, workers)
+        manifest.update(
+            {
+                "dataset_version": DATASET_VERSION,
+                "raw_schema_version": SCHEMA_VERSION,
+                "transitions_version": TRANSITIONS_VERSION,
+                "pipeline_version": PIPELINE_VERSION,
+                "state_spec": {"version": spec_dict()["version"], "sha256": spec_dict()["sha256"]},
+                "transition_schema": {f.name: str(f.type) for f in TRANSITION_SCHEMA},
+                "command_line": command_line or [],
+                "seed": seed,
+                "config": to_mapping(cfg) | {"site_resolved": str(site_path)},
+                "created_utc": _iso(int(time.time())),
+                "build_seconds": round(time.perf_counter() - t_start, 3),
+            }
+        )
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` by renames; the old dataset is removed once the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build_into(
+    tmp: Path,
+    raw: Path,
+    out: Path,
+    days: dict,
+    old: dict,
+    cfg: BuildConfig,
+    settings: dict,
+    max_w: float,
+    progress: bool,
+    workers: int,
+) -> dict:
+    sources = _hash_sources(days, old, progress)
+    keys = {date: _day_key(date, streams, sources, settings) for date, streams in days.items()}
+    old_days = old.get("days", {}).get("keys", {})
+    reuse = [
+        d for d in days if old_days.get(d) == keys[d] and (out / "cache" / f"date={d}" / "day.json").is_file()
+    ]
+    todo = [d for d in days if d not in reuse]
+    for d in reuse:
+        _link_tree(out / "cache" / f"date={d}", tmp / "cache" / f"date={d}")
+        for name in STREAMS:
+            q = out / "quarantine" / name / f"date={d}.parquet"
+            if q.is_file():
+                _link_tree(q, tmp / "quarantine" / name / f"date={d}.parquet")
+    scratch = tmp / "_scratch"
+    pool = make_pool(min(workers, len(todo)))
+    try:
+        v_counts = run_stage(
+            "validate", validate_day, todo, lambda d: (days[d], scratch, tmp), pool, progress
+        )
+        a_counts = run_stage("align", align_one, todo, lambda d: (scratch, cfg.align), pool, progress)
+        f_counts = run_stage(
+            "features", features_one, todo, lambda d: (scratch, tmp, max_w, cfg.reward), pool, progress
+        )
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    for d in todo:
+        day = {"key": keys[d], "validate": v_counts[d], "align": a_counts[d], "features": f_counts[d]}
+        (tmp / "cache" / f"date={d}" / "day.json").write_text(json.dumps(day, indent=1))
+    day_info = {d: json.loads((tmp / "cache" / f"date={d}" / "day.json").read_text()) for d in days}
+    return _split_and_write(tmp, days, day_info, keys, todo, reuse, sources, cfg, progress)
+
+
+def _split_and_write(
+    tmp: Path,
+    days: dict,
+    info: dict,
+    keys: dict,
+    todo: list[str],
+    reuse: list[str],
+    sources: dict,
+    cfg: BuildConfig,
+    progress: bool,
+) -> dict:
+    order = list(days)
+    counts = [(d, info[d]["features"]["steps"]) for d in order]
+    if sum(n for _, n in counts) < 2:
+        raise BuildError(
+            "no episode survived validation and alignment: nothing to split "
+            "(see quarantine/ and the align counts)"
+        )
+    with Progress("split", 1, "step", progress) as bar:
+        cuts = boundaries(counts, cfg.split, lambda d: _read_steps(tmp, d, ["second"])["second"].to_numpy())
+        bar.update(1, f"cuts at {_iso(cuts[0])}, {_iso(cuts[1])}")
+    writers = {s: SplitWriter(tmp, s, cfg.row_group_rows, cfg.rows_per_file) for s in SPLITS}
+    stats = Stats()
+    dropped = 0
+    with Progress("write", len(order), "days", progress) as bar:
+        for d in order:
+            steps = _read_steps(tmp, d)
+            parts = transitions(steps, d, cfg.lookahead, cuts)
+            dropped += max(
+                0,
+                steps.num_rows
+                - sum(t.num_rows for t in parts.values())
+                - len(np.unique(steps["episode"].to_numpy())),
+            )
+            for p, table in parts.items():
+                writers[SPLITS[p]].add(table)
+                if p == 0:
+                    stats.add(column_stats(table))
+            bar.update(1, d)
+    split_info = {s: w.close() for s, w in writers.items()}
+    for s in split_info.values():
+        s["time_span"] = [_iso(x) for x in s.pop("time_span_s")]
+    (tmp / "normalization.json").write_text(json.dumps(stats.normalization(), indent=2) + "\n")
+    return _manifest(days, info, keys, todo, reuse, sources, split_info, cuts, dropped)
+
+
+def _manifest(
+    days: dict,
+    info: dict,
+    keys: dict,
+    todo: list[str],
+    reuse: list[str],
+    sources: dict,
+    split_info: dict,
+    cuts: tuple[int, int],
+    dropped: int,
+) -> dict:
+    per_stream: dict[str, dict] = {}
+    for d in days:
+        for name, c in info[d]["validate"].items():
+            acc = per_stream.setdefault(
+                name,
+                {
+                    "rows_in": 0,
+                    "rows_used": 0,
+                    "rows_quarantined": 0,
+                    "quarantined_by_reason": {},
+                    "repaired": {},
+                },
+            )
+            for k in ("rows_in", "rows_used", "rows_quarantined"):
+                acc[k] += c[k]
+            for group in ("quarantined_by_reason", "repaired"):
+                for r, n in c[group].items():
+                    acc[group][r] = acc[group].get(r, 0) + n
+    for name, c in per_stream.items():
+        if c["rows_in"] != c["rows_used"] + c["rows_quarantined"]:
+            raise BuildError(f"{name}: counts do not add up: {c}")
+    align = {
+        "grid_seconds": 0,
+        "episode_seconds": 0,
+        "episodes": 0,
+        "pi_filled_seconds": 0,
+        "dropped_seconds": {},
+    }
+    for d in days:
+        a = info[d]["align"]
+        for k in ("grid_seconds", "episode_seconds", "episodes", "pi_filled_seconds"):
+            align[k] += a.get(k, 0)
+        for r, n in a.get("dropped_seconds", {}).items():
+            align["dropped_seconds"][r] = align["dropped_seconds"].get(r, 0) + n
+    firsts = [
+        info[d]["features"]["first_second"] for d in days if info[d]["features"]["first_second"] is not None
+    ]
+    lasts = [
+        info[d]["features"]["last_second"] for d in days if info[d]["features"]["last_second"] is not None
+    ]
+    return {
+        "sources": [sources[k] for k in sorted(sources)],
+        "counts": {
+            k: {x: per_stream[k][x] for x in ("rows_in", "rows_used", "rows_quarantined")} for k in STREAMS
+        },
+        "stages": {
+            "validate": per_stream,
+            "align": align,
+            "features": {"steps": sum(info[d]["features"]["steps"] for d in days)},
+            "transitions": {
+                "rows": {s: split_info[s]["rows"] for s in SPLITS},
+                "dropped_at_split_cuts": dropped,
+            },
+        },
+        "time_span": {
+            "first_second": _iso(min(firsts)),
+            "last_second": _iso(max(lasts)),
+            "split_cuts": [_iso(c) for c in cuts],
+            "split_cuts_s": list(cuts),
+        },
+        "splits": split_info,
+        "days": {"all": list(days), "processed": todo, "reused": reuse, "keys": keys},
+    }
+
+
+__all__ = ["BuildConfig", "BuildError", "RawLogError", "build"]

@@ -1,0 +1,250 @@
+"""``gridrl data``: simulated raw logs and the offline dataset RLlib reads.
+
+    gridrl data generate --days 2 --defects 0.02          # simulated logs of the PI, with real-log defects
+    gridrl data build                                     # validate, align, featurise, split -> Parquet
+
+Paths default to folders under the storage path, ``$GRIDRL_STORAGE`` (default ``~/gridrl``):
+``raw/`` for the logs and ``dataset/`` for the build. See offline_data/ for what each step does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from envs.config import ConfigError, from_mapping, load_yaml, to_mapping
+
+STORAGE_ENV = "GRIDRL_STORAGE"
+
+
+def storage_path() -> Path:
+    """The one storage path: ``$GRIDRL_STORAGE`` or ``~/gridrl``."""
+    return Path(os.environ.get(STORAGE_ENV) or Path.home() / "gridrl").expanduser()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "data",
+        help="simulated raw logs and the offline RLlib dataset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="{generate,build}", required=True)
+    store = storage_path()
+
+    g = sub.add_parser(
+        "generate",
+        help="run the PI in the simulator and write raw logs with defects",
+        description="Run the PI controller in the export simulator, one episode per calendar "
+        "day, and write the three raw-log streams (meter_readings, zigbee_commands, pi_state) "
+        "partitioned by day, each on its own clock. Defects are injected at --defects and "
+        "recorded in RAW/_defects/date=YYYY-MM-DD.jsonl.",
+    )
+    g.add_argument("--site", default=None, help="site YAML (default: the shipped default site)")
+    g.add_argument("--days", type=int, default=1, help="number of consecutive days to simulate (default 1)")
+    g.add_argument(
+        "--start-date",
+        default="2025-06-01",
+        help="first day, YYYY-MM-DD within 2025 (the simulator's calendar; default 2025-06-01)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="root seed; a day's logs depend only on (seed, date, window, defects, format, site)",
+    )
+    g.add_argument(
+        "--defects",
+        type=float,
+        default=0.0,
+        help="defect rate: share of rows with a row-level defect, and the scale of gaps, clock jumps "
+        "and truncated lines (see offline_data/defects.py; default 0 = clean logs)",
+    )
+    g.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("csv", "parquet", "jsonl"),
+        default="csv",
+        help="file format of every stream (default csv)",
+    )
+    g.add_argument(
+        "--hours",
+        type=float,
+        default=24.0,
+        help="simulated hours per day, for short runs (default 24 = whole days)",
+    )
+    g.add_argument(
+        "--start-hour",
+        type=float,
+        default=None,
+        help="local start hour of a shorter window (default 0 for whole days, else 10)",
+    )
+    g.add_argument(
+        "--scenario",
+        default="random",
+        help="weather of every day: clear, broken_clouds, overcast, summer, winter or random "
+        "(default: drawn per day)",
+    )
+    g.add_argument("--out", type=Path, default=store / "raw", help=f"output folder (default {store / 'raw'})")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+    b = sub.add_parser(
+        "build",
+        help="validate, align, featurise and split raw logs into RLlib Parquet",
+        description="Turn raw logs into the offline dataset: validate (quarantine with reasons), "
+        "align to 1 s, compute the state vector (envs/state_spec.py), build transitions with a "
+        "k-step lookahead, split by time, write normalization.json and manifest.json. Only new "
+        "or changed day partitions are processed; the output is replaced atomically.",
+    )
+    b.add_argument(
+        "--raw", type=Path, default=store / "raw", help=f"raw-log folder (default {store / 'raw'})"
+    )
+    b.add_argument(
+        "--out",
+        type=Path,
+        default=store / "dataset",
+        help=f"dataset folder, replaced atomically (default {store / 'dataset'})",
+    )
+    b.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML with BuildConfig keys (offline_data/build.py); flags given here override it",
+    )
+    b.add_argument("--lookahead", type=int, default=None, help="k of the k-step lookahead target (default 5)")
+    b.add_argument(
+        "--split", default=None, help="train,val,test shares in time order (default 0.7,0.15,0.15)"
+    )
+    b.add_argument(
+        "--site",
+        default=None,
+        help="site YAML, for the action scale (default: RAW/site.yaml, else the shipped default)",
+    )
+    b.add_argument(
+        "--max-meter-staleness",
+        type=int,
+        default=None,
+        help="seconds a meter reading may be held before the episode ends (default 10)",
+    )
+    b.add_argument(
+        "--max-pi-staleness",
+        type=int,
+        default=None,
+        help="seconds a PI cycle may be forward-filled before the episode ends (default 2)",
+    )
+    b.add_argument(
+        "--min-episode", type=int, default=None, help="shortest episode kept, in seconds (default 2)"
+    )
+    b.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="recorded in the manifest; the build itself draws no random numbers",
+    )
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes for the per-day stages (default 1; 0 = the CPUs available, at most 4). "
+        "The dataset does not depend on it. On 2 shared cores, 2 workers were not faster than 1 "
+        "(tests/benchmarks/bench_offline_data.py)",
+    )
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _build_config(args: argparse.Namespace):
+    from offline_data.build import BuildConfig
+    from offline_data.split import parse_fractions
+
+    data = load_yaml(args.config) if args.config else {}
+    source = str(args.config) if args.config else "command line"
+    cfg = from_mapping(BuildConfig, data, source=source)
+    overrides = to_mapping(cfg)
+    if args.lookahead is not None:
+        overrides["lookahead"] = args.lookahead
+    if args.split is not None:
+        try:
+            overrides["split"] = list(parse_fractions(args.split))
+        except ValueError as exc:
+            raise ConfigError("command line", "split", str(exc).split(": ", 1)[-1]) from exc
+    if args.site is not None:
+        overrides["site"] = args.site
+    for flag, key in (
+        ("max_meter_staleness", "max_meter_staleness_s"),
+        ("max_pi_staleness", "max_pi_staleness_s"),
+        ("min_episode", "min_episode_s"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides["align"][key] = getattr(args, flag)
+    return from_mapping(BuildConfig, overrides, source=source)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from offline_data.generate import GenerateConfig, generate
+
+    cfg = from_mapping(
+        GenerateConfig,
+        {
+            k: getattr(args, k)
+            for k in (
+                "site",
+                "days",
+                "start_date",
+                "seed",
+                "defects",
+                "fmt",
+                "hours",
+                "start_hour",
+                "scenario",
+            )
+        },
+        source="command line",
+    )
+
+    def progress(i: int, n: int, date: str) -> None:
+        if not args.quiet:
+            print(f"generate   {i}/{n} days  {date}", file=sys.stderr, flush=True)
+
+    summary = generate(cfg, args.out, progress)
+    print(json.dumps({"out": str(args.out), **summary}, indent=2))
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from offline_data.build import build
+    from offline_data.stages import default_workers
+
+    cfg = _build_config(args)
+    manifest = build(
+        args.raw,
+        args.out,
+        cfg,
+        seed=args.seed,
+        command_line=["gridrl", *sys.argv[1:]],
+        progress=not args.quiet,
+        workers=args.workers if args.workers > 0 else default_workers(),
+    )
+    report = {
+        "out": str(args.out),
+        "counts": manifest["counts"],
+        "days": {k: manifest["days"][k] for k in ("processed", "reused")},
+        "transitions": manifest["stages"]["transitions"]["rows"],
+        "time_span": manifest["time_span"],
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from offline_data.build import BuildError
+    from offline_data.rawio import RawLogError
+
+    try:
+        return _generate(args) if args.data_command == "generate" else _build(args)
+    except (ConfigError, RawLogError, BuildError) as exc:
+        print(f"gridrl data {args.data_command}: error: {exc}", file=sys.stderr)
+        return 2
