@@ -108,3 +108,43 @@ class RandomController:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self.rng.uniform(0.0, self.max_w, (np.atleast_2d(obs).shape[0], 3))
+
+
+@dataclass(frozen=True)
+class RBCConfig:
+    """Thresholds of the rule-based controller."""
+
+    margin_w: float = 100.0
+    """Surplus left unabsorbed on each phase (W): the rule errs toward a little export, not import."""
+    hysteresis_w: float = 200.0
+    """A phase's target moves only when the rule's value differs from the previous target by more than
+    this (W): fewer command changes than following every reading."""
+
+
+class RuleBasedController:
+    """Surplus following per phase, with hysteresis: the rule-based baseline (bundle ``controller: rbc``).
+
+    Each phase absorbs its own estimated surplus, never another phase's (so it keeps the phases
+    balanced and never spills one phase's PV onto another phase's loads)::
+
+        surplus_l = export_w_l + acked_w_l - setpoint_w / 3
+        rule_l    = clip(surplus_l - margin_w, 0, available_w_l)
+        target_l  = rule_l if |rule_l - target_w_l| > hysteresis_w else target_w_l
+
+    ``target_w_l`` is the previous target, read from the state vector: the controller keeps no state.
+    """
+
+    name = "rbc"
+
+    def __init__(self, config: RBCConfig | None = None):
+        self.config = config or RBCConfig()
+
+    def reset(self, batch: int = 1) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.atleast_2d(obs).astype(np.float64)
+        surplus = obs[:, _EXPORT_L] + obs[:, _ACKED_L] - obs[:, [FEAT["setpoint_w"]]] / 3.0
+        rule = np.clip(surplus - self.config.margin_w, 0.0, np.clip(obs[:, _AVAIL_L], 0.0, None))
+        prev = obs[:, [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]]
+        return np.where(np.abs(rule - prev) > self.config.hysteresis_w, rule, prev)
