@@ -123,6 +123,19 @@ def builder_parameters(config_cls: type, method: str) -> tuple[dict[str, Any], s
     return params, old
 
 
+def _import_object(value: Any, annotation: Any) -> Any:
+    """A dotted path given for a class- or callable-typed builder argument, imported."""
+    if not isinstance(value, str) or "." not in value or not any(t in str(annotation) for t in ("Type", "Callable")):
+        return value
+    import importlib
+
+    module, _, attr = value.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import {value!r}: {exc}") from exc
+
+
 def _substitute(value: Any, variables: dict[str, str]) -> Any:
     if isinstance(value, str):
         for k, v in variables.items():
@@ -177,6 +190,10 @@ def load_train_config(path: str | Path, dataset: str | None = None) -> TrainSpec
                 )
             if value is not None and _type_ok(value, params[name]) is False:
                 raise ConfigError(p, f"{key}.{name}", f"wrong type {type(value).__name__} ({value!r}); expected {params[name]}")
+        try:
+            kwargs = {name: _import_object(value, params[name]) for name, value in kwargs.items()}
+        except ValueError as exc:
+            raise ConfigError(p, key, str(exc)) from exc
         if key == "environment" and "env_config" in kwargs:
             kwargs = {**kwargs, "env_config": typed_env_config(kwargs.get("env"), kwargs["env_config"], p)}
         if key == "offline_data" and dataset is None and any("${dataset}" in str(v) for v in raw[key].values()):

@@ -22,9 +22,11 @@ RUN_INFO = "gridrl_run.json"
 MODULE_SUBDIR = Path("learner_group") / "learner" / "rl_module" / "default_policy"
 
 
-def write_run_info(exp_dir: Path, info: dict[str, Any]) -> None:
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    (exp_dir / RUN_INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
+def write_run_info(exp_dir: str | Path, info: dict[str, Any]) -> None:
+    """Write ``gridrl_run.json`` into a run's directory (local or a storage URI)."""
+    from rllib_configs import storage
+
+    storage.write_text(storage.join(exp_dir, RUN_INFO), json.dumps(info, indent=2, default=str) + "\n")
 
 
 def find_run_info(checkpoint: str | Path) -> dict[str, Any]:
@@ -54,6 +56,41 @@ def module_path(checkpoint: str | Path) -> Path:
     raise FileNotFoundError(f"{checkpoint}: not an RLlib algorithm checkpoint (no {MODULE_SUBDIR})")
 
 
+def deterministic_module(module: Any) -> Any:
+    """A ``torch.nn.Module``: normalised state (B, 30) -> the RLModule's greedy action (B, 3) in [-1, 1].
+
+    PPO/A2C (diagonal Gaussian): the mean half of ``action_dist_inputs``. SAC/CQL (squashed Gaussian):
+    ``tanh`` of the mean, scaled to the action space's bounds. Then clipped to [-1, 1].
+    """
+    import torch
+
+    from envs.actions import N_ACTIONS
+
+    dist_cls = module.get_inference_action_dist_cls()
+    kind = getattr(dist_cls, "func", dist_cls).__name__
+    if kind not in ("TorchDiagGaussian", "TorchSquashedGaussian", "TorchDeterministic"):
+        raise ValueError(f"cannot export action distribution {kind} (continuous Box actions only)")
+    low = float(np.min(module.action_space.low))
+    high = float(np.max(module.action_space.high))
+
+    class Deterministic(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            logits = self.module.forward_inference({"obs": obs})["action_dist_inputs"]
+            a = logits if kind == "TorchDeterministic" else logits[:, :N_ACTIONS]
+            if kind == "TorchSquashedGaussian":
+                a = (torch.tanh(a) + 1.0) * (0.5 * (high - low)) + low
+            return torch.clamp(a, -1.0, 1.0)
+
+    net = Deterministic().eval()
+    net.kind = kind
+    return net
+
+
+
 @dataclass
 class Policy:
     """The greedy (deterministic) policy of a checkpoint, on raw state vectors."""
@@ -62,6 +99,12 @@ class Policy:
     normalizer: ObsNormalizer | None
     info: dict[str, Any]
     checkpoint: Path
+    net: Any = None
+    """:func:`deterministic_module` of ``module``: the greedy action, the same graph the bundle exports."""
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = deterministic_module(self.module)
 
     def act_unit(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions in [-1, 1] (B, 3) for raw state vectors (B, 30)."""
@@ -71,9 +114,7 @@ class Policy:
         if self.normalizer is not None:
             x = self.normalizer(x)
         with torch.no_grad():
-            out = self.module.forward_inference({"obs": torch.as_tensor(x, dtype=torch.float32)})
-            dist = self.module.get_inference_action_dist_cls().from_logits(out["action_dist_inputs"])
-            a = dist.to_deterministic().sample().cpu().numpy()
+            a = self.net(torch.as_tensor(x, dtype=torch.float32)).cpu().numpy()
         return np.clip(a, -1.0, 1.0)
 
 

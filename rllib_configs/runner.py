@@ -18,10 +18,12 @@ from typing import Any
 from ray.rllib.utils.metrics import (
     ENV_RUNNER_RESULTS,
     EPISODE_RETURN_MEAN,
+    EVALUATION_RESULTS,
     LEARNER_RESULTS,
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
 )
 
+from rllib_configs import storage
 from rllib_configs.loader import TrainSpec
 from rllib_configs.policy import write_run_info
 
@@ -49,6 +51,13 @@ class RunOptions:
     """Experiment name (default: the config file's stem)."""
     max_failures: int = 0
     """Trial restarts from the last checkpoint after a crash."""
+    num_learners: int | None = None
+    """Override of learners.num_learners (remote learner actors; 0 = in the algorithm's process)."""
+    num_gpus_per_learner: float | None = None
+    """Override of learners.num_gpus_per_learner: set it where the driver (e.g. a CPU-only head under
+    `ray job submit`) sees no GPU but the cluster's learner nodes have one."""
+    init_from: str | None = None
+    """Initialise the policy from this checkpoint or run directory (overrides gridrl.init_from)."""
 
     def stop(self) -> dict[str, float]:
         stop: dict[str, float] = {}
@@ -79,6 +88,7 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
         TIME_TOTAL_S,
         f"{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}",
         f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}",
+        f"{EVALUATION_RESULTS}/{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}",
     ]
     out = {k: _get(result, k) for k in keys if _get(result, k) is not None}
     learners = result.get(LEARNER_RESULTS, {}) or {}
@@ -98,13 +108,25 @@ def configure(spec: TrainSpec, opts: RunOptions) -> Any:
     config.debugging(seed=opts.seed)
     if opts.num_env_runners is not None:
         config.env_runners(num_env_runners=opts.num_env_runners)
-    if torch.cuda.is_available() and "num_gpus_per_learner" not in spec.raw.get("learners", {}):
+    if opts.num_learners is not None:
+        config.learners(num_learners=opts.num_learners)
+    if opts.num_gpus_per_learner is not None:
+        config.learners(num_gpus_per_learner=opts.num_gpus_per_learner)
+    elif torch.cuda.is_available() and "num_gpus_per_learner" not in spec.raw.get("learners", {}):
         config.learners(num_gpus_per_learner=1)
+    init_from = opts.init_from or spec.settings.init_from
+    if init_from:
+        import functools
+
+        from rllib_configs.offline import init_policy_from_checkpoint
+
+        config.callbacks(on_algorithm_init=functools.partial(init_policy_from_checkpoint, checkpoint=str(init_from)))
     return config
 
 
-def experiment_dir(spec: TrainSpec, opts: RunOptions) -> Path:
-    return Path(opts.storage_path).resolve() / (opts.name or spec.path.stem)
+def experiment_dir(spec: TrainSpec, opts: RunOptions) -> str:
+    """The run's directory: a local absolute path or a storage URI (rllib_configs/storage.py)."""
+    return storage.join(opts.storage_path, opts.name or spec.path.stem)
 
 
 def run_info(spec: TrainSpec, config: Any, opts: RunOptions) -> dict[str, Any]:
@@ -134,7 +156,8 @@ def _progress_callback() -> Any:
         def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: D102
             m = summary_metrics(result)
             parts = [f"iter {m.get(TRAINING_ITERATION)}", f"{m.get(TIME_TOTAL_S, 0):.0f} s"]
-            ret = m.get(f"{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}")
+            ret = m.get(f"{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}",
+                        m.get(f"{EVALUATION_RESULTS}/{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}"))
             steps = m.get(f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}")
             if steps is not None:
                 parts.append(f"env steps {int(steps)}")
@@ -162,15 +185,16 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
     exp_dir = experiment_dir(spec, opts)
     t0 = time.perf_counter()
     if opts.resume:
-        if not tune.Tuner.can_restore(str(exp_dir)):
+        if not tune.Tuner.can_restore(exp_dir):
             raise FileNotFoundError(f"--resume: no run to resume at {exp_dir}")
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True, param_space=config)
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, param_space=config)
     else:
-        if exp_dir.exists():
+        if storage.exists(exp_dir):
             raise FileExistsError(f"{exp_dir} exists: pass --resume to continue it, or --name for a new run")
+        parent, name = storage.parent_and_name(exp_dir)
         run_config = tune.RunConfig(
-            name=exp_dir.name,
-            storage_path=str(exp_dir.parent),
+            name=name,
+            storage_path=parent,
             stop=opts.stop(),
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=opts.checkpoint_every, checkpoint_at_end=True, num_to_keep=3

@@ -26,7 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default="runs", help="root of checkpoints and logs (default ./runs)")
     p.add_argument("--name", default=None, help="experiment name (default: the config file's stem)")
     p.add_argument("--dataset", default=None, help="dataset directory from `gridrl data build` (offline configs)")
+    p.add_argument("--init-from", default=None, help="initialise the policy from this checkpoint or run dir (CQL from BC)")
     p.add_argument("--num-env-runners", type=int, default=None, help="override env_runners.num_env_runners")
+    p.add_argument("--num-learners", type=int, default=None, help="override learners.num_learners")
+    p.add_argument("--num-gpus-per-learner", type=float, default=None,
+                   help="override learners.num_gpus_per_learner (default: 1 if this process sees a GPU)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N iterations (default 1)")
     p.add_argument("--resume", action="store_true", help="continue the run --name under --storage-path")
     p.add_argument("--eval-only", action="store_true", help="only evaluate the run's last checkpoint against the PI")
@@ -51,12 +55,13 @@ def run(args: argparse.Namespace) -> int:
         storage_path=Path(args.storage_path), seed=args.seed, stop_iters=args.stop_iters,
         stop_timesteps=args.stop_timesteps, time_budget_s=args.time_budget, num_env_runners=args.num_env_runners,
         checkpoint_every=args.checkpoint_every, resume=args.resume, name=args.name, max_failures=args.max_failures,
+        init_from=args.init_from, num_learners=args.num_learners, num_gpus_per_learner=args.num_gpus_per_learner,
     )
     init_ray(args.address, num_cpus=args.num_cpus)
     if args.eval_only:
         from scripts.evaluate import evaluate_run
 
-        return evaluate_run(spec, experiment_dir(spec, opts), seed=args.seed)
+        return evaluate_run(spec, Path(experiment_dir(spec, opts)), seed=args.seed)
     try:
         summary = run_training(spec, opts)
     except (FileExistsError, FileNotFoundError) as exc:

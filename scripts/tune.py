@@ -38,6 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from tune.spec import load_sweep
     from tune.sweep import SweepOptions, param_space, run_sweep
 
+    from rllib_configs import storage
+
+    if storage.is_uri(args.storage_path):
+        print("gridrl tune: --storage-path must be a directory every node mounts (NFS, EFS, a KubeRay volume); "
+              "sweep results and promotions are not written to object-store URIs yet (gridrl train accepts them)",
+              file=sys.stderr)
+        return 2
     try:
         spec = load_sweep(args.config, dataset=args.dataset)
     except ConfigError as exc:
@@ -45,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     opts = SweepOptions(
         storage_path=Path(args.storage_path), num_samples=args.num_samples or spec.file.num_samples,
-        max_concurrent=args.max_concurrent, seed=args.seed, resume=args.resume, name=args.name,
+        max_concurrent=args.max_concurrent, seed=args.seed, resume=args.resume, name=args.name, address=args.address,
     )
     init_ray(args.address, num_cpus=args.num_cpus)
     try:

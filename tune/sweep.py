@@ -32,6 +32,8 @@ class SweepOptions:
     seed: int = 0
     resume: bool = False
     name: str | None = None
+    address: str | None = None
+    """The cluster address gridrl joined (None: an embedded local Ray it sized itself)."""
 
 
 def experiment_dir(spec: SweepSpec, opts: SweepOptions) -> Path:
@@ -69,9 +71,15 @@ def trial_cpus(config: Any) -> float:
     return float(sum(b.get("CPU", 0) for b in pgf.bundles))
 
 
-def concurrency(spec: SweepSpec, config: Any, cluster_cpus: float, requested: int | None) -> int:
-    """How many trials may run at once without starving each other (or Ray Data) of CPUs."""
+def concurrency(spec: SweepSpec, config: Any, cluster_cpus: float, requested: int | None, joined: bool = False) -> int:
+    """How many trials may run at once without starving each other (or Ray Data) of CPUs.
+
+    On a cluster gridrl joined (which may autoscale), the CPUs present now say nothing of what will come:
+    there it trusts ``requested`` (or leaves concurrency to Tune) and never refuses to start.
+    """
     need = trial_cpus(config)
+    if joined:
+        return requested or 0
     reserve = DATA_CPUS if spec.algorithm in OFFLINE_ALGORITHMS else 0
     fits = int(math.floor((cluster_cpus - reserve) / need)) if need > 0 else 1
     if fits < 1:
@@ -120,9 +128,10 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions) -> Any:
     if exp_dir.exists():
         raise FileExistsError(f"{exp_dir} exists: pass --resume to continue it, or --name for a new sweep")
     cpus = float(ray.cluster_resources().get("CPU", 0))
-    max_concurrent = concurrency(spec, config, cpus, opts.max_concurrent or spec.file.max_concurrent)
+    joined = bool(opts.address or os.environ.get("RAY_ADDRESS"))
+    max_concurrent = concurrency(spec, config, cpus, opts.max_concurrent or spec.file.max_concurrent, joined)
     print(f"[tune] {spec.algorithm} sweep: {opts.num_samples} samples, {trial_cpus(config):g} CPU/trial, "
-          f"{max_concurrent} at a time on {cpus:g} CPUs, scheduler {spec.file.scheduler.type}", file=sys.stderr)
+          f"{max_concurrent or 'as many as fit'} at a time on {cpus:g} CPUs, scheduler {spec.file.scheduler.type}", file=sys.stderr)
     write_run_info(exp_dir, {**run_info(spec.train, config, RunOptions(storage_path=exp_dir, seed=opts.seed)),
                              "sweep": str(spec.path.resolve()), "search_space": names})
     stop_iters = int(spec.file.stop.get("training_iteration", 0)) or None
