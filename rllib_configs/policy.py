@@ -64,12 +64,11 @@ def deterministic_module(module: Any) -> Any:
     """
     import torch
 
-    from envs.actions import N_ACTIONS
-
     dist_cls = module.get_inference_action_dist_cls()
     kind = getattr(dist_cls, "func", dist_cls).__name__
     if kind not in ("TorchDiagGaussian", "TorchSquashedGaussian", "TorchDeterministic"):
         raise ValueError(f"cannot export action distribution {kind} (continuous Box actions only)")
+    n_actions = int(np.prod(module.action_space.shape))  # export: 3 per-phase targets; CityLearn: 25, 129
     low = float(np.min(module.action_space.low))
     high = float(np.max(module.action_space.high))
 
@@ -80,7 +79,7 @@ def deterministic_module(module: Any) -> Any:
 
         def forward(self, obs: torch.Tensor) -> torch.Tensor:
             logits = self.module.forward_inference({"obs": obs})["action_dist_inputs"]
-            a = logits if kind == "TorchDeterministic" else logits[:, :N_ACTIONS]
+            a = logits if kind == "TorchDeterministic" else logits[:, :n_actions]
             if kind == "TorchSquashedGaussian":
                 a = (torch.tanh(a) + 1.0) * (0.5 * (high - low)) + low
             return torch.clamp(a, -1.0, 1.0)

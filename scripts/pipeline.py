@@ -1,8 +1,9 @@
 """``gridrl pipeline``: the end-to-end main job, stage by stage, on a local embedded Ray by default.
 
-Stages (the ones that exist so far): compare the baseline controllers (PI, oracle, zero) on held-out
-simulated days, each controller-day a Ray task. Later stages (logs -> dataset -> BC -> CQL -> evaluate
--> bundle -> serve) join as they land.
+Stages: generate raw logs of the PI (with real-log defects) -> build the RLlib dataset -> behaviour
+cloning of the PI -> CQL initialised from BC -> evaluation of the CQL policy against the PI, the oracle
+and no control on held-out days -> export of the policy as a bundle (ONNX + manifest, parity-checked) ->
+a report. Each stage prints a progress line; the last stdout line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -11,22 +12,45 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of the pipeline's stages."""
+
+    log_days: int
+    log_hours: float
+    log_start_hour: float
+    bc_iters: int
+    cql_iters: int
+    eval_days: int
+    eval_hours: float
+    eval_start_hour: float
+
 
 PROFILES = {
-    # days of baseline comparison, hours per day window
-    "demo": {"days": 1, "hours": 24.0},
-    "full": {"days": 7, "hours": 24.0},
+    # demo: daylight windows, a few iterations: minutes on 2 cores
+    "demo": Profile(log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, cql_iters=6,
+                    eval_days=1, eval_hours=6.0, eval_start_hour=9.0),
+    # full: a week of whole days of logs, longer training, three whole held-out days
+    "full": Profile(log_days=7, log_hours=24.0, log_start_hour=0.0, bc_iters=30, cql_iters=100,
+                    eval_days=3, eval_hours=24.0, eval_start_hour=0.0),
 }
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pipeline",
-        help="the end-to-end main job (demo profile: minutes on 2 cores)",
-        description="Run gridrl's stages end to end on a local embedded Ray (or --address).",
+        help="the end-to-end main job: logs -> dataset -> BC -> CQL -> evaluation -> bundle",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="demo (default) or full")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="demo (default, minutes) or full")
     p.add_argument("--out", default="runs/pipeline", help="output directory (default runs/pipeline)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage")
     p.add_argument("--address", default=None, help="Ray cluster address (default: embedded local Ray)")
@@ -34,52 +58,73 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _stage(name: str) -> float:
-    print(f"[pipeline] stage: {name} ...", file=sys.stderr, flush=True)
-    return time.perf_counter()
+class Stages:
+    """Runs named stages with a progress line each and keeps their timings."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.timings = total, 0, {}
+
+    def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.done += 1
+        print(f"[pipeline] {self.done}/{self.total} {name} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        print(f"[pipeline] {self.done}/{self.total} {name}: done in {self.timings[name]} s", file=sys.stderr, flush=True)
+        return result
 
 
-def _done(name: str, t0: float) -> None:
-    print(f"[pipeline] stage: {name} done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+def _train(config: str, dataset: Path, runs: Path, name: str, iters: int, seed: int, init_from: str | None = None) -> dict:
+    from rllib_configs.loader import load_train_config
+    from rllib_configs.runner import RunOptions, run_training
 
-
-def compare_baselines(out: Path, days: int, hours: float, seed: int) -> dict:
-    """Run PI, oracle and zero on the same cloudy days as Ray tasks; write metrics.json."""
-    import polars as pl
-    import ray
-
-    from envs.export_env import ExportEnvConfig
-    from envs.metrics import add_gap_closed, metrics_of_record
-    from envs.rollout import make_controller, rollout
-
-    @ray.remote(num_cpus=1)
-    def run_one(name: str, day_seed: int) -> pl.DataFrame:
-        cfg = ExportEnvConfig(scenario="broken_clouds", episode_s=int(hours * 3600), start_s=0)
-        return rollout(make_controller(name, 7500, seed=day_seed), cfg, seed=day_seed).frame
-
-    names = ("pi", "oracle", "zero")
-    refs = {(n, d): run_one.remote(n, seed * 10_000 + d) for n in names for d in range(days)}
-    frames = {k: ray.get(r) for k, r in refs.items()}
-    results = {n: metrics_of_record(pl.concat([frames[(n, d)] for d in range(days)])) for n in names}
-    add_gap_closed(results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "baselines.json").write_text(json.dumps(results, indent=2))
-    return results
+    spec = load_train_config(REPO / config, dataset=str(dataset))
+    return run_training(spec, RunOptions(storage_path=runs, seed=seed, stop_iters=iters, name=name, init_from=init_from))
 
 
 def run(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
+    from offline_data.build import BuildConfig, build
+    from offline_data.generate import GenerateConfig, generate
+    from scripts.evaluate import evaluate_export, format_criteria, success_criteria
     from scripts.simulate import format_table
+    from serve.bundle import export_checkpoint
 
     prof = PROFILES[args.profile]
-    out = Path(args.out)
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        print(f"gridrl pipeline: {out} is not empty: choose another --out", file=sys.stderr)
+        return 2
     t_all = time.perf_counter()
+    stages = Stages(total=6)
     init_ray(args.address, num_cpus=args.num_cpus)
-    t0 = _stage("compare baselines on cloudy days")
-    results = compare_baselines(out, prof["days"], prof["hours"], args.seed)
-    _done("compare baselines on cloudy days", t0)
+    gen = GenerateConfig(days=prof.log_days, hours=prof.log_hours, start_hour=prof.log_start_hour, seed=args.seed,
+                         defects=0.02, scenario="random")
+    stages.run("generate raw logs of the PI", generate, gen, out / "raw")
+    manifest = stages.run("build the dataset", build, out / "raw", out / "dataset", BuildConfig(), seed=args.seed,
+                          progress=False)
+    bc = stages.run("behaviour cloning (BC)", _train, "rllib_configs/export/bc.yaml", out / "dataset", out / "runs",
+                    "bc", prof.bc_iters, args.seed)
+    cql = stages.run("CQL from BC", _train, "rllib_configs/export/cql.yaml", out / "dataset", out / "runs", "cql",
+                     prof.cql_iters, args.seed, init_from=bc["checkpoint"])
+    results = stages.run(
+        "evaluate CQL against PI, oracle and no control on held-out days", evaluate_export, cql["checkpoint"],
+        out / "evaluation", prof.eval_days, args.seed, ["pi", "oracle", "zero"], None, "broken_clouds",
+        int(prof.eval_hours * 3600), int(prof.eval_start_hour * 3600),
+    )
+    stages.run("export the CQL policy as a bundle (ONNX parity-checked)", export_checkpoint, cql["checkpoint"],
+               out / "bundle", evaluation=results["policy"], seed=args.seed)
+    criteria = success_criteria(results)
     print(format_table(results))
-    summary = {"profile": args.profile, "out": str(out), "wall_s": round(time.perf_counter() - t_all, 1),
-               "baselines": {k: {"export_kwh": v["export_kwh"]} for k, v in results.items()}}
-    print(json.dumps(summary))
+    print(format_criteria(criteria))
+    report = {
+        "profile": args.profile, "settings": asdict(prof), "seed": args.seed, "out": str(out),
+        "wall_s": round(time.perf_counter() - t_all, 1), "stage_s": stages.timings,
+        "dataset": {"counts": manifest.get("counts"), "transitions": manifest.get("transitions")},
+        "bc": bc, "cql": cql, "bundle": str(out / "bundle"),
+        "metrics": results, "criteria": criteria,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps({"report": str(out / "report.json"), "wall_s": report["wall_s"],
+                      "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()}}))
     return 0
