@@ -139,9 +139,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     if info.get("domain") == "citylearn":
-        from envs.citylearn.evaluate import evaluate_checkpoint
+        from envs.citylearn.evaluate import evaluate_checkpoint, kpi_table
 
-        return evaluate_checkpoint(args.checkpoint, out, days=args.days, seed=args.seed)
+        try:
+            results = evaluate_checkpoint(
+                args.checkpoint, out, days=args.days, seed=args.seed,
+                progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+            )  # fmt: skip
+        except ValueError as exc:
+            print(f"gridrl evaluate: {exc}", file=sys.stderr)
+            return 2
+        print(kpi_table(results))
+        print(json.dumps({"out": str(out), "policy": results["policy"]}))
+        return 0
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     results = evaluate_export(
         args.checkpoint, out, args.days, args.seed, baselines, args.site, args.scenario,

@@ -2,7 +2,15 @@
 
 ``kpis.json`` is ``{controller: {kpi: value}}``: baselines under their names (``no_control``, ``rbc`` ...),
 a policy under ``policy`` (or the name given). Every controller runs on the same env and the same episode
-(reset with the same seed). KPI names and units are documented in :mod:`envs.citylearn.kpis`.
+(reset with the same seed and episode index, so CityLearn's EV SoC noise is the same too). KPI names and
+units are documented in :mod:`envs.citylearn.kpis`.
+
+:func:`evaluate_checkpoint` is ``gridrl evaluate`` for this domain: a training run's policy against both
+baselines on days the run never trained on. CityLearn scales each observation by limits it estimates over
+the env's *simulation window*, so an env built on the held-out days scales the same raw values differently
+from the training env (by up to 0.7 on prices for the 2022 district's last week): the policy is therefore
+fed the evaluation env's raw observations scaled by its training env (:class:`TrainedPolicy`), and the
+reward keeps the training env's scales.
 """
 
 from __future__ import annotations
@@ -11,16 +19,41 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from envs.citylearn.baselines import Controller, make_baseline
-from envs.citylearn.env import CityLearnEnvConfig, CityLearnRLlibEnv
+from envs.citylearn.env import CityLearnEnvConfig, CityLearnRLlibEnv, resolve_schema
 from envs.citylearn.kpis import CO2_FACTOR_KG_PER_KWH, EV_AVOIDED_KG_PER_KWH, district_series, episode_kpis
+from envs.config import from_mapping
 
 Progress = Callable[[str], None]
+
+BASELINE_NAMES = ("no_control", "rbc")
+"""Baselines every policy is compared with."""
+DEFAULT_EVAL_DAYS = 7
+"""Held-out days when neither the caller nor the run's ``gridrl.eval_days`` says."""
+REWARD_SCALES = ("energy_scale_kwh", "ev_energy_scale_kwh", "price_scale", "carbon_scale")
+# KPIs of the summary table and whether a higher value is better (the others: lower is better).
+SUMMARY_KPIS = {
+    "cost_total": False,
+    "carbon_emissions_kg": False,
+    "grid_import_kwh": False,
+    "grid_export_kwh": False,
+    "peak_import_kw": False,
+    "daily_peak_import_mean_kw": False,
+    "ramping_mean_kw": False,
+    "ev_departure_success_ratio": True,
+    "ev_departure_soc_deficit_mean_ratio": False,
+    "solar_self_consumption_ratio": True,
+    "co2_emitted_kg": False,
+    "co2_indirect_reduction_kg": True,
+    "co2_direct_reduction_kg": True,
+    "episode_return": True,
+}
 
 
 def run_episode(
@@ -57,22 +90,19 @@ def run_episode(
 
 def load_rllib_policy(checkpoint: str | Path) -> Controller:
     """A greedy controller from an RLlib (new API stack) checkpoint: an Algorithm checkpoint folder or the
-    RLModule folder inside it (``learner_group/learner/rl_module/default_policy``)."""
-    import torch
+    RLModule folder inside it (``learner_group/learner/rl_module/default_policy``).
+
+    It acts on the observations it is given: right when the env's simulation window is the training one.
+    For a training run's checkpoint on other days, use :func:`evaluate_checkpoint` (see the module docstring).
+    """
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    path = Path(checkpoint)
-    inner = path / "learner_group" / "learner" / "rl_module" / "default_policy"
-    module = RLModule.from_checkpoint(str(inner if inner.is_dir() else path))
-    dist_cls = module.get_inference_action_dist_cls()
+    from rllib_configs.policy import Policy, module_path
 
-    def act(obs: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            out = module.forward_inference({"obs": torch.from_numpy(np.asarray(obs, np.float32)[None])})
-        dist = dist_cls.from_logits(out["action_dist_inputs"]).to_deterministic()
-        return np.clip(dist.sample()[0].numpy(), -1.0, 1.0)
-
-    return act
+    module = RLModule.from_checkpoint(str(module_path(checkpoint)))
+    module.eval()
+    policy = Policy(module, None, {}, Path(checkpoint))
+    return lambda obs: policy.act_unit(obs)[0]
 
 
 def _clean(v: float) -> float | None:
@@ -112,7 +142,7 @@ def plot_dispatch(
 
 
 def evaluate_controllers(
-    env_config: CityLearnEnvConfig | Mapping[str, Any],
+    env_config: CityLearnRLlibEnv | CityLearnEnvConfig | Mapping[str, Any],
     out_dir: str | Path,
     controllers: Sequence[str] = ("no_control", "rbc"),
     policies: Mapping[str, Controller] | None = None,
@@ -125,7 +155,8 @@ def evaluate_controllers(
     """Run baselines and policies on the same episode; write ``out_dir/kpis.json`` and ``dispatch.png``.
 
     Args:
-        env_config: The env (any CityLearn schema; a short window keeps CityLearn's evaluation quick).
+        env_config: The env, or its config (any CityLearn schema; a short window keeps CityLearn's
+            evaluation quick).
         out_dir: Output folder (created).
         controllers: Baseline names (see :data:`envs.citylearn.baselines.BASELINES`).
         policies: Extra controllers by name, e.g. ``{"policy": load_rllib_policy(ckpt)}``.
@@ -142,7 +173,7 @@ def evaluate_controllers(
     out.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda _: None)
     t0 = time.perf_counter()
-    env = CityLearnRLlibEnv(env_config)
+    env = env_config if isinstance(env_config, CityLearnRLlibEnv) else CityLearnRLlibEnv(env_config)
     say(f"loaded {env.config.schema} in {time.perf_counter() - t0:.1f} s: obs {env.observation_space.shape}, "
         f"actions {env.action_space.shape}")  # fmt: skip
     runs: dict[str, Controller] = {name: make_baseline(name, env) for name in controllers}
@@ -152,6 +183,8 @@ def evaluate_controllers(
     for name, ctrl in runs.items():
         say(f"{name}:")
         t1 = time.perf_counter()
+        # CityLearn seeds the vehicles' SoC drift with seed + episode index: the same index for everyone.
+        env.citylearn.episode_tracker.reset_episode_index()
         ret, steps = run_episode(env, ctrl, seed=seed, progress=say)
         t2 = time.perf_counter()
         kpis = episode_kpis(env.citylearn, co2_factor=co2_factor, ev_factor=ev_factor)
@@ -165,3 +198,163 @@ def evaluate_controllers(
     step_h = float(env.citylearn.seconds_per_time_step) / 3600.0
     plot_dispatch(series, step_h, out / "dispatch.png", days=plot_days)
     return results
+
+
+class TrainedPolicy:
+    """A training run's greedy policy on an evaluation env, seeing observations scaled as in training.
+
+    Each step it reads the evaluation env's raw observation and scales it with the training env
+    (``reference``), whatever window the evaluation env simulates (see the module docstring).
+    """
+
+    def __init__(self, policy: Any, reference: CityLearnRLlibEnv, env: CityLearnRLlibEnv) -> None:
+        """
+        Args:
+            policy: A :class:`rllib_configs.policy.Policy` (its module takes the env's observations).
+            reference: An env built with the run's training env_config (only its scaling is used).
+            env: The env the controller acts on.
+        """
+        if reference.config.observations == "citylearn":
+            raise ValueError(
+                "observations: citylearn scales inside CityLearn's wrapper; evaluate policies trained with "
+                "observations: normalized (the default) or clipped"
+            )
+        if env.citylearn.observation_names[0] != reference.citylearn.observation_names[0]:
+            raise ValueError("the evaluation env's observations differ from the training env's (schema?)")
+        self.policy, self.reference, self.env = policy, reference, env
+
+    def observe(self) -> np.ndarray:
+        """The env's current observation as the policy saw observations in training."""
+        raw = np.asarray(self.env.citylearn.observations[0], dtype=np.float32)
+        return self.reference._obs(raw)  # the training env's scaling (and clipping) of a raw vector
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.policy.act_unit(self.observe())[0]
+
+
+def heldout_window(train: CityLearnEnvConfig, days: int) -> dict[str, int]:
+    """The ``days`` days right after the training window (else right before it), as env_config steps.
+
+    Raises:
+        ValueError: The schema has fewer than ``days`` days outside the training window.
+    """
+    if days < 1:
+        raise ValueError(f"days: must be >= 1, got {days}")
+    schema = json.loads(resolve_schema(train.schema).read_text())
+    per_day = int(round(86400 / float(schema.get("seconds_per_time_step") or 3600)))
+    first = int(schema.get("simulation_start_time_step") or 0)
+    last = int(schema["simulation_end_time_step"])
+    start = first if train.start_time_step is None else train.start_time_step
+    end = last if train.end_time_step is None else train.end_time_step
+    n = days * per_day
+    if end + n <= last:
+        return {"start_time_step": end + 1, "end_time_step": end + n}
+    if start - n >= first:
+        return {"start_time_step": start - n, "end_time_step": start - 1}
+    raise ValueError(
+        f"the run trained on steps [{start}, {end}] of a schema with steps [{first}, {last}]: "
+        f"no {days} held-out day(s) ({n} steps) before or after it; train on a shorter window (end_time_step)"
+    )
+
+
+def heldout_envs(train: CityLearnEnvConfig, days: int) -> tuple[CityLearnRLlibEnv, CityLearnRLlibEnv]:
+    """The training env (for its scaling) and an env on the ``days`` held-out days after it.
+
+    The held-out env runs one episode over :func:`heldout_window`, with the training reward's scales
+    (CityLearn-derived scales would otherwise come from the held-out window).
+    """
+    reference = CityLearnRLlibEnv(train)
+    reward_kwargs = dict(train.reward_kwargs)
+    if train.reward == "multi_objective":
+        scales = asdict(reference.citylearn.reward_function.config)
+        reward_kwargs.update({k: scales[k] for k in REWARD_SCALES})
+    window = heldout_window(train, days)
+    config = replace(
+        train, **window, episode_time_steps=None, random_episode_split=False, reward_kwargs=reward_kwargs
+    )
+    return reference, CityLearnRLlibEnv(config)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    days: int | None = None,
+    seed: int | None = 0,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, float | None]]:
+    """``gridrl evaluate`` of a CityLearn run: its policy, ``no_control`` and ``rbc`` on held-out days.
+
+    The days are those right after the run's training window (:func:`heldout_window`). Writes
+    ``out/kpis.json`` (``{controller: {kpi: value}}``, the policy under ``policy``), ``out/dispatch.png``
+    (the first week) and ``out/evaluation.json`` (checkpoint, schema, window, seed).
+
+    Args:
+        checkpoint: A checkpoint of a ``gridrl train`` run of the citylearn domain.
+        out: Output folder.
+        days: Held-out days (None: the run's ``gridrl.eval_days``, else 7).
+        seed: Reset seed, the same for every controller.
+        progress: Status line callback.
+
+    Returns:
+        The KPIs written.
+
+    Raises:
+        ValueError: Not a citylearn run, or no held-out days left in the schema.
+    """
+    from rllib_configs.policy import RUN_INFO, load_policy
+
+    say = progress or (lambda _: None)
+    policy = load_policy(checkpoint)
+    if policy.info.get("domain") != "citylearn":
+        raise ValueError(f"{checkpoint}: a {policy.info.get('domain')!r} run, not a citylearn one")
+    train = from_mapping(CityLearnEnvConfig, policy.info["env_config"], source=RUN_INFO, path="env_config")
+    if days is None:
+        days = int(
+            (policy.info.get("config_yaml") or {}).get("gridrl", {}).get("eval_days", DEFAULT_EVAL_DAYS)
+        )
+    t0 = time.perf_counter()
+    reference, env = heldout_envs(train, days)
+    window = {"start_time_step": env.config.start_time_step, "end_time_step": env.config.end_time_step}
+    say(f"training and held-out envs built in {time.perf_counter() - t0:.1f} s")
+    say(f"held-out days: {days} (steps {window['start_time_step']}-{window['end_time_step']})")
+    results = evaluate_controllers(
+        env, out, controllers=BASELINE_NAMES, policies={"policy": TrainedPolicy(policy, reference, env)},
+        seed=seed, plot_days=min(days, 7), progress=say,
+    )  # fmt: skip
+    meta = {"checkpoint": str(Path(checkpoint).resolve()), "algorithm": policy.info.get("algorithm"),
+            "schema": str(resolve_schema(train.schema)), "days": days, **window, "seed": seed}  # fmt: skip
+    (Path(out) / "evaluation.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return results
+
+
+def kpi_table(results: Mapping[str, Mapping[str, float | None]], against: str = "rbc") -> str:
+    """The summary KPIs side by side, with which controllers beat ``against`` on each.
+
+    Args:
+        results: ``{controller: {kpi: value}}`` as :func:`evaluate_controllers` returns.
+        against: The controller the last column compares with (skipped if absent).
+    """
+    names = list(results)
+    rivals = [n for n in names if n != against] if against in results else []
+    lines = [
+        f"{'kpi':38s}" + "".join(f"{n:>14s}" for n in names) + (f"  better than {against}" if rivals else "")
+    ]
+    for k, higher in SUMMARY_KPIS.items():
+        vals = [results[n].get(k) for n in names]
+        row = f"{k:38s}" + "".join(f"{v:14.4g}" if v is not None else f"{'-':>14s}" for v in vals)
+        if rivals:
+            ref = results[against].get(k)
+            better = [n for n in rivals if beats(results[n].get(k), ref, higher)]
+            row += "  " + (", ".join(better) or "-")
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def beats(
+    value: float | None, reference: float | None, higher_is_better: bool, rel_tol: float = 1e-6
+) -> bool:
+    """Whether ``value`` is strictly better than ``reference`` (beyond a relative tolerance)."""
+    if value is None or reference is None:
+        return False
+    margin = rel_tol * max(abs(reference), 1e-12)
+    return value > reference + margin if higher_is_better else value < reference - margin
