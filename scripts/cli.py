@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "citylearn": ("scripts.citylearn", "CityLearn domain: build the mall schema, evaluate baselines and policies"),
     "export": ("scripts.export", "export a checkpoint (ONNX) or a baseline (pi, rbc) as a bundle"),
     "edge": ("scripts.edge", "run a bundle under the edge runtime (no Ray, no torch) on simulated days"),
+    "serve": ("scripts.serve", "serve a bundle on Ray Serve: shadow, A/B, rollout or production"),
 }
 
 

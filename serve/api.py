@@ -1,0 +1,184 @@
+"""The policy server's HTTP contract: request and response models, and strict validation of a state.
+
+``POST /act`` takes one state of the export domain (envs/state_spec.py), either
+
+* by feature name: ``{"state": {"export_w_l1": 812.0, ..., "doy_cos": -0.43}}``: all 30 names, no other,
+  ``spec_version`` optional (if given it must match), or
+* as the ordered vector: ``{"state": [812.0, ...], "spec_version": "export-state-v1"}``: exactly 30
+  values in FEATURE_NAMES order; the version is required, since the order means nothing without it;
+
+plus optional ``site_id`` (the rollout key and the log partition; default ``default``), ``request_id`` (the
+dedupe key of the log; a retried request should reuse it) and ``time_s`` (UTC Unix time of the meter
+reading the state ends with; default the server's clock). Values must be JSON numbers (not strings, not
+booleans), finite, and within the spec's bounds; anything else is refused with a 4xx whose ``detail``
+names the field and the problem, before any controller sees it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from envs.actions import ACTION_NAMES
+from envs.state_spec import FEAT, FEATURE_HIGH, FEATURE_LOW, FEATURE_NAMES, N_FEATURES, SPEC_VERSION
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# Broad enough for any Unix time of a meter reading (1970..2286); the log partitions by its UTC day.
+TIME_LOW, TIME_HIGH = 0.0, 1e10
+
+_STATE_SCHEMA = {
+    "oneOf": [
+        {
+            "type": "object",
+            "description": "by feature name (all of them)",
+            "properties": {n: {"type": "number"} for n in FEATURE_NAMES},
+            "required": list(FEATURE_NAMES),
+            "additionalProperties": False,
+        },
+        {
+            "type": "array",
+            "description": f"ordered vector ({N_FEATURES} values in the spec's order); needs spec_version",
+            "items": {"type": "number"},
+            "minItems": N_FEATURES,
+            "maxItems": N_FEATURES,
+        },
+    ]
+}
+
+
+def _number(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{where}: expected a number, got {type(v).__name__} {str(v)[:40]!r}")
+    x = float(v)
+    if not math.isfinite(x):
+        raise ValueError(f"{where}: not a finite number ({v})")
+    return x
+
+
+def parse_state(value: Any) -> tuple[np.ndarray, bool]:
+    """(state vector (30,) float64, given by name?) or ValueError naming the feature and the problem."""
+    if isinstance(value, dict):
+        missing = [n for n in FEATURE_NAMES if n not in value]
+        unknown = sorted(k for k in value if k not in FEAT)
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing feature(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            if unknown:
+                parts.append(f"unknown feature(s) {[str(u)[:40] for u in unknown[:5]]}")
+            raise ValueError(f"{'; '.join(parts)} (spec {SPEC_VERSION}: {N_FEATURES} names)")
+        x = np.array([_number(value[n], n) for n in FEATURE_NAMES])
+        by_name = True
+    elif isinstance(value, list):
+        if len(value) != N_FEATURES:
+            raise ValueError(f"expected {N_FEATURES} values (spec {SPEC_VERSION}), got {len(value)}")
+        x = np.array([_number(v, f"[{i}] {FEATURE_NAMES[i]}") for i, v in enumerate(value)])
+        by_name = False
+    else:
+        raise ValueError(
+            f"expected an object of {N_FEATURES} named features or a list of {N_FEATURES} numbers, "
+            f"got {type(value).__name__}"
+        )
+    out = np.flatnonzero((x < FEATURE_LOW) | (x > FEATURE_HIGH))
+    if out.size:
+        i = int(out[0])
+        raise ValueError(
+            f"{FEATURE_NAMES[i]} = {x[i]:g} is outside the spec's bounds "
+            f"[{FEATURE_LOW[i]:g}, {FEATURE_HIGH[i]:g}]"
+            + (f" ({out.size} features out of bounds)" if out.size > 1 else "")
+        )
+    return x, by_name
+
+
+class ActRequest(BaseModel):
+    """One decision request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: Annotated[Any, WithJsonSchema(_STATE_SCHEMA)] = Field(
+        ..., description="the state vector, by feature name or ordered (envs/state_spec.py)"
+    )
+    spec_version: str | None = Field(
+        None, max_length=64, description=f"state spec version; required for a vector ({SPEC_VERSION})"
+    )
+    site_id: str = Field("default", pattern=ID_PATTERN, description="site: rollout key and log partition")
+    request_id: str | None = Field(None, pattern=ID_PATTERN, description="dedupe key of the decision log")
+    time_s: FiniteFloat | None = Field(
+        None, ge=TIME_LOW, le=TIME_HIGH, description="UTC Unix time of the state's meter reading"
+    )
+
+    _x: np.ndarray = PrivateAttr()
+    _by_name: bool = PrivateAttr()
+
+    @field_validator("state", mode="plain")
+    @classmethod
+    def _state(cls, v: Any) -> Any:
+        if not isinstance(v, (dict, list)):
+            parse_state(v)  # raises the clear message; the full check runs once, below
+        return v
+
+    @model_validator(mode="after")
+    def _vector(self) -> ActRequest:
+        try:
+            self._x, self._by_name = parse_state(self.state)
+        except ValueError as exc:
+            raise ValueError(f"state: {exc}") from None
+        return self
+
+    def vector(self) -> np.ndarray:
+        """The validated state vector; checks the spec version (ValueError if it does not fit)."""
+        x, by_name = self._x, self._by_name
+        if self.spec_version is None and not by_name:
+            raise ValueError(f"spec_version: required with an ordered vector (this server: {SPEC_VERSION})")
+        if self.spec_version is not None and self.spec_version != SPEC_VERSION:
+            raise ValueError(
+                f"spec_version: {self.spec_version!r} is not this server's {SPEC_VERSION!r}; "
+                "send the state by feature name or re-export the client"
+            )
+        return x
+
+
+class ActResponse(BaseModel):
+    """The targets to send and where they came from."""
+
+    action_w: list[float] = Field(..., description=f"per-phase targets, W: {', '.join(ACTION_NAMES)}")
+    action_names: list[str] = Field(default=list(ACTION_NAMES))
+    source: str = Field(
+        ..., description="policy, pi or fallback (the safety wrapper's PI, or a safe ramp-down)"
+    )
+    checks_fired: list[str] = Field(..., description="safety checks that fired for the action sent")
+    model_version: str = Field(..., description="bundle name and manifest sha256 prefix")
+    mode: str
+    rolled_back: bool = Field(..., description="the deployment was rolled back to the PI automatically")
+    site_id: str
+    request_id: str
+    spec_version: str = SPEC_VERSION
+
+
+class ModeChange(BaseModel):
+    """Admin: a new mode and/or rollout percentage; clears a rollback (the operator re-arms the policy)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: str | None = Field(None, description="shadow, ab, rollout or production")
+    rollout_pct: FiniteFloat | None = Field(None, ge=0.0, le=100.0)
+    reason: str = Field("", max_length=200, description="recorded in the control history")
+
+
+class BundleSwap(BaseModel):
+    """Admin: load another bundle; it is verified first and refused if it does not fit."""
+
+    model_config = ConfigDict(extra="forbid")
+    bundle: str = Field(..., min_length=1, max_length=4096, description="bundle folder, readable by replicas")
+    reason: str = Field("", max_length=200)

@@ -1,0 +1,369 @@
+"""Benchmark: the policy server under open-loop load on loopback, against servers without Ray Serve.
+
+Not a test. Run:
+
+    .venv/bin/python tests/benchmarks/bench_serve.py --bundle BUNDLE [--rates 100,500] [--duration 60]
+    .venv/bin/python tests/benchmarks/bench_serve.py --make-onnx runs/bench_serve/onnx  # untrained PPO net
+
+Targets (issue 9): p99 <= 20 ms at 100 req/s on this host; Serve no worse than 2x the plain baseline.
+
+Servers, one at a time, each at every rate, in the same run:
+
+* ``serve``: ``serve.app:build_app`` on a local Ray (1 replica, production mode: the bundle's ONNX policy
+  behind the safety wrapper, the PI evaluated too, every decision in the write-ahead log, metrics);
+* ``plain``: FastAPI + onnxruntime under uvicorn in a subprocess, no Serve: parse the JSON vector, check
+  30 finite numbers, normalise, run the same ONNX graph, scale to W, answer. The floor;
+* ``service``: the same logic as ``serve`` (serve/server.py ``PolicyService``, the same validation) under
+  plain FastAPI + uvicorn: the difference to ``serve`` is Serve's proxy and replica hop.
+
+Load: requests are scheduled at fixed intervals (``1/rate``) for ``--duration`` seconds by an asyncio +
+aiohttp client in this process, whatever the answers do (open loop), at most ``--max-inflight`` at once;
+latency is measured from the scheduled time (a late send counts against the server: no coordinated
+omission). A request fails on a non-200 answer, a connection error, or no answer within ``--timeout``
+of its scheduled time (waiting for a free slot included), so a run ends by ``duration + timeout``.
+States: a simulated minute of 100 sites. Prints a table and one JSON object (also written to ``--out``).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+# --- the servers without Serve (run in a subprocess: ``--server plain|service``)
+
+
+def plain_app(bundle_path: str):
+    """FastAPI + onnxruntime, nothing else."""
+    from fastapi import FastAPI, HTTPException, Request
+
+    from envs.actions import to_watts
+    from envs.state_spec import N_FEATURES
+    from serve.bundle import load_bundle
+
+    bundle = load_bundle(bundle_path)
+    policy = bundle.make_policy()
+    max_w = bundle.max_power_per_phase_w
+    app = FastAPI()
+
+    @app.post("/act")
+    async def act(request: Request):
+        body = await request.json()
+        state = body.get("state") if isinstance(body, dict) else None
+        if not isinstance(state, list) or len(state) != N_FEATURES:
+            raise HTTPException(422, "state: 30 numbers")
+        x = np.asarray(state, np.float64)
+        if not np.all(np.isfinite(x)):
+            raise HTTPException(422, "state: not finite")
+        return {"action_w": to_watts(policy(x), max_w).tolist()}
+
+    return app
+
+
+def service_app(bundle_path: str, log_dir: str):
+    """The policy server's logic (PolicyService, same validation) under plain FastAPI."""
+    from fastapi import FastAPI, Request
+
+    from serve.api import ActRequest
+    from serve.app import _Invalid, _invalid_handler, _parse, _read_json_body
+    from serve.config import ServeConfig
+    from serve.server import PolicyService
+
+    cfg = ServeConfig.from_args({"bundle": bundle_path, "mode": "production", "log_dir": log_dir})
+    service = PolicyService(cfg, "bench")
+    app = FastAPI()
+    app.add_exception_handler(_Invalid, _invalid_handler)
+
+    @app.post("/act")
+    async def act(request: Request):
+        req = _parse(ActRequest, await _read_json_body(request, cfg.max_body_bytes))
+        return service.act(req)
+
+    return app
+
+
+def run_server(kind: str, bundle: str, port: int, log_dir: str) -> None:
+    import uvicorn
+
+    app = plain_app(bundle) if kind == "plain" else service_app(bundle, log_dir)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --- load
+
+
+def make_bodies(n_sites: int, seconds: int, seed: int) -> list[dict]:
+    from envs.controllers import PIController
+    from envs.export_env import ExportEnvConfig
+    from envs.rollout import rollout
+    from envs.state_spec import SPEC_VERSION
+
+    trace = rollout(
+        PIController(), ExportEnvConfig(scenario="broken_clouds", episode_s=seconds, start_s=36_000), seed
+    )
+    out = []
+    for k in range(seconds):
+        for s in range(n_sites):
+            body = {
+                "state": [float(v) for v in trace.obs[k]],
+                "spec_version": SPEC_VERSION,
+                "site_id": f"site-{s}",
+                "time_s": trace.time0 + k,
+            }
+            out.append(body)
+    return out
+
+
+async def load(
+    url: str, bodies: list[dict], rate: float, duration: float, max_inflight: int, timeout: float, tag: str
+) -> dict:
+    import aiohttp
+
+    n = int(rate * duration)
+    lat = np.full(n, np.nan)
+    errors: dict[str, int] = {}
+    sem = asyncio.Semaphore(max_inflight)
+    conn = aiohttp.TCPConnector(limit=max_inflight, force_close=False)
+    to = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(connector=conn, timeout=to) as http:
+
+        async def one(i: int, t_sched: float) -> None:
+            """Answered within ``timeout`` of its scheduled time, or an error (queueing in the client too)."""
+            body = {**bodies[i % len(bodies)], "request_id": f"{tag}-{i}"}
+            deadline = t_sched + timeout
+            try:
+                await asyncio.wait_for(sem.acquire(), max(deadline - time.perf_counter(), 0.001))
+            except TimeoutError:
+                errors["client_queue_timeout"] = errors.get("client_queue_timeout", 0) + 1
+                return
+            try:
+                left = aiohttp.ClientTimeout(total=max(deadline - time.perf_counter(), 0.001))
+                async with http.post(url, json=body, timeout=left) as r:
+                    await r.read()
+                    if r.status == 200:
+                        lat[i] = time.perf_counter() - t_sched
+                    else:
+                        errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+            except Exception as exc:  # noqa: BLE001 - every failure counts, by kind
+                key = type(exc).__name__
+                errors[key] = errors.get(key, 0) + 1
+            finally:
+                sem.release()
+
+        t0 = time.perf_counter() + 0.05
+        tasks = []
+        for i in range(n):
+            t_sched = t0 + i / rate
+            delay = t_sched - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, t_sched)))
+        send_end = time.perf_counter()
+        await asyncio.gather(*tasks)
+    ok = lat[np.isfinite(lat)] * 1e3
+    pct = (lambda q: round(float(np.percentile(ok, q)), 2)) if ok.size else (lambda q: None)
+    return {
+        "rate": rate,
+        "duration_s": duration,
+        "sent": n,
+        "ok": int(ok.size),
+        "error_rate": round(1.0 - ok.size / n, 5) if n else None,
+        "errors": errors,
+        "achieved_send_rate": round(n / (send_end - t0), 1),
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "max_ms": round(float(ok.max()), 2) if ok.size else None,
+    }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of ``pids`` so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measured(url: str, pids: list[int], bodies, rate: float, args, tag: str) -> dict:
+    """One load run, with the CPU time the server processes spent per answered request."""
+    c0 = cpu_seconds(pids)
+    out = asyncio.run(load(url, bodies, rate, args.duration, args.max_inflight, args.timeout, tag))
+    used = cpu_seconds(pids) - c0
+    out["server_cpu_s"] = round(used, 2)
+    out["server_cpu_ms_per_request"] = round(1e3 * used / max(out["ok"], 1), 3)
+    return out
+
+
+def wait_up(url: str, timeout: float = 120.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.RequestException:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+def bench_subprocess(kind: str, bundle: str, bodies, args, log_dir: str) -> list[dict]:
+    from cluster.head import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--server",
+            kind,
+            "--bundle",
+            bundle,
+            "--port",
+            str(port),
+            "--log-dir",
+            log_dir,
+        ],
+        cwd=REPO,
+    )
+    try:
+        wait_up(f"http://127.0.0.1:{port}/docs")
+        url = f"http://127.0.0.1:{port}/act"
+        return [measured(url, [proc.pid], bodies, r, args, f"{kind}-{r}") for r in args.rates]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def bench_serve(bundle: str, bodies, args, log_dir: str) -> list[dict]:
+    import ray
+    from ray import serve
+
+    from cluster.head import free_port
+    from cluster.local import init_ray
+    from serve.app import build_app
+
+    init_ray(num_cpus=2)
+    port = free_port()
+    try:
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False}
+        )
+        serve.run(
+            build_app({"bundle": bundle, "mode": "production", "log_dir": log_dir}),
+            name="bench",
+            route_prefix="/",
+            blocking=False,
+        )
+        wait_up(f"http://127.0.0.1:{port}/healthz")
+        from ray._private import state  # the actor table: proxy and replica processes
+
+        pids = [
+            int(a["Pid"])
+            for a in state.actors().values()
+            if a.get("State") == "ALIVE"
+            and (
+                a.get("ActorClassName") == "ProxyActor"
+                or str(a.get("ActorClassName")).startswith("ServeReplica:bench")
+            )
+        ]
+        url = f"http://127.0.0.1:{port}/act"
+        return [measured(url, pids, bodies, r, args, f"serve-{r}") for r in args.rates]
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def make_onnx(out: Path) -> None:
+    from serve.bundle import export_checkpoint
+    from tests.test_bundle import untrained_checkpoint
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_checkpoint(untrained_checkpoint("ppo", Path(tmp) / "module"), out, overwrite=True)
+    print(json.dumps({"bundle": str(out)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", help="an ONNX bundle (gridrl export --checkpoint, or --make-onnx)")
+    ap.add_argument("--make-onnx", type=Path, help="write an untrained PPO ONNX bundle here and exit")
+    ap.add_argument("--rates", default="100,500", help="request rates, req/s (default 100,500)")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per rate (default 60)")
+    ap.add_argument("--servers", default="serve,plain,service", help="which servers (default all three)")
+    ap.add_argument("--max-inflight", type=int, default=256, help="bound on concurrent requests")
+    ap.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, s")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_serve" / "results.json")
+    ap.add_argument("--server", choices=["plain", "service"], help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--log-dir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.server:
+        run_server(args.server, args.bundle, args.port, args.log_dir)
+        return
+    if args.make_onnx:
+        make_onnx(args.make_onnx)
+        return
+    if not args.bundle:
+        ap.error("--bundle is required")
+    args.rates = [float(r) for r in args.rates.split(",")]
+    bodies = make_bodies(100, 60, args.seed)
+    results: dict = {"bundle": args.bundle, "rates": args.rates, "duration_s": args.duration, "servers": {}}
+    load0 = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.servers.split(","):
+            t0 = time.perf_counter()
+            log_dir = str(Path(tmp) / kind)
+            runs = (
+                bench_serve(args.bundle, bodies, args, log_dir)
+                if kind == "serve"
+                else bench_subprocess(kind, args.bundle, bodies, args, log_dir)
+            )
+            results["servers"][kind] = runs
+            print(f"[bench] {kind}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    results["loadavg_before"] = [round(v, 2) for v in load0]
+    results["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+    results["cpus"] = os.cpu_count()
+    head = ("server", "rate", "sent", "err%", "p50 ms", "p99 ms", "max ms", "cpu ms/req")
+    print("{:8} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10}".format(*head))
+    for kind, runs in results["servers"].items():
+        for r in runs:
+            row = (
+                kind,
+                r["rate"],
+                r["sent"],
+                round(100 * r["error_rate"], 2),
+                r["p50_ms"],
+                r["p99_ms"],
+                r["max_ms"],
+                r["server_cpu_ms_per_request"],
+            )
+            print("{:8} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10}".format(*(str(v) for v in row)))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
