@@ -224,5 +224,14 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    """The last line of a training command: one JSON object, for scripts to chain on."""
+    """The last line of a command: one JSON object, for scripts to chain on.
+
+    Ray streams its workers' log lines to the driver asynchronously, so they can arrive after anything the
+    driver prints; shutting Ray down first flushes them, and the JSON line really is the last one.
+    """
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    sys.stderr.flush()
     print(json.dumps(summary, default=str), flush=True)

@@ -3,7 +3,8 @@
 Stages: generate raw logs of the PI (with real-log defects) -> build the RLlib dataset -> behaviour
 cloning of the PI -> CQL initialised from BC -> evaluation of the CQL policy against the PI, the oracle
 and no control on held-out days -> export of the policy as a bundle (ONNX + manifest, parity-checked) ->
-a report. Each stage prints a progress line; the last stdout line is a JSON summary.
+a short shadow run of that bundle behind Ray Serve on loopback, with simulated site traffic (the PI acts,
+the policy is logged) -> a report. Each stage prints a progress line; the last stdout line is a JSON summary.
 """
 
 from __future__ import annotations
@@ -31,15 +32,16 @@ class Profile:
     eval_days: int
     eval_hours: float
     eval_start_hour: float
+    shadow_hours: float
 
 
 PROFILES = {
     # demo: daylight windows, a few iterations: minutes on 2 cores
     "demo": Profile(log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, cql_iters=6,
-                    eval_days=1, eval_hours=6.0, eval_start_hour=9.0),
+                    eval_days=1, eval_hours=6.0, eval_start_hour=9.0, shadow_hours=0.05),
     # full: a week of whole days of logs, longer training, three whole held-out days
     "full": Profile(log_days=7, log_hours=24.0, log_start_hour=0.0, bc_iters=30, cql_iters=100,
-                    eval_days=3, eval_hours=24.0, eval_start_hour=0.0),
+                    eval_days=3, eval_hours=24.0, eval_start_hour=0.0, shadow_hours=1.0),
 }
 
 
@@ -84,10 +86,12 @@ def _train(config: str, dataset: Path, runs: Path, name: str, iters: int, seed: 
 
 def run(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
+    from rllib_configs.runner import print_summary
     from offline_data.build import BuildConfig, build
     from offline_data.generate import GenerateConfig, generate
     from scripts.evaluate import evaluate_export, format_criteria, success_criteria
     from scripts.simulate import format_table
+    from scripts.serve import serve_and_drive
     from serve.bundle import export_checkpoint
 
     prof = PROFILES[args.profile]
@@ -96,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gridrl pipeline: {out} is not empty: choose another --out", file=sys.stderr)
         return 2
     t_all = time.perf_counter()
-    stages = Stages(total=6)
+    stages = Stages(total=7)
     init_ray(args.address, num_cpus=args.num_cpus)
     gen = GenerateConfig(days=prof.log_days, hours=prof.log_hours, start_hour=prof.log_start_hour, seed=args.seed,
                          defects=0.02, scenario="random")
@@ -114,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     )
     stages.run("export the CQL policy as a bundle (ONNX parity-checked)", export_checkpoint, cql["checkpoint"],
                out / "bundle", evaluation=results["policy"], seed=args.seed)
+    shadow = stages.run("shadow run behind Ray Serve (simulated traffic)", serve_and_drive, str(out / "bundle"),
+                        out / "serve", prof.shadow_hours, args.seed, address=args.address, num_cpus=args.num_cpus)
     criteria = success_criteria(results)
     print(format_table(results))
     print(format_criteria(criteria))
@@ -121,10 +127,10 @@ def run(args: argparse.Namespace) -> int:
         "profile": args.profile, "settings": asdict(prof), "seed": args.seed, "out": str(out),
         "wall_s": round(time.perf_counter() - t_all, 1), "stage_s": stages.timings,
         "dataset": {"counts": manifest.get("counts"), "transitions": manifest.get("transitions")},
-        "bc": bc, "cql": cql, "bundle": str(out / "bundle"),
+        "bc": bc, "cql": cql, "bundle": str(out / "bundle"), "shadow": shadow,
         "metrics": results, "criteria": criteria,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps({"report": str(out / "report.json"), "wall_s": report["wall_s"],
-                      "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()}}))
+    print_summary({"report": str(out / "report.json"), "wall_s": report["wall_s"],
+                   "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()}})
     return 0

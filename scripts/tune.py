@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
+    from rllib_configs.runner import print_summary
     from envs.config import ConfigError
     from tune.results import plot_sweep, promote, write_table
     from tune.spec import load_sweep
@@ -67,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
     plot = plot_sweep(grid, exp_dir, metric, best, names)
     promotion = promote(grid, exp_dir, Path(args.storage_path), spec.domain, spec.algorithm, metric, mode, names)
     errors = sum(1 for r in grid if r.error)
-    print(json.dumps({"sweep": str(exp_dir), "trials": len(grid), "errors": errors, "results": str(table),
-                      "plot": str(plot), **promotion}, default=str))
+    print_summary({"sweep": str(exp_dir), "trials": len(grid), "errors": errors, "results": str(table),
+                   "plot": str(plot), **promotion})
     return 0

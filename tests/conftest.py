@@ -21,3 +21,15 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"../shared not found at {SHARED} (set GRIDRL_SHARED)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """A small dataset built by the project itself: 2 days x 1.5 daylight hours of PI logs, 2 % defects."""
+    from offline_data.build import BuildConfig, build
+    from offline_data.generate import GenerateConfig, generate
+
+    root = tmp_path_factory.mktemp("small_dataset")
+    generate(GenerateConfig(days=2, hours=1.5, start_hour=10.0, seed=0, defects=0.02, scenario="broken_clouds"), root / "raw")
+    build(root / "raw", root / "dataset", BuildConfig(), seed=0, progress=False)
+    return root / "dataset"

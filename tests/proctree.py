@@ -45,3 +45,16 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
             os.kill(p, sig)
         except ProcessLookupError:
             pass
+
+
+def last_json(text: str) -> dict:
+    """The last line of ``text`` that is a JSON object (a command's summary line)."""
+    import json
+
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise ValueError(f"no JSON line in output: {text[-500:]!r}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proctree import cmdline, descendants, kill_tree
+from tests.proctree import cmdline, descendants, kill_tree, last_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def test_killed_env_runner_is_restarted_and_training_reaches_target(tmp_path):
     finally:
         kill_tree(proc.pid)
     assert proc.returncode == 0, err[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = last_json(out)
     assert summary["metrics"]["training_iteration"] == 6
     assert victim not in descendants(proc.pid)
 
@@ -74,7 +74,7 @@ def test_killed_driver_resumes_from_its_last_checkpoint(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    summary = last_json(res.stdout)
     assert summary["metrics"]["training_iteration"] == 5
     # The resumed run's progress lines: it continued after the checkpoint (checkpoint_00000k holds
     # iteration k + 1), and did not start over at iteration 1.

@@ -53,6 +53,22 @@ def test_config_trains_through_the_runner(name, tmp_path, ray_session):
 
 
 @pytest.mark.smoke
+def test_offline_configs_train_bc_then_cql_from_bc(small_dataset, tmp_path, ray_session):
+    bc = run_training(load_train_config(REPO / "rllib_configs/export/bc.yaml", dataset=str(small_dataset)),
+                      RunOptions(storage_path=tmp_path, stop_iters=1, seed=1))
+    cql_spec = load_train_config(REPO / "rllib_configs/export/cql.yaml", dataset=str(small_dataset))
+    cql = run_training(cql_spec, RunOptions(storage_path=tmp_path, stop_iters=1, seed=1, init_from=bc["checkpoint"]))
+    assert "evaluation/env_runners/episode_return_mean" in cql["metrics"]
+    # CQL's policy starts from BC's: before any CQL update they act the same (tanh(mean) vs mean aside)
+    from rllib_configs.offline import policy_state_from
+
+    assert set(policy_state_from(bc["checkpoint"])) <= set(policy_state_from(cql["checkpoint"]))
+    for ckpt in (bc["checkpoint"], cql["checkpoint"]):
+        a = load_policy(ckpt).act_unit(_states()[:20])
+        assert a.shape == (20, 3) and np.all(np.abs(a) <= 1.0)
+
+
+@pytest.mark.smoke
 def test_save_and_restore_give_the_same_greedy_action(tmp_path, ray_session):
     spec = load_train_config(REPO / "rllib_configs/export/ppo.yaml")
     opts = RunOptions(storage_path=tmp_path, seed=2, num_env_runners=0)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from envs.config import ConfigError
-from tests.proctree import kill_tree
+from tests.proctree import kill_tree, last_json
 from tune.spec import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def test_small_online_sweep_promotes_and_only_a_better_one_replaces_it(tmp_path)
     proc = gridrl_tune("--config", str(p), "--num-samples", "3", "--storage-path", str(tmp_path / "s"), "--seed", "1")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = last_json(out)
     assert summary["trials"] == 3 and summary["errors"] == 0 and summary["promoted"] is True
     best = tmp_path / "s" / "best" / "export" / "ppo"
     assert (best / "checkpoint").is_dir() and (best / "gridrl_run.json").is_file()
@@ -88,7 +88,7 @@ def test_small_online_sweep_promotes_and_only_a_better_one_replaces_it(tmp_path)
     proc = gridrl_tune("--config", str(p), "--num-samples", "1", "--storage-path", str(tmp_path / "s"),
                        "--name", "again", "--seed", "2")
     out, _ = proc.communicate(timeout=900)
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = last_json(out)
     assert summary["promoted"] is False and "not promoted" in summary["reason"]
     assert json.loads((best / "promotion.json").read_text())["value"] == 1e12
 
@@ -112,7 +112,7 @@ def test_resume_after_killing_the_driver_does_not_rerun_finished_trials(tmp_path
     resumed = gridrl_tune(*args, "--resume")
     out, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, out[-3000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = last_json(out)
     assert summary["trials"] == 3 and summary["errors"] == 0
     restarted = set(re.findall(r"Trial (\S+) started", out))
     assert not (finished & restarted), f"finished trials were rerun: {finished & restarted}"
