@@ -10,6 +10,7 @@ from envs.config import from_mapping, to_mapping
 
 EXPORT_ENV = "gridrl-export"
 CITYLEARN_ENV = "gridrl-citylearn"
+EXPORT_MODEL_ENV = "gridrl-export-model"
 
 
 def make_export_env(env_config: dict[str, Any]) -> Any:
@@ -30,7 +31,14 @@ def make_citylearn_env(env_config: dict[str, Any]) -> Any:
     return make(dict(env_config))
 
 
-CREATORS = {EXPORT_ENV: make_export_env, CITYLEARN_ENV: make_citylearn_env}
+def make_export_model_env(env_config: dict[str, Any]) -> Any:
+    """Env creator of ``gridrl-export-model``: the learned forward model from logged states (envs/dynamics/)."""
+    from envs.dynamics.model_env import make_model_env
+
+    return make_model_env(dict(env_config))
+
+
+CREATORS = {EXPORT_ENV: make_export_env, CITYLEARN_ENV: make_citylearn_env, EXPORT_MODEL_ENV: make_export_model_env}
 
 
 def register_rllib_envs() -> None:
@@ -46,6 +54,10 @@ def _config_class(env: Any) -> type | None:
         from envs.export_env import ExportEnvConfig
 
         return ExportEnvConfig
+    if env == EXPORT_MODEL_ENV:
+        from envs.dynamics.model_env import ModelEnvConfig
+
+        return ModelEnvConfig
     if env == CITYLEARN_ENV:
         from envs.citylearn.env import CityLearnEnvConfig
 

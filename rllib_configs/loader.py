@@ -148,7 +148,7 @@ def _substitute(value: Any, variables: dict[str, str]) -> Any:
     return value
 
 
-def load_train_config(path: str | Path, dataset: str | None = None) -> TrainSpec:
+def load_train_config(path: str | Path, dataset: str | None = None, model: str | None = None) -> TrainSpec:
     """Load and check a training YAML; returns the RLlib config (not built) and gridrl's settings.
 
     Raises:
@@ -163,10 +163,16 @@ def load_train_config(path: str | Path, dataset: str | None = None) -> TrainSpec
     variables = {"repo": str(REPO_ROOT)}
     if dataset is not None:
         variables["dataset"] = str(Path(dataset).resolve())
+    if model is not None:
+        variables["model"] = str(Path(model).resolve())
     data = _substitute(raw, variables)
     if "algorithm" not in data:
         raise ConfigError(p, "algorithm", "required (e.g. PPO, SAC, BC, CQL, A2C)")
     algorithm = str(data["algorithm"]).upper()
+    if algorithm == "FORWARD_MODEL":  # not an RLlib algorithm: envs/dynamics/train.py's typed sections
+        from envs.dynamics.train import load_model_spec
+
+        return load_model_spec(p, data, raw, dataset)
     try:
         cls = config_class(algorithm)
     except ValueError as exc:

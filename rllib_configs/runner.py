@@ -171,6 +171,10 @@ def _progress_callback() -> Any:
 
 def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
     """Train through Tune; returns the summary (checkpoint path, final metrics, trial dir)."""
+    if spec.algorithm == "FORWARD_MODEL":  # a Tune function trainable, same options and summary
+        from envs.dynamics.train import run_model_training
+
+        return run_model_training(spec, opts)
     from ray import tune
 
     from rllib_configs.envs import register_rllib_envs

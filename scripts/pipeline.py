@@ -1,8 +1,9 @@
 """``gridrl pipeline``: the end-to-end main job, stage by stage, on a local embedded Ray by default.
 
-Stages: generate raw logs of the PI (with real-log defects) -> build the RLlib dataset -> behaviour
-cloning of the PI -> CQL initialised from BC -> evaluation of the CQL policy against the PI, the oracle
-and no control on held-out days -> export of the policy as a bundle (ONNX + manifest, parity-checked) ->
+Stages: generate raw logs of the PI (with real-log defects) -> build the RLlib dataset -> the forward
+dynamics model (trained on the dataset, scored on its test split against persistence) -> behaviour cloning
+of the PI -> CQL initialised from BC -> evaluation of the CQL policy against the PI, the oracle and no
+control on held-out days -> the same policy estimated with the forward model on the test split -> export of the policy as a bundle (ONNX + manifest, parity-checked) ->
 a short shadow run of that bundle behind Ray Serve on loopback, with simulated site traffic (the PI acts,
 the policy is logged) -> a report. Each stage prints a progress line; the last stdout line is a JSON summary.
 """
@@ -28,7 +29,10 @@ class Profile:
     log_hours: float
     log_start_hour: float
     bc_iters: int
+    model_iters: int
     cql_iters: int
+    model_windows: int
+    model_horizon_s: int
     eval_days: int
     eval_hours: float
     eval_start_hour: float
@@ -37,11 +41,11 @@ class Profile:
 
 PROFILES = {
     # demo: daylight windows, a few iterations: minutes on 2 cores
-    "demo": Profile(log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, cql_iters=6,
-                    eval_days=1, eval_hours=6.0, eval_start_hour=9.0, shadow_hours=0.05),
+    "demo": Profile(log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, model_iters=2, cql_iters=6,
+                    model_windows=16, model_horizon_s=120, eval_days=1, eval_hours=6.0, eval_start_hour=9.0, shadow_hours=0.05),
     # full: a week of whole days of logs, longer training, three whole held-out days
-    "full": Profile(log_days=7, log_hours=24.0, log_start_hour=0.0, bc_iters=30, cql_iters=100,
-                    eval_days=3, eval_hours=24.0, eval_start_hour=0.0, shadow_hours=1.0),
+    "full": Profile(log_days=7, log_hours=24.0, log_start_hour=0.0, bc_iters=30, model_iters=8, cql_iters=100,
+                    model_windows=64, model_horizon_s=600, eval_days=3, eval_hours=24.0, eval_start_hour=0.0, shadow_hours=1.0),
 }
 
 
@@ -86,6 +90,8 @@ def _train(config: str, dataset: Path, runs: Path, name: str, iters: int, seed: 
 
 def run(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
+    from envs.dynamics.evaluator import evaluate_with_model, format_results
+    from envs.dynamics.train import pipeline_stage as model_stage
     from rllib_configs.runner import print_summary
     from offline_data.build import BuildConfig, build
     from offline_data.generate import GenerateConfig, generate
@@ -100,13 +106,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"gridrl pipeline: {out} is not empty: choose another --out", file=sys.stderr)
         return 2
     t_all = time.perf_counter()
-    stages = Stages(total=7)
+    stages = Stages(total=9)
     init_ray(args.address, num_cpus=args.num_cpus)
     gen = GenerateConfig(days=prof.log_days, hours=prof.log_hours, start_hour=prof.log_start_hour, seed=args.seed,
                          defects=0.02, scenario="random")
     stages.run("generate raw logs of the PI", generate, gen, out / "raw")
     manifest = stages.run("build the dataset", build, out / "raw", out / "dataset", BuildConfig(), seed=args.seed,
                           progress=False)
+    fwd = stages.run("forward model: train, score on the test split", model_stage, out / "dataset", out / "runs",
+                     args.seed, prof.model_iters)
     bc = stages.run("behaviour cloning (BC)", _train, "rllib_configs/export/bc.yaml", out / "dataset", out / "runs",
                     "bc", prof.bc_iters, args.seed)
     cql = stages.run("CQL from BC", _train, "rllib_configs/export/cql.yaml", out / "dataset", out / "runs", "cql",
@@ -116,6 +124,11 @@ def run(args: argparse.Namespace) -> int:
         out / "evaluation", prof.eval_days, args.seed, ["pi", "oracle", "zero"], None, "broken_clouds",
         int(prof.eval_hours * 3600), int(prof.eval_start_hour * 3600),
     )
+    model_based = stages.run(
+        "model-based estimate of CQL vs PI on the test split (no simulator)", evaluate_with_model,
+        cql["checkpoint"], fwd["checkpoint"], str(out / "dataset"), out / "evaluation_model", args.seed,
+        prof.model_windows, prof.model_horizon_s, ("pi", "zero"),
+    )
     stages.run("export the CQL policy as a bundle (ONNX parity-checked)", export_checkpoint, cql["checkpoint"],
                out / "bundle", evaluation=results["policy"], seed=args.seed)
     shadow = stages.run("shadow run behind Ray Serve (simulated traffic)", serve_and_drive, str(out / "bundle"),
@@ -123,11 +136,16 @@ def run(args: argparse.Namespace) -> int:
     criteria = success_criteria(results)
     print(format_table(results))
     print(format_criteria(criteria))
+    fm = fwd["evaluation"]["criteria"]
+    print("forward model on the test split: " + ", ".join(
+        f"{r['criterion']} {r['value']:.4g} ({'ok' if r['passed'] else 'NOT met'})" for r in fm))
+    print("model-based estimate (test split, no simulator; an estimate: the simulator's table above is the reference)")
+    print(format_results(model_based))
     report = {
         "profile": args.profile, "settings": asdict(prof), "seed": args.seed, "out": str(out),
         "wall_s": round(time.perf_counter() - t_all, 1), "stage_s": stages.timings,
         "dataset": {"counts": manifest.get("counts"), "transitions": manifest.get("transitions")},
-        "bc": bc, "cql": cql, "bundle": str(out / "bundle"), "shadow": shadow,
+        "forward_model": fwd, "model_based": model_based, "bc": bc, "cql": cql, "bundle": str(out / "bundle"), "shadow": shadow,
         "metrics": results, "criteria": criteria,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))

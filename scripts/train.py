@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default="runs", help="root of checkpoints and logs (default ./runs)")
     p.add_argument("--name", default=None, help="experiment name (default: the config file's stem)")
     p.add_argument("--dataset", default=None, help="dataset directory from `gridrl data build` (offline configs)")
+    p.add_argument("--model", default=None, help="forward-model checkpoint or run dir, for ${model} (model-env configs)")
     p.add_argument("--init-from", default=None, help="initialise the policy from this checkpoint or run dir (CQL from BC)")
     p.add_argument("--num-env-runners", type=int, default=None, help="override env_runners.num_env_runners")
     p.add_argument("--num-learners", type=int, default=None, help="override learners.num_learners")
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from rllib_configs.runner import RunOptions, experiment_dir, print_summary, run_training
 
     try:
-        spec = load_train_config(args.config, dataset=args.dataset)
+        spec = load_train_config(args.config, dataset=args.dataset, model=args.model)
     except ConfigError as exc:
         print(f"gridrl train: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,238 @@
+"""Stepping the forward model one second at a time, for a batch of episodes: the one implementation behind
+the model env, the model-based evaluator and ``gridrl evaluate-model``'s rollouts.
+
+Each second, the model (envs/dynamics/model.py) reads the last ``H`` states and actions and predicts export
+and acknowledged power per phase for the next second; :class:`ModelStepper` turns them into the signals of
+envs/state_spec.py (meter readings, acknowledged and available power, the action as the new target, the
+clock) and runs the state spec's own feature kernel, as the simulator does. A rollout starts from a
+logged state with its logged history (:class:`LoggedContext`: the context the LSTM reads and the 60 s of
+totals the kernel's windows need). Two modes:
+
+* ``replay=False`` (**open loop**): PV and available power are held at their last value (persistence, the
+  honest forecast of the weather at these horizons); readings never go missing. ``gridrl evaluate-model``
+  scores this mode.
+* ``replay=True`` (**log replay**, the model env's and the evaluator's mode): what no controller can change
+  is replayed from the logged episode the rollout started in: PV readings, available power, missing
+  readings, setpoint. The model supplies export and acknowledged power per phase: what the actions change.
+
+Each step also returns the ensemble's disagreement: the RMS over the learned features (weighted like the
+loss) of the members' standard deviation, in normalised units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from envs.actions import to_watts
+from envs.dynamics.data import SplitData
+from envs.dynamics.model import ForwardModel
+from envs.jit import kernel
+from envs.state_spec import (
+    FEAT,
+    FEATURE_HIGH,
+    FEATURE_LOW,
+    KS_AGE,
+    KS_COUNT,
+    KS_HELD,
+    KS_POS,
+    N_SIGNALS,
+    RING,
+    SIG,
+    feature_row,
+    new_kernel_state,
+)
+
+_PH = (1, 2, 3)
+HISTORY_S = RING - 1  # logged seconds before a start that a rollout needs (the kernel's 60 s windows)
+_SIGNAL_OF = {
+    **{f"export_w_l{p}": f"meter_export_w_l{p}" for p in _PH},
+    **{f"pv_w_l{p}": f"meter_pv_w_l{p}" for p in _PH},
+}
+_METER_SIG = [SIG[f"meter_export_w_l{p}"] for p in _PH] + [SIG[f"meter_pv_w_l{p}"] for p in _PH]
+_PV_SIG = [SIG[f"meter_pv_w_l{p}"] for p in _PH]
+_AVAIL_SIG = [SIG[f"available_w_l{p}"] for p in _PH]
+_TARGET_SIG = [SIG[f"target_w_l{p}"] for p in _PH]
+_NONNEG = [SIG[f"{n}_w_l{p}"] for n in ("acked", "available") for p in _PH]
+_PV_L = [FEAT[f"pv_w_l{p}"] for p in _PH]
+_AVAIL_L = [FEAT[f"available_w_l{p}"] for p in _PH]
+
+
+@kernel
+def _features_batch(sig: np.ndarray, kstate: np.ndarray, ring: np.ndarray, out: np.ndarray) -> None:
+    for b in range(sig.shape[0]):
+        feature_row(sig[b], kstate[b], ring[b], out[b])
+
+
+@dataclass
+class LoggedContext:
+    """Where a batch of rollouts starts: logged history before each start and the logged episode after it.
+
+    Attributes:
+        states: (B, T + 1, 30) logged states from each start on (index 0 = the start state).
+        history: (B, HISTORY_S + 1, 30) logged states of the ``HISTORY_S`` s up to the start (last = start).
+        actions: (B, HISTORY_S, 3) logged actions of those seconds before the start.
+        time_s: (B,) UTC second of the start state.
+    """
+
+    states: np.ndarray
+    history: np.ndarray
+    actions: np.ndarray
+    time_s: np.ndarray
+
+    @classmethod
+    def from_split(cls, split: SplitData, starts: np.ndarray, horizon: int) -> LoggedContext:
+        """Context of rows ``starts`` (from :meth:`SplitData.rollout_starts`) for ``horizon`` steps."""
+        starts = np.asarray(starts, np.int64)
+        rows = starts[:, None] + np.arange(-HISTORY_S, 1)
+        return cls(
+            states=split.states(starts, horizon),
+            history=split.obs[rows].astype(np.float64),
+            actions=split.actions[rows[:, :-1]].astype(np.float64),
+            time_s=split.time_s[starts].astype(np.float64),
+        )
+
+
+def kernel_state(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The feature kernel's streaming state after the logged ``history`` (B, HISTORY_S + 1, 30)."""
+    b = history.shape[0]
+    kstate, ring = new_kernel_state(b)
+    last = history[:, -1]
+    kstate[:, KS_HELD : KS_HELD + 3] = last[:, [FEAT[f"export_w_l{p}"] for p in _PH]]
+    kstate[:, KS_HELD + 3 : KS_HELD + 6] = last[:, _PV_L]
+    kstate[:, KS_AGE] = last[:, FEAT["meter_age_s"]]
+    kstate[:, KS_COUNT] = RING
+    kstate[:, KS_POS] = 0.0  # the ring holds the last RING totals, oldest first: next write at 0
+    ring[:, 0] = history[:, -RING:, FEAT["export_w"]]
+    ring[:, 1] = history[:, -RING:, FEAT["pv_w"]]
+    return kstate, ring
+
+
+class ModelStepper:
+    """A batch of model rollouts stepped one second at a time.
+
+    Args:
+        model: The trained ensemble.
+        max_power_per_phase_w: Action scale of the site (envs/actions.py).
+        member: 'mean' (the ensemble mean steps the state), 'random' (a member drawn per second and episode
+            from the ``rng`` given to :meth:`reset`) or a member index.
+        replay: Log-replay mode (see the module docstring); False = open loop.
+    """
+
+    def __init__(
+        self,
+        model: ForwardModel,
+        max_power_per_phase_w: float,
+        member: str | int = "mean",
+        replay: bool = True,
+    ):
+        self.model = model.eval()
+        self.max_w = float(max_power_per_phase_w)
+        self.member, self.replay = member, replay
+        self.device = model.obs_mean.device
+        w = model.loss_weight.cpu().numpy().astype(np.float64)
+        self._dis_w = w / w.sum()
+        names = model.feature_names
+        self._sig_of_learned = np.array([SIG[_SIGNAL_OF.get(names[i], names[i])] for i in model.learned])
+        self._sig = np.zeros((0, N_SIGNALS))
+
+    def reset(self, context: LoggedContext, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Start rollouts at the context's start states; returns them (B, 30) float64."""
+        h = self.model.context
+        self.ctx, self.rng = context, rng or np.random.default_rng(0)
+        self.kstate, self.ring = kernel_state(context.history)
+        self.z = self._norm(context.history[:, -h:])
+        self.a = torch.zeros((len(context.time_s), h, self.model.n_action), device=self.device)
+        self.a[:, :-1] = torch.as_tensor(
+            context.actions[:, -(h - 1) :] if h > 1 else context.actions[:, :0],
+            dtype=torch.float32,
+            device=self.device,
+        )
+        self.state = context.history[:, -1].copy()
+        self.t = 0
+        self._sig = np.zeros((len(context.time_s), N_SIGNALS))
+        return self.state.copy()
+
+    def _norm(self, x: np.ndarray) -> torch.Tensor:
+        return self.model.normalize(torch.as_tensor(x, dtype=torch.float32, device=self.device))
+
+    @torch.no_grad()
+    def predict_learned(
+        self, actions: np.ndarray, pv_next: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw learned features at t + 1 per member (M, B, L) for actions (B, 3) at t; disagreement (B,).
+
+        ``pv_next`` (B, 3): the PV readings at t + 1 when replayed from the log (the balance uses them).
+        """
+        self.a[:, -1] = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        pv = None
+        if pv_next is not None:
+            pv = torch.zeros((*self.a.shape[:2], 3), device=self.device)
+            pv[:, -1] = torch.as_tensor(pv_next, dtype=torch.float32, device=self.device)
+        z = self.model(self.z, self.a, pv_next=pv)[:, :, -1]  # (M, B, L)
+        sd = (
+            z.std(0, unbiased=False).cpu().numpy().astype(np.float64)
+            if z.shape[0] > 1
+            else np.zeros(z.shape[1:])
+        )
+        dis = np.sqrt((sd**2 * self._dis_w).sum(-1))
+        li = self.model.learned
+        raw = z * self.model.obs_std[li] + self.model.obs_mean[li]
+        return raw.cpu().numpy().astype(np.float64), dis
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Apply actions in [-1, 1] (B, 3) for 1 s; returns (states (B, 30) float64, disagreement (B,))."""
+        a = np.clip(np.nan_to_num(np.asarray(actions, np.float64), nan=-1.0), -1.0, 1.0)
+        log = self.ctx.states[:, min(self.t + 1, self.ctx.states.shape[1] - 1)] if self.replay else None
+        members, dis = self.predict_learned(a, None if log is None else log[:, _PV_L])
+        if self.member == "mean":
+            learned = members.mean(0)
+        else:
+            pick = (
+                self.rng.integers(0, members.shape[0], members.shape[1])
+                if self.member == "random"
+                else np.full(members.shape[1], int(self.member))
+            )
+            learned = members[pick, np.arange(members.shape[1])]
+        sig = self._sig
+        sig[:, self._sig_of_learned] = learned
+        sig[:, _TARGET_SIG] = to_watts(a, self.max_w)
+        sig[:, SIG["setpoint_w"]] = self.state[:, FEAT["setpoint_w"]]
+        sig[:, SIG["time_s"]] = self.ctx.time_s + self.t + 1
+        exo = self.state if log is None else log  # exogenous: held (open loop) or replayed
+        sig[:, _PV_SIG] = exo[:, _PV_L]
+        sig[:, _AVAIL_SIG] = exo[:, _AVAIL_L]
+        if log is not None:
+            sig[:, SIG["setpoint_w"]] = log[:, FEAT["setpoint_w"]]
+            sig[np.ix_(log[:, FEAT["meter_age_s"]] > 0, _METER_SIG)] = np.nan
+        sig[:, _NONNEG] = np.maximum(sig[:, _NONNEG], 0.0)
+        out = np.empty((len(sig), len(FEAT)))
+        _features_batch(sig, self.kstate, self.ring, out)
+        self.state = np.clip(out, FEATURE_LOW, FEATURE_HIGH)
+        self.z = torch.cat([self.z[:, 1:], self._norm(self.state)[:, None]], dim=1)
+        self.a = torch.cat([self.a[:, 1:], torch.zeros_like(self.a[:, :1])], dim=1)
+        self.t += 1
+        return self.state.copy(), dis
+
+
+def rollout_logged_actions(
+    model: ForwardModel,
+    split: SplitData,
+    starts: np.ndarray,
+    horizon: int,
+    max_power_per_phase_w: float,
+    replay: bool = False,
+    member: str | int = "mean",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rollouts with the logged actions: (predicted states (B, horizon, 30), disagreement (B, horizon))."""
+    context = LoggedContext.from_split(split, starts, horizon)
+    stepper = ModelStepper(model, max_power_per_phase_w, member, replay)
+    stepper.reset(context)
+    acts = split.actions[np.asarray(starts)[:, None] + np.arange(horizon)]
+    out = np.empty((len(starts), horizon, model.n_state))
+    dis = np.empty((len(starts), horizon))
+    for t in range(horizon):
+        out[:, t], dis[:, t] = stepper.step(acts[:, t])
+    return out, dis
