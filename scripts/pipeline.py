@@ -41,7 +41,7 @@ class Profile:
 
 PROFILES = {
     # demo: daylight windows, a few iterations: minutes on 2 cores
-    "demo": Profile(log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, model_iters=2, cql_iters=6,
+    "demo": Profile(log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, model_iters=1, cql_iters=6,
                     model_windows=16, model_horizon_s=120, eval_days=1, eval_hours=6.0, eval_start_hour=9.0, shadow_hours=0.05),
     # full: a week of whole days of logs, longer training, three whole held-out days
     "full": Profile(log_days=7, log_hours=24.0, log_start_hour=0.0, bc_iters=30, model_iters=8, cql_iters=100,
