@@ -47,10 +47,11 @@ def policy_state_from(checkpoint: str | Path) -> dict[str, Any]:
 
     from rllib_configs.policy import latest_checkpoint, module_path
 
-    p = Path(checkpoint)
-    if not (p / "learner_group").is_dir() and not (p / "module_state.pkl").is_file():
-        p = latest_checkpoint(p)  # a run directory: its newest checkpoint
-    module = RLModule.from_checkpoint(str(module_path(p)))
+    try:
+        path = module_path(checkpoint)  # a checkpoint, a promoted best/ folder or a module directory
+    except FileNotFoundError:
+        path = module_path(latest_checkpoint(checkpoint))  # a run directory: its newest checkpoint
+    module = RLModule.from_checkpoint(str(path))
     out = {}
     for name, value in module.state_dict().items():
         for src, dst in POLICY_PREFIXES.items():

@@ -47,10 +47,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 
 def module_path(checkpoint: str | Path) -> Path:
-    """The RLModule directory of an algorithm checkpoint (or the path itself if it is one)."""
+    """The RLModule directory of an algorithm checkpoint (or the path itself if it is one).
+
+    A checkpoint promoted by ``gridrl tune`` (``<storage>/best/<domain>/<algo>/``) holds the algorithm
+    checkpoint in its ``checkpoint/`` folder, beside ``gridrl_run.json``: the promoted folder is accepted too.
+    """
     p = Path(checkpoint)
     if (p / MODULE_SUBDIR).is_dir():
         return p / MODULE_SUBDIR
+    if (p / "checkpoint" / MODULE_SUBDIR).is_dir():
+        return p / "checkpoint" / MODULE_SUBDIR
     if (p / "module_state.pkl").is_file() or (p / "class_and_ctor_args.pkl").is_file():
         return p
     raise FileNotFoundError(f"{checkpoint}: not an RLlib algorithm checkpoint (no {MODULE_SUBDIR})")

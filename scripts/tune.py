@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default="runs", help="root of the sweep and of best/ (default ./runs)")
     p.add_argument("--name", default=None, help="sweep name (default sweep-<domain>-<file stem>)")
     p.add_argument("--dataset", default=None, help="dataset directory (offline sweeps)")
+    p.add_argument("--stop-iters", type=int, default=None,
+                   help="per-trial budget: stop each trial after N training iterations (replaces the file's "
+                        "stop.training_iteration, and ASHA's max_t with it)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep without rerunning finished trials")
     p.add_argument("--seed", type=int, default=0, help="seed of the search and of every trial")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
@@ -50,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gridrl tune: {exc}", file=sys.stderr)
         return 2
+    if args.stop_iters is not None:
+        if args.stop_iters < 1:
+            print("gridrl tune: --stop-iters must be >= 1", file=sys.stderr)
+            return 2
+        spec.file = dataclasses.replace(spec.file, stop={**spec.file.stop, "training_iteration": args.stop_iters})
     opts = SweepOptions(
         storage_path=Path(args.storage_path), num_samples=args.num_samples or spec.file.num_samples,
         max_concurrent=args.max_concurrent, seed=args.seed, resume=args.resume, name=args.name, address=args.address,

@@ -1,7 +1,9 @@
-"""Tune sweeps: sweep-file errors, a small sweep that promotes, promotion only when better, resume."""
+"""Tune sweeps: sweep-file errors, a small sweep that promotes, promotion only when better, resume, and an
+offline (BC) sweep on 2 CPUs that finishes, runs one trial at a time and promotes a checkpoint evaluate takes."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -57,6 +59,17 @@ def test_bad_sweep_files_name_the_key(tmp_path, changes, field):
     with pytest.raises(ConfigError) as exc:
         load_sweep(p)
     assert field in str(exc.value) and str(p) in str(exc.value)
+
+
+def test_asha_grace_period_is_capped_at_a_short_budget(tmp_path):
+    import dataclasses
+
+    from tune.sweep import scheduler
+
+    spec = load_sweep(sweep_file(tmp_path, scheduler={"type": "asha", "grace_period": 2}))
+    spec.file = dataclasses.replace(spec.file, stop={"training_iteration": 1})  # gridrl tune --stop-iters 1
+    asha = scheduler(spec, {}, {})  # ASHAScheduler asserts grace_period <= max_t
+    assert asha._max_t == 1
 
 
 def gridrl_tune(*args: str, **kw) -> subprocess.Popen:
@@ -116,3 +129,46 @@ def test_resume_after_killing_the_driver_does_not_rerun_finished_trials(tmp_path
     assert summary["trials"] == 3 and summary["errors"] == 0
     restarted = set(re.findall(r"Trial (\S+) started", out))
     assert not (finished & restarted), f"finished trials were rerun: {finished & restarted}"
+
+
+@pytest.mark.smoke
+def test_small_offline_bc_sweep_finishes_and_evaluate_takes_the_promoted_path(tmp_path, small_dataset):
+    # The sweep used to hang here: Tune ignored the concurrency cap, two BC trials held both CPUs and Ray Data's
+    # file listing (outside the trials' placement groups) waited for ever (tune/sweep.py, run_sweep).
+    p = sweep_file(
+        tmp_path,
+        base="rllib_configs/export/bc.yaml",
+        metric="evaluation/env_runners/episode_return_mean",
+        search_space={"training.lr": {"loguniform": [1e-4, 3e-3]}},
+        stop={"training_iteration": 3},
+        # 2 learner updates an iteration, not bc.yaml's 100: this tests the sweep, not how well BC learns.
+        overrides={"training": {"train_batch_size_per_learner": 256}, "offline_data": {"dataset_num_iters_per_learner": 2}},
+    )
+    storage = tmp_path / "s"
+    proc = gridrl_tune("--config", str(p), "--dataset", str(small_dataset), "--num-samples", "3",
+                       "--storage-path", str(storage), "--seed", "0", "--stop-iters", "1")
+    try:
+        out, _ = proc.communicate(timeout=420)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        out, _ = proc.communicate(timeout=30)
+        pytest.fail("the offline sweep hung:\n" + out[-3000:])
+    assert proc.returncode == 0, out[-3000:]
+    assert "1 at a time on 2 CPUs" in out
+    assert not re.search(r"Trial status: .*[2-9] RUNNING", out), "more trials ran at once than the sweep allows"
+    summary = last_json(out)
+    assert summary["trials"] == 3 and summary["errors"] == 0 and summary["promoted"] is True
+    with open(Path(summary["sweep"]) / "results.csv", newline="") as f:
+        assert [row["iterations"] for row in csv.DictReader(f)] == ["1"] * 3  # --stop-iters 1 over the file's 3
+    best = storage / "best" / "export" / "bc"
+    assert (best / "checkpoint").is_dir() and json.loads((best / "promotion.json").read_text())["params"].keys() == {
+        "training.lr"}
+    # gridrl evaluate takes the promoted folder itself
+    ev = subprocess.run(
+        [sys.executable, "-m", "scripts", "evaluate", "--checkpoint", str(best), "--days", "1", "--hours", "0.25",
+         "--start-h", "11", "--baselines", "pi", "--out", str(tmp_path / "eval")],
+        cwd=REPO, text=True, capture_output=True, timeout=300,
+    )
+    assert ev.returncode == 0, (ev.stdout + ev.stderr)[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert {"policy", "pi"} <= set(metrics) and metrics["policy"]["safety_violations"] == 0

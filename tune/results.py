@@ -21,7 +21,8 @@ from rllib_configs.policy import RUN_INFO
 PROMOTION = "promotion.json"
 
 
-def _flat_params(config: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+def _flat_params(config: dict[str, Any] | None, names: dict[str, str]) -> dict[str, Any]:
+    config = config or {}  # a trial that never started (sweep interrupted with Ctrl-C) has no config
     return {names.get(k, k): config.get(k) for k in names}
 
 

@@ -3,8 +3,12 @@
 Resources: every trial asks for what RLlib's ``default_resource_request`` says its config needs (main
 process, learners, env runners). Before anything is scheduled the sweep checks that one trial fits the
 cluster and caps the concurrency so trials never wait forever for CPUs that will not come. Offline
-algorithms read their dataset with Ray Data tasks that run *outside* the trial's placement group: the
-sweep keeps ``DATA_CPUS`` CPUs free for them (the cause of trials hanging pending, ray-project/ray#64452).
+algorithms read their dataset with Ray Data tasks that run *outside* the trial's placement group (Ray Data
+gives its tasks the SPREAD strategy, so Tune's capture of child tasks does not apply to them): the sweep
+keeps ``DATA_CPUS`` CPUs free for them. The cap is handed to the search generator itself, because Tune
+ignores ``max_concurrent_trials`` when a ``SearchGenerator`` is passed as ``search_alg``
+(ray-project/ray#36080): with the cap ignored, a BC sweep on 2 CPUs started two trials, which took both
+CPUs, and Ray Data's ``ListFiles`` task waited for a CPU for ever.
 """
 
 from __future__ import annotations
@@ -102,7 +106,9 @@ def scheduler(spec: SweepSpec, space: dict[str, Any], names: dict[str, str]) -> 
             time_attr="training_iteration", perturbation_interval=s.perturbation_interval,
             hyperparam_mutations={attr: space[attr] for attr in names},
         )
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=s.grace_period,
+    # ASHA refuses a grace period longer than the budget (AssertionError), as `gridrl tune --stop-iters 1` on
+    # a file with grace_period 2 would ask: cap it at the budget.
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(s.grace_period, max_t),
                          reduction_factor=s.reduction_factor)
 
 
@@ -123,7 +129,11 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions) -> Any:
     if opts.resume:
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise FileNotFoundError(f"--resume: no sweep to resume at {exp_dir}")
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # The same param_space again: Tune saved it with placeholders for its non-primitive values (RLlib's
+        # classes and functions: callbacks, sample_collector, policy_mapping_fn, ...), and the trials that the
+        # capped generator had not created yet when the driver died are created from it now.
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=space)
         return tuner.fit(), exp_dir
     if exp_dir.exists():
         raise FileExistsError(f"{exp_dir} exists: pass --resume to continue it, or --name for a new sweep")
@@ -141,8 +151,12 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions) -> Any:
         tune_config=tune.TuneConfig(
             metric=spec.file.metric, mode=spec.file.mode, num_samples=opts.num_samples,
             scheduler=scheduler(spec, space, names),
-            search_alg=BasicVariantGenerator(random_state=opts.seed),
-            max_concurrent_trials=max_concurrent,
+            # The cap goes to the generator itself, not to TuneConfig(max_concurrent_trials=...): Tune applies
+            # that only by wrapping a ``Searcher`` in a ConcurrencyLimiter and, given a ``SearchGenerator`` such
+            # as this one, ignores it with a log warning (ray-project/ray#36080), so every trial that fitted
+            # started. Offline sweeps on 2 CPUs then ran two trials on both CPUs, and Ray Data's ListFiles task
+            # (outside the trials' placement groups, 1 CPU) stayed pending for ever: the "hanging" BC sweep.
+            search_alg=BasicVariantGenerator(random_state=opts.seed, max_concurrent=max_concurrent or 0),
         ),
         run_config=tune.RunConfig(
             name=exp_dir.name, storage_path=str(exp_dir.parent), stop=dict(spec.file.stop),
