@@ -1,5 +1,6 @@
 """Tune sweeps: sweep-file errors, a small sweep that promotes, promotion only when better, resume, and an
-offline (BC) sweep on 2 CPUs that finishes, runs one trial at a time and promotes a checkpoint evaluate takes."""
+offline (BC) sweep on 2 CPUs that finishes, runs one trial at a time and promotes a checkpoint that
+gridrl evaluate takes."""
 
 from __future__ import annotations
 
@@ -133,8 +134,8 @@ def test_resume_after_killing_the_driver_does_not_rerun_finished_trials(tmp_path
 
 @pytest.mark.smoke
 def test_small_offline_bc_sweep_finishes_and_evaluate_takes_the_promoted_path(tmp_path, small_dataset):
-    # The sweep used to hang here: Tune ignored the concurrency cap, two BC trials held both CPUs and Ray Data's
-    # file listing (outside the trials' placement groups) waited for ever (tune/sweep.py, run_sweep).
+    # The sweep used to hang here: Tune ignored the concurrency cap, two BC trials held both CPUs and Ray
+    # Data's file listing (outside the trials' placement groups) waited for ever (tune/sweep.py, run_sweep).
     p = sweep_file(
         tmp_path,
         base="rllib_configs/export/bc.yaml",
@@ -142,7 +143,8 @@ def test_small_offline_bc_sweep_finishes_and_evaluate_takes_the_promoted_path(tm
         search_space={"training.lr": {"loguniform": [1e-4, 3e-3]}},
         stop={"training_iteration": 3},
         # 2 learner updates an iteration, not bc.yaml's 100: this tests the sweep, not how well BC learns.
-        overrides={"training": {"train_batch_size_per_learner": 256}, "offline_data": {"dataset_num_iters_per_learner": 2}},
+        overrides={"training": {"train_batch_size_per_learner": 256},
+                   "offline_data": {"dataset_num_iters_per_learner": 2}},
     )
     storage = tmp_path / "s"
     proc = gridrl_tune("--config", str(p), "--dataset", str(small_dataset), "--num-samples", "3",
@@ -155,18 +157,19 @@ def test_small_offline_bc_sweep_finishes_and_evaluate_takes_the_promoted_path(tm
         pytest.fail("the offline sweep hung:\n" + out[-3000:])
     assert proc.returncode == 0, out[-3000:]
     assert "1 at a time on 2 CPUs" in out
-    assert not re.search(r"Trial status: .*[2-9] RUNNING", out), "more trials ran at once than the sweep allows"
+    assert not re.search(r"Trial status: .*[2-9] RUNNING", out), "more trials at once than the sweep allows"
     summary = last_json(out)
     assert summary["trials"] == 3 and summary["errors"] == 0 and summary["promoted"] is True
     with open(Path(summary["sweep"]) / "results.csv", newline="") as f:
-        assert [row["iterations"] for row in csv.DictReader(f)] == ["1"] * 3  # --stop-iters 1 over the file's 3
+        # --stop-iters 1 over the file's 3
+        assert [row["iterations"] for row in csv.DictReader(f)] == ["1"] * 3
     best = storage / "best" / "export" / "bc"
-    assert (best / "checkpoint").is_dir() and json.loads((best / "promotion.json").read_text())["params"].keys() == {
-        "training.lr"}
+    assert (best / "checkpoint").is_dir()
+    assert json.loads((best / "promotion.json").read_text())["params"].keys() == {"training.lr"}
     # gridrl evaluate takes the promoted folder itself
     ev = subprocess.run(
-        [sys.executable, "-m", "scripts", "evaluate", "--checkpoint", str(best), "--days", "1", "--hours", "0.25",
-         "--start-h", "11", "--baselines", "pi", "--out", str(tmp_path / "eval")],
+        [sys.executable, "-m", "scripts", "evaluate", "--checkpoint", str(best), "--days", "1",
+         "--hours", "0.25", "--start-h", "11", "--baselines", "pi", "--out", str(tmp_path / "eval")],
         cwd=REPO, text=True, capture_output=True, timeout=300,
     )
     assert ev.returncode == 0, (ev.stdout + ev.stderr)[-3000:]

@@ -132,8 +132,8 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions) -> Any:
         # The same param_space again: Tune saved it with placeholders for its non-primitive values (RLlib's
         # classes and functions: callbacks, sample_collector, policy_mapping_fn, ...), and the trials that the
         # capped generator had not created yet when the driver died are created from it now.
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=space)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, param_space=space,
+                                   resume_unfinished=True, resume_errored=True)
         return tuner.fit(), exp_dir
     if exp_dir.exists():
         raise FileExistsError(f"{exp_dir} exists: pass --resume to continue it, or --name for a new sweep")
@@ -151,11 +151,12 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions) -> Any:
         tune_config=tune.TuneConfig(
             metric=spec.file.metric, mode=spec.file.mode, num_samples=opts.num_samples,
             scheduler=scheduler(spec, space, names),
-            # The cap goes to the generator itself, not to TuneConfig(max_concurrent_trials=...): Tune applies
-            # that only by wrapping a ``Searcher`` in a ConcurrencyLimiter and, given a ``SearchGenerator`` such
-            # as this one, ignores it with a log warning (ray-project/ray#36080), so every trial that fitted
-            # started. Offline sweeps on 2 CPUs then ran two trials on both CPUs, and Ray Data's ListFiles task
-            # (outside the trials' placement groups, 1 CPU) stayed pending for ever: the "hanging" BC sweep.
+            # The cap goes to the generator itself, not to TuneConfig(max_concurrent_trials=...): Tune
+            # applies that only by wrapping a ``Searcher`` in a ConcurrencyLimiter and, given a
+            # ``SearchGenerator`` such as this one, ignores it with a log warning (ray-project/ray#36080),
+            # so every trial that fitted started. Offline sweeps on 2 CPUs then ran two trials on both CPUs,
+            # and Ray Data's ListFiles task (outside the trials' placement groups, 1 CPU) stayed pending for
+            # ever: the "hanging" BC sweep.
             search_alg=BasicVariantGenerator(random_state=opts.seed, max_concurrent=max_concurrent or 0),
         ),
         run_config=tune.RunConfig(

@@ -57,7 +57,8 @@ def history(grid, metric: str) -> list[tuple[float, int, float, str]]:
         df = r.metrics_dataframe
         if df is None or metric not in df:
             continue
-        for ts, it, v, tid in zip(df["timestamp"], df["training_iteration"], df[metric], df["trial_id"]):
+        cols = (df["timestamp"], df["training_iteration"], df[metric], df["trial_id"])
+        for ts, it, v, tid in zip(*cols, strict=True):
             if v == v:  # not NaN
                 rows.append((float(ts), int(it), float(v), str(tid)))
     return sorted(rows)
@@ -91,8 +92,8 @@ def run_one(args: argparse.Namespace, scheduler: str, root: Path) -> dict:
     from tune.sweep import SweepOptions, run_sweep
 
     spec = load(args, scheduler)
-    opts = SweepOptions(storage_path=root, num_samples=args.num_samples, seed=args.seed, name=f"bench-{scheduler}",
-                        max_concurrent=args.max_concurrent)
+    opts = SweepOptions(storage_path=root, num_samples=args.num_samples, seed=args.seed,
+                        name=f"bench-{scheduler}", max_concurrent=args.max_concurrent)
     t0 = time.time()
     grid, _ = run_sweep(spec, opts)
     wall = time.time() - t0
@@ -100,34 +101,71 @@ def run_one(args: argparse.Namespace, scheduler: str, root: Path) -> dict:
     rows = history(grid, metric)
     curve = running_best([(ts, v) for ts, it, v, _ in rows if it == args.iters], t0, mode)
     any_iter = running_best([(ts, v) for ts, _, v, _ in rows], t0, mode)
-    iters = sum(int((r.metrics or {}).get("training_iteration") or 0) for r in grid)
+    ran = [int((r.metrics or {}).get("training_iteration") or 0) for r in grid]
     return {
         "scheduler": scheduler, "metric": metric, "mode": mode, "trials": len(grid),
-        "errors": sum(1 for r in grid if r.error), "iterations": iters,
-        "stopped_early": sum(1 for r in grid if int((r.metrics or {}).get("training_iteration") or 0) < args.iters),
-        "full_budget_trials": sum(1 for r in grid if int((r.metrics or {}).get("training_iteration") or 0) >= args.iters),
+        "errors": sum(1 for r in grid if r.error), "iterations": sum(ran),
+        "stopped_early": sum(1 for n in ran if n < args.iters),
+        "full_budget_trials": sum(1 for n in ran if n >= args.iters),
         "wall_s": round(wall, 1), "best": curve[-1][1] if curve else None,
         "best_any_iteration": any_iter[-1][1] if any_iter else None, "curve": curve,
-        "results": [{"t": round(ts - t0, 1), "iteration": it, "value": v, "trial": tid} for ts, it, v, tid in rows],
+        "results": [{"t": round(ts - t0, 1), "iteration": it, "value": v, "trial": tid}
+                    for ts, it, v, tid in rows],
     }
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def report(args: argparse.Namespace, fifo: dict, asha: dict) -> tuple[float | None, float | None]:
+    mode = fifo["mode"]
+    asha_to_fifo = time_to(asha["curve"], fifo["best"], mode) if fifo["best"] is not None else None
+    fifo_to_asha = time_to(fifo["curve"], asha["best"], mode) if asha["best"] is not None else None
+    g = load(args, "asha").file.scheduler
+    print(f"\nbench_tune: {args.config}, {args.num_samples} samples, {args.iters} iterations/trial max, "
+          f"ASHA grace {g.grace_period} reduction {g.reduction_factor:g}, "
+          f"train batch {args.train_batch or 'searched'}, seed {args.seed}, {args.num_cpus} CPUs, "
+          f"metric {fifo['metric']} ({mode})")
+    print(f"{'scheduler':<10}{f'best at {args.iters} it':>14}{'best any it':>13}{'wall s':>9}"
+          f"{'iterations':>12}{'full budget':>13}{'stopped early':>15}{'errors':>8}")
+    for r in (fifo, asha):
+        print(f"{r['scheduler']:<10}{fmt(r['best']):>14}{fmt(r['best_any_iteration']):>13}{r['wall_s']:>9.1f}"
+              f"{r['iterations']:>12}{r['full_budget_trials']:>13}{r['stopped_early']:>15}{r['errors']:>8}")
+    reached = (f"{asha_to_fifo:.0f} s ({asha_to_fifo / fifo['wall_s']:.0%} of FIFO's wall time)"
+               if asha_to_fifo is not None else "never (ASHA's best stayed below it)")
+    print(f"ASHA reached FIFO's final best ({fmt(fifo['best'])}) after: {reached}")
+    print(f"FIFO reached ASHA's final best ({fmt(asha['best'])}) after: "
+          + (f"{fifo_to_asha:.0f} s" if fifo_to_asha is not None else "never"))
+    fractions = (0.25, 0.5, 0.75, 1.0)
+    print("running best at:  " + "  ".join(f"{int(f * 100)}%".rjust(9) for f in fractions)
+          + "  (of FIFO's wall time)")
+    for r in (fifo, asha):
+        vals = [best_at(r["curve"], f * fifo["wall_s"]) for f in fractions]
+        print(f"  {r['scheduler']:<15}" + "  ".join(fmt(v, 2).rjust(9) for v in vals))
+    return asha_to_fifo, fifo_to_asha
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="tune/export/ppo.yaml", help="sweep file of an online config")
     ap.add_argument("--num-samples", type=int, default=50)
-    ap.add_argument("--iters", type=int, default=4, help="per-trial budget: training iterations (ASHA's max_t)")
-    ap.add_argument("--train-batch", type=int, default=600, help="fixed train_batch_size_per_learner (0: keep the file's search over it)")
+    ap.add_argument("--iters", type=int, default=4, 
+                    help="per-trial budget: training iterations (ASHA's max_t)")
+    ap.add_argument("--train-batch", type=int, default=600,
+                    help="fixed train_batch_size_per_learner (0: keep the file's search over it)")
     ap.add_argument("--minibatch", type=int, default=200)
     ap.add_argument("--grace-period", type=int, default=None,
-                    help="ASHA grace period (default: the sweep file's; keep it >= 2 with a training-return metric: "
-                         "at iteration 1 nothing is trained yet and all trials tie)")
-    ap.add_argument("--reduction-factor", type=float, default=None, help="ASHA reduction factor (default: the file's)")
+                    help="ASHA grace period (default: the sweep file's; keep it >= 2 with a training-return "
+                         "metric: at iteration 1 nothing is trained yet and all trials tie)")
+    ap.add_argument("--reduction-factor", type=float, default=None, 
+                    help="ASHA reduction factor (default: the file's)")
     ap.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--order", default="fifo,asha", help="which sweep runs first (default fifo,asha)")
-    ap.add_argument("--out", default=None, help="write the results (with the running-best curves) to this JSON file")
+    ap.add_argument("--out", default=None, 
+                    help="write the results (every trial's results over time) to this JSON file")
     args = ap.parse_args()
 
     from cluster.local import init_ray
@@ -138,41 +176,17 @@ def main() -> None:
         for scheduler in args.order.split(","):
             results[scheduler] = run_one(args, scheduler, Path(tmp))
     fifo, asha = results["fifo"], results["asha"]
-    mode = fifo["mode"]
-    asha_to_fifo = time_to(asha["curve"], fifo["best"], mode) if fifo["best"] is not None else None
-    fifo_to_asha = time_to(fifo["curve"], asha["best"], mode) if asha["best"] is not None else None
-
-    g = load(args, "asha").file.scheduler
-    print(f"\nbench_tune: {args.config}, {args.num_samples} samples, {args.iters} iterations/trial max, "
-          f"ASHA grace {g.grace_period} reduction {g.reduction_factor:g}, "
-          f"train batch {args.train_batch or 'searched'}, seed {args.seed}, {args.num_cpus} CPUs, metric {fifo['metric']} ({mode})")
-    print(f"{'scheduler':<10}{'best at ' + str(args.iters) + ' it':>14}{'best any it':>13}{'wall s':>9}{'iterations':>12}"
-          f"{'full budget':>13}{'stopped early':>15}{'errors':>8}")
-    for r in (fifo, asha):
-        best = f"{r['best']:.3f}" if r["best"] is not None else "-"
-        anyb = f"{r['best_any_iteration']:.3f}" if r["best_any_iteration"] is not None else "-"
-        print(f"{r['scheduler']:<10}{best:>14}{anyb:>13}{r['wall_s']:>9.1f}{r['iterations']:>12}{r['full_budget_trials']:>13}"
-              f"{r['stopped_early']:>15}{r['errors']:>8}")
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    print(f"ASHA reached FIFO's final best ({fmt(fifo['best'])}) after: "
-          + (f"{asha_to_fifo:.0f} s ({asha_to_fifo / fifo['wall_s']:.0%} of FIFO's wall time)" if asha_to_fifo is not None
-             else "never (ASHA's best stayed below it)"))
-    print(f"FIFO reached ASHA's final best ({fmt(asha['best'])}) after: "
-          + (f"{fifo_to_asha:.0f} s" if fifo_to_asha is not None else "never"))
-    print("running best at:  " + "  ".join(f"{int(f * 100)}%" .rjust(9) for f in (0.25, 0.5, 0.75, 1.0)) + "  (of FIFO's wall time)")
-    for r in (fifo, asha):
-        vals = [best_at(r["curve"], f * fifo["wall_s"]) for f in (0.25, 0.5, 0.75, 1.0)]
-        print(f"  {r['scheduler']:<15}" + "  ".join(("-" if v is None else f"{v:.2f}").rjust(9) for v in vals))
-    summary = {"config": args.config, "num_samples": args.num_samples, "iters": args.iters, "train_batch": args.train_batch,
-               "seed": args.seed, "num_cpus": args.num_cpus, "fifo": fifo, "asha": asha,
+    asha_to_fifo, fifo_to_asha = report(args, fifo, asha)
+    summary = {"config": args.config, "num_samples": args.num_samples, "iters": args.iters,
+               "train_batch": args.train_batch, "seed": args.seed, "num_cpus": args.num_cpus,
                "asha_time_to_fifo_best_s": asha_to_fifo, "fifo_time_to_asha_best_s": fifo_to_asha}
     if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=2))
+        Path(args.out).write_text(json.dumps({**summary, "fifo": fifo, "asha": asha}, indent=2))
     import ray
 
     ray.shutdown()
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("fifo", "asha")}
-                     | {s: {k: v for k, v in summary[s].items() if k not in ("curve", "results")} for s in ("fifo", "asha")}))
+    short = {k: {n: v for n, v in r.items() if n not in ("curve", "results")} for k, r in results.items()}
+    print(json.dumps({**summary, **short}))
 
 
 if __name__ == "__main__":
