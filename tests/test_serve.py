@@ -521,7 +521,16 @@ def test_rollout_25_to_100_then_a_forced_violation_rolls_back(server):
         rb["trigger"] == "violation" and rb["detail"]["violations"] >= 1 and rb["by"].startswith("monitor@")
     )
     assert status["control"]["history"][-1]["event"] == "rollback"
-    metrics = "".join(requests.get(f"{server.url}/metrics", timeout=10).text for _ in range(4))
+    # /metrics answers from whichever replica the request reaches, and the rollback counter lives on the
+    # replica that rolled back: scrape until that replica has answered (a fixed 4 scrapes missed it in CI)
+    scraped: list[str] = []
+
+    def counted() -> bool:
+        scraped.append(requests.get(f"{server.url}/metrics", timeout=10).text)
+        return any("gridrl_rollbacks_total{replica=" in m for m in scraped)
+
+    wait_for(counted, 10, "no replica reported the rollback counter")
+    metrics = "".join(scraped)
     assert "gridrl_rolled_back{replica=" in metrics and "} 1.0" in metrics
     assert "gridrl_rollbacks_total{replica=" in metrics and 'trigger="violation"' in metrics
     assert 'gridrl_safety_violations_total{acting="true",check="policy_output"' in metrics

@@ -121,6 +121,14 @@ def test_resume_after_killing_the_driver_does_not_rerun_finished_trials(tmp_path
         time.sleep(0.5)
     finished = {m.group(1) for ln in lines for m in [re.search(r"Trial (\S+) completed after", ln)] if m}
     assert finished, "no trial finished before the deadline"
+    # Tune prints "completed" before it writes the experiment state; a driver killed in between has not
+    # recorded the finish (CI once killed it there). Kill once the state on disk says a trial terminated.
+    state = tmp_path / "s" / "r"
+    recorded = lambda: any("TERMINATED" in f.read_text() for f in state.glob("experiment_state-*.json"))  # noqa: E731
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not recorded():
+        time.sleep(0.2)
+    assert recorded(), "the driver never recorded the finished trial"
     kill_tree(proc.pid)
     proc.wait(30)
     resumed = gridrl_tune(*args, "--resume")
