@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for
 from tests.proctree import cmdline, descendants, kill_tree, last_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,15 +25,6 @@ def start_train(storage: Path, iters: int, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
-
-def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise TimeoutError(what)
 
 
 def has_checkpoint(storage: Path) -> bool:
@@ -47,7 +39,7 @@ def test_killed_env_runner_is_restarted_and_training_reaches_target(tmp_path):
             pids = [p for p in descendants(proc.pid) if "SingleAgentEnvRunner" in cmdline(p)]
             return pids[0] if pids and has_checkpoint(tmp_path) else None
 
-        victim = wait_for(runner_pid, 240, "no env runner / first iteration")
+        victim = wait_for(runner_pid, 240, "no env runner / first iteration", poll_s=0.5)
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
     finally:
@@ -62,7 +54,8 @@ def test_killed_env_runner_is_restarted_and_training_reaches_target(tmp_path):
 def test_killed_driver_resumes_from_its_last_checkpoint(tmp_path):
     proc = start_train(tmp_path, 5)
     try:
-        wait_for(lambda: len(list(tmp_path.glob("ft/*/checkpoint_000001"))) > 0, 300, "no second checkpoint")
+        wait_for(lambda: len(list(tmp_path.glob("ft/*/checkpoint_000001"))) > 0, 300, "no second checkpoint",
+                 poll_s=0.5)
         time.sleep(1.5)  # checkpoint_000001 is on disk and recorded; a later one may be in flight
     finally:
         kill_tree(proc.pid)  # the driver and the local Ray it started

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.polling import wait_for
 import requests
 
 from envs.controllers import PIController
@@ -186,15 +188,6 @@ def _ok(url: str) -> bool:
     except requests.RequestException:
         return False
 
-
-def wait_for(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise TimeoutError(what)
 
 
 def replica_pids(app: str = APP) -> dict[int, str]:

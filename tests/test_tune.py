@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from envs.config import ConfigError
+from tests.polling import wait_for
 from tests.proctree import kill_tree, last_json
 from tune.spec import load_sweep
 
@@ -124,11 +125,8 @@ def test_resume_after_killing_the_driver_does_not_rerun_finished_trials(tmp_path
     # Tune prints "completed" before it writes the experiment state; a driver killed in between has not
     # recorded the finish (CI once killed it there). Kill once the state on disk says a trial terminated.
     state = tmp_path / "s" / "r"
-    recorded = lambda: any("TERMINATED" in f.read_text() for f in state.glob("experiment_state-*.json"))  # noqa: E731
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not recorded():
-        time.sleep(0.2)
-    assert recorded(), "the driver never recorded the finished trial"
+    wait_for(lambda: any("TERMINATED" in f.read_text() for f in state.glob("experiment_state-*.json")), 60,
+             "the driver never recorded the finished trial")
     kill_tree(proc.pid)
     proc.wait(30)
     resumed = gridrl_tune(*args, "--resume")
