@@ -16,6 +16,9 @@ annotated type where the annotation is checkable; a mistake is a :class:`~envs.c
 naming the file and the key. ``env_config`` of the gridrl envs is converted to its typed dataclass
 here, once, so its errors surface at load time too.
 
+``rl_module: {rl_module_spec: {module_class: a.dotted.Class}}`` names a custom RLModule class (RLlib fills
+in the rest of the spec); its ``model_config`` keys are the module's to check.
+
 Values may use ``${dataset}`` (the ``--dataset`` directory) and ``${repo}`` (the repository root).
 """
 
@@ -136,6 +139,24 @@ def _import_object(value: Any, annotation: Any) -> Any:
         raise ValueError(f"cannot import {value!r}: {exc}") from exc
 
 
+def _module_spec(value: dict[str, Any], source: Path) -> Any:
+    """``rl_module.rl_module_spec: {module_class: dotted.Path}`` -> an RLModuleSpec (RLlib fills the rest)."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    unknown = set(value) - {"module_class"}
+    if unknown or "module_class" not in value:
+        got = sorted(value)
+        raise ConfigError(source, "rl_module.rl_module_spec", f"only module_class is read, got {got}")
+    try:
+        cls = _import_object(value["module_class"], "Type")
+    except ValueError as exc:
+        raise ConfigError(source, "rl_module.rl_module_spec.module_class", str(exc)) from exc
+    if not isinstance(cls, type):
+        field = "rl_module.rl_module_spec.module_class"
+        raise ConfigError(source, field, f"{value['module_class']!r} is not a class")
+    return RLModuleSpec(module_class=cls)
+
+
 def _substitute(value: Any, variables: dict[str, str]) -> Any:
     if isinstance(value, str):
         for k, v in variables.items():
@@ -200,6 +221,8 @@ def load_train_config(path: str | Path, dataset: str | None = None, model: str |
             kwargs = {name: _import_object(value, params[name]) for name, value in kwargs.items()}
         except ValueError as exc:
             raise ConfigError(p, key, str(exc)) from exc
+        if key == "rl_module" and isinstance(kwargs.get("rl_module_spec"), dict):
+            kwargs = {**kwargs, "rl_module_spec": _module_spec(kwargs["rl_module_spec"], p)}
         if key == "environment" and "env_config" in kwargs:
             kwargs = {**kwargs, "env_config": typed_env_config(kwargs.get("env"), kwargs["env_config"], p)}
         if key == "offline_data" and dataset is None and any("${dataset}" in str(v) for v in raw[key].values()):

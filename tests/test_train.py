@@ -16,7 +16,7 @@ from rllib_configs.policy import load_policy, write_run_info
 from rllib_configs.runner import RunOptions, configure, run_info, run_training
 
 REPO = Path(__file__).resolve().parents[1]
-ONLINE = ["export/ppo", "export/a2c", "export/sac"]
+ONLINE = ["export/ppo", "export/ppo_residual", "export/a2c", "export/sac"]
 
 
 @pytest.fixture(scope="module")

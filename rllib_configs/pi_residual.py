@@ -1,0 +1,126 @@
+"""PPO's RLModule with the PI inside: the network learns a correction to the PI, not the control law.
+
+Trained from scratch, PPO had to rediscover an integrator to hold export near the setpoint, and in
+18 minutes on 2 cores it did not (it exported 3.5x the PI). This module starts as the PI and learns
+what to add to it. For every state it computes, in the graph:
+
+* the PI's next targets, from the state vector alone (velocity form, as envs/controllers.py's
+  ``PIController``): ``u = clip(sum(target_w_l) + kp * export_w_delta_1s + ki * export_error_w, 0,
+  sum(available_w_l))``, spread over the phases like the PI (:func:`allocate_to_phases`, a torch port of
+  envs/dispatch.py's, tested equal). The previous targets in the state stand in for the PI's integrator;
+  with a zero correction the module's greedy targets are the PI's (tests/test_pi_residual.py);
+* the mean action: those targets in [-1, 1] units, plus ``residual_scale`` times the network's output;
+  the log-std: the network's, plus ``log(residual_scale)``, so exploration starts at
+  ``residual_scale`` (e.g. 0.02 = 75 W per phase on the default site), not at the full action range.
+
+The correction is a change on top of the PI's change: the next state's previous targets include it, so
+what the network adds persists, and the PI's integral term works it off unless the network keeps it.
+
+The module reads **raw** state vectors (the env's ``normalization`` must be off: the PI needs watts, and
+the normaliser's +-10 std clip cuts large export jumps) and normalises them itself for its networks with
+the statistics of ``normalization`` (default: envs/normalization_default.json), stored in the module's
+weights. So the greedy graph (rllib_configs/policy.py ``deterministic_module``) is one self-contained
+function of the raw state: the bundle exports it to ONNX unchanged, with ``input_normalised: false``.
+
+Configured under ``rl_module.model_config.pi_residual`` (see rllib_configs/export/ppo_residual.yaml).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+from ray.rllib.core.columns import Columns
+
+from envs.config import from_mapping
+from envs.controllers import PIConfig
+from envs.normalization import CLIP, ObsNormalizer
+from envs.state_spec import FEAT
+
+_TARGET = [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]
+_EXPORT = [FEAT[f"export_w_l{p}"] for p in (1, 2, 3)]
+_ACKED = [FEAT[f"acked_w_l{p}"] for p in (1, 2, 3)]
+_AVAIL = [FEAT[f"available_w_l{p}"] for p in (1, 2, 3)]
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """``rl_module.model_config.pi_residual``: the PI inside the module and the correction's scale."""
+
+    max_power_per_phase_w: float = 7500.0
+    """The site's ``control.max_power_per_phase_w`` (action -1..1 <-> 0..this, envs/actions.py)."""
+    kp: float = PIConfig.kp
+    """PI proportional gain (W per W), as envs/controllers.py's PIConfig."""
+    ki: float = PIConfig.ki
+    """PI integral gain (W per W per second)."""
+    residual_scale: float = 0.02
+    """The network's output (and its initial exploration std) in [-1, 1] action units."""
+    normalization: str = "default"
+    """Statistics the networks' inputs are normalised with: 'default' or a normalization.json path."""
+
+    def __post_init__(self) -> None:
+        if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
+            raise ValueError("pi_residual: max_power_per_phase_w and residual_scale must be > 0, gains >= 0")
+
+
+def allocate_to_phases(total: torch.Tensor, export_l: torch.Tensor, avail_l: torch.Tensor) -> torch.Tensor:
+    """envs/dispatch.py's ``allocate_to_phases`` in torch (same formula; tests/test_pi_residual.py)."""
+    total = total.clamp_min(0.0).unsqueeze(-1)
+    avail = avail_l.clamp_min(0.0)
+    own = torch.minimum(export_l.clamp_min(0.0), avail)
+    own_sum = own.sum(-1, keepdim=True)
+    first = own * torch.clamp(total / torch.where(own_sum > 0, own_sum, torch.ones_like(own_sum)), max=1.0)
+    rest = (total - first.sum(-1, keepdim=True)).clamp_min(0.0)
+    room = avail - first
+    room_sum = room.sum(-1, keepdim=True)
+    one = torch.ones_like(room_sum)
+    second = room * torch.clamp(rest / torch.where(room_sum > 0, room_sum, one), max=1.0)
+    return first + second
+
+
+def pi_targets(obs: torch.Tensor, kp: float, ki: float) -> torch.Tensor:
+    """The PI's next per-phase targets (B, 3) in W from raw state vectors (B, 30), statelessly."""
+    avail = obs[..., _AVAIL]
+    u_prev = obs[..., _TARGET].sum(-1)
+    u = u_prev + kp * obs[..., FEAT["export_w_delta_1s"]] + ki * obs[..., FEAT["export_error_w"]]
+    u = torch.minimum(u.clamp_min(0.0), avail.clamp_min(0.0).sum(-1))
+    return allocate_to_phases(u, obs[..., _EXPORT] + obs[..., _ACKED], avail)
+
+
+class PIResidualPPOModule(DefaultPPOTorchRLModule):
+    """PPO's default torch module (encoder, pi and vf heads) around the PI (see the module docstring)."""
+
+    def setup(self) -> None:
+        super().setup()
+        mc = self.model_config if isinstance(self.model_config, dict) else asdict(self.model_config)
+        self.residual = from_mapping(ResidualConfig, dict(mc.get("pi_residual") or {}), path="pi_residual")
+        norm = ObsNormalizer.load(self.residual.normalization)
+        self.register_buffer("obs_mean", torch.as_tensor(np.asarray(norm.mean, np.float32)))
+        self.register_buffer("obs_std", torch.as_tensor(np.asarray(norm.std, np.float32)))
+
+    def _normalised(self, batch: dict[str, Any]) -> dict[str, Any]:
+        z = (batch[Columns.OBS] - self.obs_mean) / self.obs_std
+        return {**batch, Columns.OBS: torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)}
+
+    def _with_pi(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.residual
+        base = pi_targets(torch.nan_to_num(batch[Columns.OBS].double()), cfg.kp, cfg.ki)
+        base = (base * (2.0 / cfg.max_power_per_phase_w) - 1.0).to(out[Columns.ACTION_DIST_INPUTS].dtype)
+        mean, log_std = out[Columns.ACTION_DIST_INPUTS].chunk(2, dim=-1)
+        out[Columns.ACTION_DIST_INPUTS] = torch.cat(
+            [base + cfg.residual_scale * mean, log_std + math.log(cfg.residual_scale)], dim=-1
+        )
+        return out
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return self._with_pi(batch, super()._forward(self._normalised(batch), **kwargs))
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return self._with_pi(batch, super()._forward_train(self._normalised(batch), **kwargs))
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Any:
+        return super().compute_values(self._normalised(batch) if embeddings is None else batch, embeddings)

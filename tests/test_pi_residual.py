@@ -1,0 +1,84 @@
+"""The PI-residual PPO module (rllib_configs/pi_residual.py): it starts as the PI; its graph holds the PI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from envs.controllers import PIController
+from envs.dispatch import allocate_to_phases
+from envs.export_env import ExportControlEnv, ExportEnvConfig
+from rllib_configs.loader import load_train_config
+from rllib_configs.pi_residual import allocate_to_phases as allocate_torch
+from rllib_configs.policy import deterministic_module
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "rllib_configs/export/ppo_residual.yaml"
+
+
+def test_torch_allocation_is_the_dispatchers():
+    rng = np.random.default_rng(0)
+    total = rng.uniform(-500, 12000, 500)
+    export = rng.uniform(-3000, 4000, (500, 3))
+    avail = rng.uniform(-10, 5000, (500, 3)) * (rng.random((500, 3)) > 0.2)
+    ours = allocate_torch(*(torch.as_tensor(x) for x in (total, export, avail))).numpy()
+    np.testing.assert_allclose(ours, allocate_to_phases(total, export, avail), rtol=1e-12, atol=1e-9)
+
+
+def _module_with_zero_correction():
+    spec = load_train_config(CONFIG)
+    env = ExportControlEnv(ExportEnvConfig(scenario="broken_clouds", episode_s=600, start_s=12 * 3600))
+    module = spec.algo_config.get_rl_module_spec(env=env).build()
+    with torch.no_grad():
+        last = [m for m in module.pi.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.zero_()
+        last.bias.zero_()
+    return env, module
+
+
+def test_greedy_targets_with_zero_correction_are_the_pis():
+    """Closed loop, 10 cloudy minutes: the module's greedy graph and PIController send the same targets."""
+    env, module = _module_with_zero_correction()
+    net, pi = deterministic_module(module), PIController()
+    obs, _ = env.reset(seed=0)
+    worst, moved = 0.0, 0.0
+    for _ in range(600):
+        with torch.no_grad():
+            ours = (net(torch.as_tensor(obs[None])).numpy()[0].astype(np.float64) + 1.0) * 3750.0
+        theirs = pi.act(obs[None].astype(np.float64))[0]
+        worst, moved = max(worst, float(np.abs(ours - theirs).max())), max(moved, float(theirs.max()))
+        obs, *_ = env.step((theirs / 3750.0 - 1.0).astype(np.float32))
+    assert moved > 500.0, "the window must make the PI act"
+    assert worst < 0.01, f"greedy targets differ from the PI's by up to {worst:.3f} W"
+
+
+def test_exploration_starts_at_the_residual_scale():
+    env, module = _module_with_zero_correction()
+    obs, _ = env.reset(seed=0)
+    out = module.forward_exploration({"obs": torch.as_tensor(obs[None])})["action_dist_inputs"]
+    log_std = out[0, 3:].detach().numpy()
+    np.testing.assert_allclose(np.exp(log_std), 0.02, rtol=1e-6)
+
+
+def test_bad_residual_settings_name_the_field(tmp_path):
+    text = CONFIG.read_text().replace("residual_scale: 0.02", "residual_scale: fast")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    spec = load_train_config(bad)
+    with pytest.raises(ValueError, match="pi_residual.residual_scale"):
+        spec.algo_config.get_rl_module_spec(env=ExportControlEnv()).build()
+
+
+def test_module_spec_errors_name_the_key(tmp_path):
+    from envs.config import ConfigError
+
+    for wrong, key in (("{module_class: rllib_configs.pi_residual.Nope}", "module_class"),
+                       ("{module_class: rllib_configs.pi_residual.SPEC_X, extra: 1}", "rl_module_spec")):
+        bad = tmp_path / "bad.yaml"
+        good = "{module_class: rllib_configs.pi_residual.PIResidualPPOModule}"
+        bad.write_text(CONFIG.read_text().replace(good, wrong))
+        with pytest.raises(ConfigError, match=key):
+            load_train_config(bad)
