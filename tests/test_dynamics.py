@@ -8,6 +8,7 @@ builds it.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,27 @@ def test_short_training_reduces_validation_loss(dataset):
     # The head starts near zero change, i.e. near persistence, which is already a fair one-second guess.
     assert after["val_loss"] < 0.9 * before["val_loss"], (before, after)
     assert after["val_mse"] < before["val_mse"] and after["val_export_mae_w"] < before["val_export_mae_w"]
+
+
+def test_open_loop_training_feeds_back_its_own_predictions(dataset):
+    """rollout_steps: teacher-forced part = plain forward pass; the open-loop tail reads its own output."""
+    spec = _spec(dataset, steps=5)
+    spec = ForwardModelSpec(model=replace(spec.model, rollout_steps=3), training=spec.training)
+    trainer = Trainer(spec, seed=2)
+    b = trainer._batch()
+    z, a, pv = b["z"][0], b["actions"][0], b["pv_next"][0]
+    assert z.shape[1] == spec.model.context + 3
+    m = trainer.model
+    with torch.no_grad():
+        teacher = m.open_loop(z, a, pv, 0, z.shape[1])
+        np.testing.assert_allclose(teacher, m(z, a, members=[0], pv_next=pv)[0], atol=1e-5)
+        tail = m.open_loop(z, a, pv, 0, spec.model.context)
+        moved = z.clone()
+        moved[:, spec.model.context :, m.learned] += 1.0  # logged values the open-loop tail must not read
+        np.testing.assert_allclose(tail, m.open_loop(moved, a, pv, 0, spec.model.context), atol=1e-5)
+    assert trainer.train_iteration()["train_loss"] > 0
+    with pytest.raises(ValueError, match="rollout_steps"):
+        ModelConfig(rollout_steps=2, inputs="all")
 
 
 def test_save_and_load_give_identical_predictions(trained, dataset):

@@ -6,7 +6,8 @@
 time budget; ``--stop-timesteps`` counts training windows), checkpoint cadence, resume, the progress line and
 the final JSON summary line with ``checkpoint``.
 
-One iteration = ``steps_per_iter`` optimiser steps (teacher forcing on windows of ``model.context`` seconds),
+One iteration = ``steps_per_iter`` optimiser steps (teacher forcing on windows of ``model.context`` seconds,
+plus ``model.rollout_steps`` open-loop seconds),
 then validation on a fixed sample of val-split windows: the teacher-forced loss (``val_loss``) and k-step
 rollouts with the logged actions (``val_mse``, ``val_export_mae_w``), as ``gridrl evaluate-model`` scores.
 A checkpoint is a directory with the model (envs/dynamics/model.py ``save``: loadable with torch alone) and
@@ -140,7 +141,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.rng = np.random.default_rng(seed)
         self.h = spec.model.context
-        self.starts = self.train.window_starts(self.h)
+        self.window = self.h + spec.model.rollout_steps  # teacher-forced context, then the open-loop tail
+        self.starts = self.train.window_starts(self.window)
         vs = self.val.rollout_starts(self.k, HISTORY_S)
         self.val_starts = vs[np.linspace(0, len(vs) - 1, min(tc.val_windows, len(vs))).astype(np.int64)]
         self.iteration = 0
@@ -152,7 +154,7 @@ class Trainer:
         return tc.lr * (tc.lr_final_fraction + (1 - tc.lr_final_fraction) * 0.5 * (1 + np.cos(np.pi * frac)))
 
     def _batch(self) -> dict[str, torch.Tensor]:
-        m, b, h = len(self.model.members), self.spec.training.batch_size, self.h
+        m, b, h = len(self.model.members), self.spec.training.batch_size, self.window
         obs, act, nxt = self.train.window(self.rng.choice(self.starts, m * b), h)
         dev = self.device
         shape = (m, b, h, -1)
