@@ -102,16 +102,16 @@ class ModelConfig:
     """Loss weight of export power (export_w, export_w_l1..3)."""
     phase_power_weight: float = 3.0
     """Loss weight of the other per-phase powers (names ending in _w_l1..3)."""
-    rollout_steps: int = 0
+    rollout_steps: int = 5
     """Open-loop seconds trained after each teacher-forced window: the model's own predicted export and
     acknowledged power replace the logged ones in its input for this many steps (the rest of the input is
     logged), and their errors join the loss. 0 = teacher forcing only. Needs ``inputs: signals`` and the
     structured head (a rollout then needs no feature kernel)."""
     loss_scale: str = "change"
     """Units of the loss's errors: 'change' = per feature, in standard deviations of its one-second change
-    (the head's own units: a 30 W miss on a quiet night counts as much as on a cloudy noon's scale allows);
-    'state' = in the normalised state space (standard deviations of the state, where every error below
-    about 100 W is noise to the optimiser, and the model drifted where persistence is exact)."""
+    (the head's own units); 'state' = in standard deviations of the state, where a miss of tens of watts
+    is a tiny error. Measured alone (8-day dataset, teacher forcing only), the switch moved the val export
+    MAE little (117.2 W 'state', 116.8 W 'change' after 7-8 iterations); the open-loop tail did the rest."""
 
     def __post_init__(self) -> None:
         if (
