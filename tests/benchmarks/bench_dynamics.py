@@ -5,10 +5,11 @@ path, so it runs on a GPU box with torch alone. Data are synthetic with the real
 actions, ``--context`` seconds per window): throughput does not depend on the values.
 
     python tests/benchmarks/bench_dynamics.py [--devices cpu,cuda] [--seconds 20] [--batch 256]
-        [--members 3] [--hidden 128] [--threads 2] [--out FILE.json]
+        [--members 3] [--hidden 128] [--rollout-steps 5] [--threads 2] [--out FILE.json]
 
-A *sample* is one training window (``--context`` consecutive seconds, each a supervised one-second
-prediction) for one ensemble member; ``transitions_per_s`` = samples/s x context.
+A *sample* is one training window (``--context`` teacher-forced seconds then ``--rollout-steps`` open-loop
+ones, each a supervised one-second prediction) for one ensemble member; ``transitions_per_s`` = samples/s x
+the window's length.
 """
 
 from __future__ import annotations
@@ -50,21 +51,24 @@ def _sync(dev: torch.device) -> None:
 
 
 def bench_train(mod, dev: torch.device, args) -> dict:
-    cfg = mod.ModelConfig(hidden=args.hidden, members=args.members, context=args.context)
+    cfg = mod.ModelConfig(
+        hidden=args.hidden, members=args.members, context=args.context, rollout_steps=args.rollout_steps
+    )
     s = len(FEATURES)
     torch.manual_seed(0)
     model = mod.ForwardModel(FEATURES, np.zeros(s), np.ones(s), np.full(s, 0.1), 3, 5, cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    m, b, h, n_l = args.members, args.batch, args.context, len(model.learned)
+    m, b, h, n_l = args.members, args.batch, args.context + args.rollout_steps, len(model.learned)
     # Host arrays moved to the device each step, as the trainer does.
     rng = np.random.default_rng(0)
     z_h = rng.standard_normal((m, b, h, s), dtype=np.float32)
     a_h = rng.uniform(-1, 1, (m, b, h, 3)).astype(np.float32)
     t_h = rng.standard_normal((m, b, h, n_l), dtype=np.float32)
+    pv_h = rng.uniform(0, 3000, (m, b, h, 3)).astype(np.float32)
 
     def step() -> float:
-        z, a, t = (torch.as_tensor(x, device=dev) for x in (z_h, a_h, t_h))
-        return mod.train_step(model, opt, z, a, t, None, 1.0)
+        z, a, t, pv = (torch.as_tensor(x, device=dev) for x in (z_h, a_h, t_h, pv_h))
+        return mod.train_step(model, opt, z, a, t, None, 1.0, pv_next=pv)
 
     for _ in range(args.warmup):
         step()
@@ -128,6 +132,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--context", type=int, default=10)
+    ap.add_argument("--rollout-steps", type=int, default=5, help="open-loop seconds per window (0 = off)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -142,6 +147,7 @@ def main() -> None:
         "members": args.members,
         "hidden": args.hidden,
         "context": args.context,
+        "rollout_steps": args.rollout_steps,
         "runs": [bench_device(mod, torch.device(d), args) for d in devices],
     }
     runs = result["runs"]
