@@ -231,4 +231,30 @@ def load_train_config(path: str | Path, dataset: str | None = None, model: str |
             getattr(config, key)(**kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(p, key, str(exc)) from exc
+    _check_pi_residual(config, p)
     return TrainSpec(path=p, algorithm=algorithm, algo_config=config, settings=settings, raw=raw)
+
+
+def _check_pi_residual(config: Any, source: Path) -> None:
+    """``model_config.pi_residual`` (rllib_configs/pi_residual.py): typed at load time, and its action scale
+    must be the training site's, or the PI inside the module would command the wrong watts."""
+    mc = config.model_config if isinstance(config.model_config, dict) else {}
+    if "pi_residual" not in mc:
+        return
+    from envs.config import from_mapping
+    from rllib_configs.envs import EXPORT_ENV
+    from rllib_configs.pi_residual import ResidualConfig
+
+    path = "rl_module.model_config.pi_residual"
+    residual = from_mapping(ResidualConfig, dict(mc["pi_residual"] or {}), source=source, path=path)
+    if config.env != EXPORT_ENV:
+        raise ConfigError(source, path, f"the PI inside it is the export domain's; env is {config.env!r}")
+    from envs.export_env import ExportEnvConfig
+
+    site = ExportEnvConfig.from_dict(config.env_config).load_site()
+    if residual.max_power_per_phase_w != site.control.max_power_per_phase_w:
+        raise ConfigError(
+            source, f"{path}.max_power_per_phase_w",
+            f"{residual.max_power_per_phase_w} W, but site {site.name!r} has control.max_power_per_phase_w "
+            f"{site.control.max_power_per_phase_w} W",
+        )

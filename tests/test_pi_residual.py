@@ -64,12 +64,18 @@ def test_exploration_starts_at_the_residual_scale():
 
 
 def test_bad_residual_settings_name_the_field(tmp_path):
-    text = CONFIG.read_text().replace("residual_scale: 0.02", "residual_scale: fast")
+    from envs.config import ConfigError
+
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text)
-    spec = load_train_config(bad)
-    with pytest.raises(ValueError, match="pi_residual.residual_scale"):
-        spec.algo_config.get_rl_module_spec(env=ExportControlEnv()).build()
+    bad.write_text(CONFIG.read_text().replace("residual_scale: 0.02", "residual_scale: fast"))
+    with pytest.raises(ConfigError, match="pi_residual.residual_scale"):
+        load_train_config(bad)
+    site = tmp_path / "site.yaml"  # the shipped site with a smaller action bound
+    shipped = (REPO / "envs/sites/default.yaml").read_text()
+    site.write_text(shipped.replace("max_power_per_phase_w: 7500.0", "max_power_per_phase_w: 5000.0"))
+    bad.write_text(CONFIG.read_text().replace("episode_s: 600\n", f"episode_s: 600\n    site: {site}\n"))
+    with pytest.raises(ConfigError, match="max_power_per_phase_w.*5000"):
+        load_train_config(bad)
 
 
 def test_module_spec_errors_name_the_key(tmp_path):
