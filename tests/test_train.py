@@ -69,6 +69,19 @@ def test_offline_configs_train_bc_then_cql_from_bc(small_dataset, tmp_path, ray_
 
 
 @pytest.mark.smoke
+def test_offline_bc_same_seed_same_first_iteration(small_dataset, tmp_path, ray_session):
+    """Ray Data streams offline batches in completion order unless told not to (rllib_configs/offline.py)."""
+    spec = load_train_config(REPO / "rllib_configs/export/bc.yaml", dataset=str(small_dataset))
+    loss = [
+        run_training(spec, RunOptions(storage_path=tmp_path / str(i), stop_iters=1, seed=4))["metrics"][
+            "learners/default_policy/policy_loss"
+        ]
+        for i in range(2)
+    ]
+    assert loss[0] == loss[1]
+
+
+@pytest.mark.smoke
 def test_save_and_restore_give_the_same_greedy_action(tmp_path, ray_session):
     spec = load_train_config(REPO / "rllib_configs/export/ppo.yaml")
     opts = RunOptions(storage_path=tmp_path, seed=2, num_env_runners=0)
