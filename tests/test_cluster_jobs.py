@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -30,8 +31,15 @@ def wait_for_job(head: LocalHead, job_id: str, timeout_s: float = 600) -> str:
 @pytest.mark.integration
 def test_train_job_with_token_succeeds_and_without_token_is_refused(tmp_path):
     storage = tmp_path / "runs"
-    with LocalHead(tmp_path / "head") as head:
-        refused = head.ray("job", "submit", "--address", head.address, "--no-wait", "--", "true", with_token=False)
+    head = LocalHead(tmp_path / "head")
+    # Another process holds one of the ports picked for the head: its `ray start` exits, and the head
+    # is started again on fresh ports (what a loaded CI machine once did to this test).
+    busy = socket.create_server(("127.0.0.1", head.extra_ports["ray-client-server-port"]))
+    with busy, head:
+        first = (tmp_path / "head" / "head.1.log").read_text()
+        assert "Failed to bind" in first, first[-2000:]
+        refused = head.ray("job", "submit", "--address", head.address, "--no-wait", "--", "true",
+                           with_token=False)
         assert refused.returncode != 0
         assert "auth" in (refused.stdout + refused.stderr).lower()
 
