@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     from envs.dynamics.data import load_split
     from envs.dynamics.evaluate import evaluate_model, format_report, write_report
-    from envs.dynamics.evaluator import _site_of, rank_check, resolve_model_checkpoint
+    from envs.dynamics.evaluator import rank_check, resolve_model_checkpoint, site_limits_of
     from envs.dynamics.model import ForwardModel
 
     torch.set_num_threads(2)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gridrl evaluate-model: {exc}", file=sys.stderr)
         return 2
     model = ForwardModel.load(ckpt)
-    max_w, _ = _site_of(args.dataset)
+    max_w, _ = site_limits_of(args.dataset)
     report = evaluate_model(
         model, split, max_w, args.windows, args.rollouts, np.random.default_rng(args.seed)
     )

@@ -168,7 +168,8 @@ def estimate_controllers(
     return results, traces
 
 
-def _site_of(dataset: str | Path) -> tuple[float, float]:
+def site_limits_of(dataset: str | Path) -> tuple[float, float]:
+    """The dataset's site: (max power per phase W, PI deadband W)."""
     site = load_site(site_path(dataset))
     return site.control.max_power_per_phase_w, site.control.deadband_w
 
@@ -199,7 +200,7 @@ def evaluate_with_model(
     Returns:
         {controller: metrics}; the policy under 'policy', the logged PI under 'logged_pi'.
     """
-    max_w, deadband = _site_of(dataset)
+    max_w, deadband = site_limits_of(dataset)
     model = ForwardModel.load(resolve_model_checkpoint(model_checkpoint))
     split = load_split(dataset, "test")
     starts = daylight_starts(split, windows, horizon_s, seed)
@@ -318,7 +319,7 @@ def rank_check(
     days and scores the same windows (:func:`simulate_logged_windows`); without it, ``sim_days`` held-out
     days of ``sim_hours`` from ``sim_start_h``. Writes DIR/rank_check.json.
     """
-    max_w, deadband = _site_of(dataset)
+    max_w, deadband = site_limits_of(dataset)
     controllers: dict[str, Controller] = {}
     for p in policies:
         if p in BASELINES:
