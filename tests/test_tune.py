@@ -106,6 +106,15 @@ def test_small_online_sweep_promotes_and_only_a_better_one_replaces_it(tmp_path)
     summary = last_json(out)
     assert summary["promoted"] is False and "not promoted" in summary["reason"]
     assert json.loads((best / "promotion.json").read_text())["value"] == 1e12
+    # A sweep that beats it replaces it whole, leaving no retired copy behind.
+    record["value"] = -1e12
+    (best / "promotion.json").write_text(json.dumps(record))
+    proc = gridrl_tune("--config", str(p), "--num-samples", "1", "--storage-path", str(tmp_path / "s"),
+                       "--name", "better", "--seed", "3")
+    out, _ = proc.communicate(timeout=900)
+    assert last_json(out)["promoted"] is True, out[-3000:]
+    assert json.loads((best / "promotion.json").read_text())["sweep_id"] == "better"
+    assert (best / "checkpoint").is_dir() and not best.with_name("ppo.previous").exists()
 
 
 @pytest.mark.smoke

@@ -100,7 +100,8 @@ def promote(grid: Any, exp_dir: Path, storage: Path, domain: str, algo: str, met
         "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if old is not None and old.get("metric") == metric and not _better(value, float(old["value"]), mode):
-        msg = f"not promoted: the current best ({old['value']:.6g} from {old['sweep_id']}) is not beaten by {value:.6g}"
+        msg = (f"not promoted: the current best ({old['value']:.6g} from {old['sweep_id']}) "
+               f"is not beaten by {value:.6g}")
         print(f"[tune] {msg}", file=sys.stderr)
         return {"promoted": False, "reason": msg, "best": str(target), "candidate": record}
     staging = target.with_name(target.name + ".staging")
@@ -109,9 +110,13 @@ def promote(grid: Any, exp_dir: Path, storage: Path, domain: str, algo: str, met
     shutil.copy(exp_dir / RUN_INFO, staging / RUN_INFO)
     (staging / "config.json").write_text(json.dumps(best.config, indent=2, default=str))
     (staging / PROMOTION).write_text(json.dumps(record, indent=2, default=str))
+    # Swap by renames: a crash in between leaves the old best whole in <algo>.previous, never half-deleted.
+    previous = target.with_name(target.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
     if target.exists():
-        shutil.rmtree(target)
+        target.rename(previous)
     staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
     if old is not None and not math.isnan(float(old["value"])):
         print(f"[tune] promoted: {value:.6g} beats {old['value']:.6g}", file=sys.stderr)
     return {"promoted": True, "best": str(target), "checkpoint": str(target / "checkpoint"), **record}
