@@ -1,4 +1,5 @@
-"""PPO's RLModule with the PI inside: the network learns a correction to the PI, not the control law.
+"""RLModules with the PI inside (PPO's, and CQL's below): the network learns a correction to the PI,
+not the control law.
 
 Trained from scratch, PPO had to rediscover an integrator to hold export near the setpoint, and in
 18 minutes on 2 cores it did not (it exported 3.5x the PI). This module starts as the PI and learns
@@ -23,6 +24,10 @@ weights. So the greedy graph (rllib_configs/policy.py ``deterministic_module``) 
 function of the raw state: the bundle exports it to ONNX unchanged, with ``input_normalised: false``.
 
 Configured under ``rl_module.model_config.pi_residual`` (see rllib_configs/export/ppo_residual.yaml).
+
+:class:`PIResidualCQLModule` does the same for offline CQL (rllib_configs/export/cql_residual.yaml):
+its squashed Gaussian is centred on the PI's action, so a policy trained from the PI's own logs starts
+as the PI instead of as a clone that drifts from it in closed loop.
 """
 
 from __future__ import annotations
@@ -31,10 +36,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from ray.rllib.algorithms.cql.torch.default_cql_torch_rl_module import DefaultCQLTorchRLModule
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.models.base import ENCODER_OUT
 
 from envs.config import from_mapping
 from envs.controllers import PIConfig
@@ -91,25 +99,40 @@ def pi_targets(obs: torch.Tensor, kp: float, ki: float) -> torch.Tensor:
     return allocate_to_phases(u, obs[..., _EXPORT] + obs[..., _ACKED], avail)
 
 
+def pi_action(obs: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
+    """The PI's next targets as an action in [-1, 1] units (B, 3), from raw state vectors, in float64."""
+    base = pi_targets(torch.nan_to_num(obs.double()), cfg.kp, cfg.ki)
+    return base * (2.0 / cfg.max_power_per_phase_w) - 1.0
+
+
+def _setup_residual(module: Any) -> None:
+    """``module.residual`` (the typed settings) and the normalisation statistics as buffers ``obs_mean``,
+    ``obs_std`` (saved with the weights)."""
+    mc = module.model_config if isinstance(module.model_config, dict) else asdict(module.model_config)
+    module.residual = from_mapping(ResidualConfig, dict(mc.get("pi_residual") or {}), path="pi_residual")
+    norm = ObsNormalizer.load(module.residual.normalization)
+    module.register_buffer("obs_mean", torch.as_tensor(np.asarray(norm.mean, np.float32)))
+    module.register_buffer("obs_std", torch.as_tensor(np.asarray(norm.std, np.float32)))
+
+
+def _normalise(module: Any, obs: torch.Tensor) -> torch.Tensor:
+    z = (obs - module.obs_mean) / module.obs_std
+    return torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)
+
+
 class PIResidualPPOModule(DefaultPPOTorchRLModule):
     """PPO's default torch module (encoder, pi and vf heads) around the PI (see the module docstring)."""
 
     def setup(self) -> None:
         super().setup()
-        mc = self.model_config if isinstance(self.model_config, dict) else asdict(self.model_config)
-        self.residual = from_mapping(ResidualConfig, dict(mc.get("pi_residual") or {}), path="pi_residual")
-        norm = ObsNormalizer.load(self.residual.normalization)
-        self.register_buffer("obs_mean", torch.as_tensor(np.asarray(norm.mean, np.float32)))
-        self.register_buffer("obs_std", torch.as_tensor(np.asarray(norm.std, np.float32)))
+        _setup_residual(self)
 
     def _normalised(self, batch: dict[str, Any]) -> dict[str, Any]:
-        z = (batch[Columns.OBS] - self.obs_mean) / self.obs_std
-        return {**batch, Columns.OBS: torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)}
+        return {**batch, Columns.OBS: _normalise(self, batch[Columns.OBS])}
 
     def _with_pi(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         cfg = self.residual
-        base = pi_targets(torch.nan_to_num(batch[Columns.OBS].double()), cfg.kp, cfg.ki)
-        base = (base * (2.0 / cfg.max_power_per_phase_w) - 1.0).to(out[Columns.ACTION_DIST_INPUTS].dtype)
+        base = pi_action(batch[Columns.OBS], cfg).to(out[Columns.ACTION_DIST_INPUTS].dtype)
         mean, log_std = out[Columns.ACTION_DIST_INPUTS].chunk(2, dim=-1)
         out[Columns.ACTION_DIST_INPUTS] = torch.cat(
             [base + cfg.residual_scale * mean, log_std + math.log(cfg.residual_scale)], dim=-1
@@ -124,3 +147,67 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Any:
         return super().compute_values(self._normalised(batch) if embeddings is None else batch, embeddings)
+
+
+_SQUASH_EDGE = 1.0 - 1e-4  # 0 W and the full range come back within 0.4 W
+
+
+class _NormalisingPiEncoder(torch.nn.Module):
+    """SAC's pi encoder fed normalised states; its output carries the PI's action (pre-tanh) as 3 extra
+    columns, for :class:`_ResidualPiHead`. RLlib's SAC/CQL code calls ``pi(pi_encoder(batch))`` inline in
+    several places: wrapping the pair is the one place all of them pass through."""
+
+    def __init__(self, inner: torch.nn.Module, normalise: Any, cfg: ResidualConfig) -> None:
+        super().__init__()
+        self.inner, self.normalise, self.cfg = inner, normalise, cfg
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        obs = batch[Columns.OBS]
+        feats = self.inner({**batch, Columns.OBS: self.normalise(obs)})[ENCODER_OUT]
+        # The squashed Gaussian's action is tanh(pre-tanh) on SAC's [-1, 1] bounds: the PI's action
+        # there is atanh of it (kept inside +-(1 - 1e-4): 0 W and the full range are common PI targets).
+        a = pi_action(obs, self.cfg).clamp(-_SQUASH_EDGE, _SQUASH_EDGE)
+        base = 0.5 * (torch.log1p(a) - torch.log1p(-a))  # atanh, spelled so that ONNX opset 17 exports it
+        return {ENCODER_OUT: torch.cat([feats, base.to(feats.dtype)], dim=-1)}
+
+
+class _ResidualPiHead(torch.nn.Module):
+    """SAC's pi head: (mean, log_std) = (PI's pre-tanh action + scale * net mean, net log_std + log scale)."""
+
+    def __init__(self, inner: torch.nn.Module, scale: float, n_actions: int) -> None:
+        super().__init__()
+        self.inner, self.scale, self.n_actions = inner, scale, n_actions
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats, base = x[..., : -self.n_actions], x[..., -self.n_actions :]
+        mean, log_std = self.inner(feats).chunk(2, dim=-1)
+        return torch.cat([base + self.scale * mean, log_std + math.log(self.scale)], dim=-1)
+
+
+class PIResidualCQLModule(DefaultCQLTorchRLModule):
+    """CQL's (SAC's) default torch module with the PI inside its policy, as PIResidualPPOModule's.
+
+    The policy's squashed Gaussian is centred on the PI's action (in pre-tanh units) plus ``residual_scale``
+    times the network's output, so the policy starts as the PI and offline training learns a correction
+    the Q functions back, not the control law; no BC stage is needed. The module reads raw states and
+    normalises them for its networks (policy and Q) itself, with the ``normalization`` statistics.
+    """
+
+    def setup(self) -> None:
+        super().setup()
+        _setup_residual(self)
+        if not isinstance(self.action_space, gym.spaces.Box) or self.action_space.shape != (3,):
+            raise ValueError("PIResidualCQLModule: the export domain's 3 per-phase targets only")
+        if not (np.all(self.action_space.low == -1.0) and np.all(self.action_space.high == 1.0)):
+            raise ValueError("PIResidualCQLModule: the action space must be [-1, 1] (envs/actions.py)")
+        self.pi_encoder = _NormalisingPiEncoder(self.pi_encoder, self.normalised, self.residual)
+        self.pi = _ResidualPiHead(self.pi, self.residual.residual_scale, 3)
+
+    def normalised(self, obs: torch.Tensor) -> torch.Tensor:
+        return _normalise(self, obs)
+
+    def _qf_forward_train_helper(self, batch: dict[str, Any], encoder: Any, head: Any,
+                                 squeeze: bool = True) -> Any:
+        return super()._qf_forward_train_helper(
+            {**batch, Columns.OBS: self.normalised(batch[Columns.OBS])}, encoder, head, squeeze=squeeze
+        )

@@ -17,6 +17,7 @@ from rllib_configs.policy import deterministic_module
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "rllib_configs/export/ppo_residual.yaml"
+CQL_CONFIG = REPO / "rllib_configs/export/cql_residual.yaml"
 
 
 def test_torch_allocation_is_the_dispatchers():
@@ -28,8 +29,8 @@ def test_torch_allocation_is_the_dispatchers():
     np.testing.assert_allclose(ours, allocate_to_phases(total, export, avail), rtol=1e-12, atol=1e-9)
 
 
-def _module_with_zero_correction():
-    spec = load_train_config(CONFIG)
+def _module_with_zero_correction(config: Path = CONFIG, dataset: Path | None = None):
+    spec = load_train_config(config, dataset=None if dataset is None else str(dataset))
     env = ExportControlEnv(ExportEnvConfig(scenario="broken_clouds", episode_s=600, start_s=12 * 3600))
     module = spec.algo_config.get_rl_module_spec(env=env).build()
     with torch.no_grad():
@@ -39,9 +40,13 @@ def _module_with_zero_correction():
     return env, module
 
 
-def test_greedy_targets_with_zero_correction_are_the_pis():
-    """Closed loop, 10 cloudy minutes: the module's greedy graph and PIController send the same targets."""
-    env, module = _module_with_zero_correction()
+@pytest.mark.parametrize(("config", "tolerance_w"), [(CONFIG, 0.01), (CQL_CONFIG, 0.4)], ids=["ppo", "cql"])
+def test_greedy_targets_with_zero_correction_are_the_pis(config, tolerance_w, small_dataset):
+    """Closed loop, 10 cloudy minutes: the module's greedy graph and PIController send the same targets.
+
+    CQL's squashed Gaussian cannot reach the bounds exactly: its PI action is held 1e-4 inside them.
+    """
+    env, module = _module_with_zero_correction(config, small_dataset if config == CQL_CONFIG else None)
     net, pi = deterministic_module(module), PIController()
     obs, _ = env.reset(seed=0)
     worst, moved = 0.0, 0.0
@@ -52,7 +57,7 @@ def test_greedy_targets_with_zero_correction_are_the_pis():
         worst, moved = max(worst, float(np.abs(ours - theirs).max())), max(moved, float(theirs.max()))
         obs, *_ = env.step((theirs / 3750.0 - 1.0).astype(np.float32))
     assert moved > 500.0, "the window must make the PI act"
-    assert worst < 0.01, f"greedy targets differ from the PI's by up to {worst:.3f} W"
+    assert worst < tolerance_w, f"greedy targets differ from the PI's by up to {worst:.3f} W"
 
 
 def test_exploration_starts_at_the_residual_scale():

@@ -34,7 +34,8 @@ def _states(n: int = 100) -> np.ndarray:
     from envs.export_env import ExportEnvConfig
     from envs.rollout import make_controller, rollout
 
-    tr = rollout(make_controller("pi", 7500), ExportEnvConfig(scenario="broken_clouds", episode_s=n, start_s=43200), seed=3)
+    cfg = ExportEnvConfig(scenario="broken_clouds", episode_s=n, start_s=43200)
+    tr = rollout(make_controller("pi", 7500), cfg, seed=3)
     return tr.obs[:n].astype(np.float64)
 
 
@@ -57,7 +58,8 @@ def test_offline_configs_train_bc_then_cql_from_bc(small_dataset, tmp_path, ray_
     bc = run_training(load_train_config(REPO / "rllib_configs/export/bc.yaml", dataset=str(small_dataset)),
                       RunOptions(storage_path=tmp_path, stop_iters=1, seed=1))
     cql_spec = load_train_config(REPO / "rllib_configs/export/cql.yaml", dataset=str(small_dataset))
-    cql = run_training(cql_spec, RunOptions(storage_path=tmp_path, stop_iters=1, seed=1, init_from=bc["checkpoint"]))
+    cql = run_training(cql_spec,
+                       RunOptions(storage_path=tmp_path, stop_iters=1, seed=1, init_from=bc["checkpoint"]))
     assert "evaluation/env_runners/episode_return_mean" in cql["metrics"]
     # CQL's policy starts from BC's: before any CQL update they act the same (tanh(mean) vs mean aside)
     from rllib_configs.offline import policy_state_from
@@ -66,6 +68,23 @@ def test_offline_configs_train_bc_then_cql_from_bc(small_dataset, tmp_path, ray_
     for ckpt in (bc["checkpoint"], cql["checkpoint"]):
         a = load_policy(ckpt).act_unit(_states()[:20])
         assert a.shape == (20, 3) and np.all(np.abs(a) <= 1.0)
+
+
+@pytest.mark.smoke
+def test_offline_cql_with_the_pi_inside_trains_and_acts_on_raw_states(small_dataset, tmp_path, ray_session):
+    spec = load_train_config(REPO / "rllib_configs/export/cql_residual.yaml", dataset=str(small_dataset))
+    cql = run_training(spec, RunOptions(storage_path=tmp_path, stop_iters=1, seed=1))
+    assert "evaluation/env_runners/episode_return_mean" in cql["metrics"]
+    policy = load_policy(cql["checkpoint"])
+    assert policy.normalizer is None, "the module normalises raw states itself"
+    a = policy.act_unit(_states()[:20])
+    assert a.shape == (20, 3) and np.all(np.abs(a) <= 1.0)
+    assert np.array_equal(a, load_policy(cql["checkpoint"]).act_unit(_states()[:20]))
+    # Its greedy graph, PI included, exports to ONNX (atanh has no opset-17 export: it is spelled with log1p)
+    from serve.bundle import export_checkpoint
+
+    onnx = export_checkpoint(cql["checkpoint"], tmp_path / "bundle", seed=0, n_parity=200)["onnx"]
+    assert onnx["input_normalised"] is False and onnx["parity"]["max_abs_diff"] <= onnx["parity"]["tolerance"]
 
 
 @pytest.mark.smoke
