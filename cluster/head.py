@@ -19,10 +19,22 @@ import urllib.request
 from pathlib import Path
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on loopback: every socket is held open until all are picked."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 class HeadExited(RuntimeError):
@@ -58,20 +70,9 @@ class LocalHead:
         names = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                  "metrics-export-port", "runtime-env-agent-port", "ray-client-server-port",
                  "node-manager-port", "object-manager-port")
-        # Hold every socket open until all are picked, so that no two listeners get the same port.
-        socks = []
-        try:
-            for _ in names:
-                s = socket.socket()
-                s.bind(("127.0.0.1", 0))
-                socks.append(s)
-            ports = [int(s.getsockname()[1]) for s in socks]
-        finally:
-            for s in socks:
-                s.close()
         # Ray's other listeners default to fixed ports (dashboard agent 52365, metrics 8080, ...): a second
         # Ray on the machine (a developer's, another test's) would take them, so every head gets its own.
-        picked = dict(zip(names, ports, strict=True))
+        picked = dict(zip(names, free_ports(len(names)), strict=True))
         self.port = picked.pop("port")
         self.dashboard_port = picked.pop("dashboard-port")
         self.extra_ports = picked
