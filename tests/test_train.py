@@ -53,11 +53,19 @@ def test_config_trains_through_the_runner(name, tmp_path, ray_session):
     assert np.array_equal(a, load_policy(ckpt).act_unit(_states())), "greedy action must be deterministic"
 
 
+def _offline_smoke_spec(name: str, dataset: Path):
+    """An offline config with 2 learner updates per iteration (RLlib's least without remote learners):
+    the smoke tests check that it trains, saves, loads and acts, and a CQL update costs ~4 s here."""
+    spec = load_train_config(REPO / "rllib_configs/export" / f"{name}.yaml", dataset=str(dataset))
+    spec.algo_config.offline_data(dataset_num_iters_per_learner=2)
+    return spec
+
+
 @pytest.mark.smoke
 def test_offline_configs_train_bc_then_cql_from_bc(small_dataset, tmp_path, ray_session):
-    bc = run_training(load_train_config(REPO / "rllib_configs/export/bc.yaml", dataset=str(small_dataset)),
+    bc = run_training(_offline_smoke_spec("bc", small_dataset),
                       RunOptions(storage_path=tmp_path, stop_iters=1, seed=1))
-    cql_spec = load_train_config(REPO / "rllib_configs/export/cql.yaml", dataset=str(small_dataset))
+    cql_spec = _offline_smoke_spec("cql", small_dataset)
     cql = run_training(cql_spec,
                        RunOptions(storage_path=tmp_path, stop_iters=1, seed=1, init_from=bc["checkpoint"]))
     assert "evaluation/env_runners/episode_return_mean" in cql["metrics"]
@@ -72,8 +80,8 @@ def test_offline_configs_train_bc_then_cql_from_bc(small_dataset, tmp_path, ray_
 
 @pytest.mark.smoke
 def test_offline_cql_with_the_pi_inside_trains_and_acts_on_raw_states(small_dataset, tmp_path, ray_session):
-    spec = load_train_config(REPO / "rllib_configs/export/cql_residual.yaml", dataset=str(small_dataset))
-    cql = run_training(spec, RunOptions(storage_path=tmp_path, stop_iters=1, seed=1))
+    cql = run_training(_offline_smoke_spec("cql_residual", small_dataset),
+                       RunOptions(storage_path=tmp_path, stop_iters=1, seed=1))
     assert "evaluation/env_runners/episode_return_mean" in cql["metrics"]
     policy = load_policy(cql["checkpoint"])
     assert policy.normalizer is None, "the module normalises raw states itself"
