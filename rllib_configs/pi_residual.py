@@ -105,6 +105,13 @@ def pi_action(obs: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
     return base * (2.0 / cfg.max_power_per_phase_w) - 1.0
 
 
+def centred_on(base: torch.Tensor, net_out: torch.Tensor, scale: float) -> torch.Tensor:
+    """Action-distribution inputs (mean, log-std) centred on ``base``: ``base + scale * net mean`` and
+    ``net log-std + log(scale)``; the one rule both modules below apply to their network's output."""
+    mean, log_std = net_out.chunk(2, dim=-1)
+    return torch.cat([base + scale * mean, log_std + math.log(scale)], dim=-1)
+
+
 def _setup_residual(module: Any) -> None:
     """``module.residual`` (the typed settings) and the normalisation statistics as buffers ``obs_mean``,
     ``obs_std`` (saved with the weights)."""
@@ -132,11 +139,9 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
 
     def _with_pi(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         cfg = self.residual
-        base = pi_action(batch[Columns.OBS], cfg).to(out[Columns.ACTION_DIST_INPUTS].dtype)
-        mean, log_std = out[Columns.ACTION_DIST_INPUTS].chunk(2, dim=-1)
-        out[Columns.ACTION_DIST_INPUTS] = torch.cat(
-            [base + cfg.residual_scale * mean, log_std + math.log(cfg.residual_scale)], dim=-1
-        )
+        logits = out[Columns.ACTION_DIST_INPUTS]
+        base = pi_action(batch[Columns.OBS], cfg).to(logits.dtype)
+        out[Columns.ACTION_DIST_INPUTS] = centred_on(base, logits, cfg.residual_scale)
         return out
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -180,8 +185,7 @@ class _ResidualPiHead(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats, base = x[..., : -self.n_actions], x[..., -self.n_actions :]
-        mean, log_std = self.inner(feats).chunk(2, dim=-1)
-        return torch.cat([base + self.scale * mean, log_std + math.log(self.scale)], dim=-1)
+        return centred_on(base, self.inner(feats), self.scale)
 
 
 class PIResidualCQLModule(DefaultCQLTorchRLModule):
