@@ -21,6 +21,8 @@ observation vector; a policy sees only the vector.
   energy; EVs discharged 10-20 h, which motorbike sockets cannot do and which leaves vehicles short).
 - ``citylearn_rbc``: ``citylearn.agents.rbc.BasicElectricVehicleRBC_ReferenceController``, for reference.
 - ``zero``: every action 0 (battery idle, no EV charging): CityLearn's own "no control" action.
+- ``rbc_no_ev``: the rule-based battery with the EV sockets left off: how a reward that does not price EV
+  satisfaction gets gamed (tests/test_citylearn_reward.py checks that ours scores it below ``rbc``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from envs.citylearn.devices import DeviceTable, rbc_action, state_from_env
 from envs.citylearn.env import CityLearnRLlibEnv
-
-STATE = ("non_shiftable_load", "solar_generation", "electric_vehicles_chargers_dict")
-EV_PREFIX = "electric_vehicle_storage_"
 
 
 class Controller(Protocol):
@@ -43,26 +43,15 @@ class Controller(Protocol):
 
 
 class _EnvController:
-    """Base of the baselines: knows where each building's actions sit in the central action vector."""
+    """Base of the baselines: the env's device table (which action slot drives which device)."""
 
     def __init__(self, env: CityLearnRLlibEnv) -> None:
         self.env = env
-        self.slots: list[dict[str, int]] = []
-        i = 0
-        for b in env.citylearn.buildings:
-            slots = {}
-            for name in b.active_actions:
-                slots[name] = i
-                i += 1
-            self.slots.append(slots)
-        self.n_actions = i
+        self.table = DeviceTable.from_env(env.citylearn)
+        self.n_actions = self.table.n_actions
 
     def reset(self) -> None:
         """Nothing to reset; subclasses with state override it."""
-
-    def state(self, building: Any) -> dict[str, Any]:
-        """Current load, PV and plugged vehicles of ``building`` (CityLearn names)."""
-        return building.observations(include_all=True, observation_names=list(STATE))
 
 
 class ZeroAction(_EnvController):
@@ -77,58 +66,30 @@ class NoControl(_EnvController):
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         a = np.zeros(self.n_actions, dtype=np.float32)
-        for slots in self.slots:
-            for name, i in slots.items():
-                if name.startswith(EV_PREFIX):
-                    a[i] = 1.0
+        for c in self.table.chargers:
+            a[c.slot] = 1.0
         return a
 
 
 class SelfConsumptionRBC(_EnvController):
     """Rule-based control: EVs to their target just in time (fast on PV surplus), battery on the residual.
 
-    See the module docstring for the rules.
+    The rules are :func:`envs.citylearn.devices.rbc_action` (the module docstring describes them); here they
+    read the simulator's state, on any schema. A bundle runs the same function on the raw observation.
     """
 
-    soc_margin = 0.02
-    """Aim this much SoC above the target: vehicle battery losses are not observed."""
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return rbc_action(self.table, state_from_env(self.env.citylearn, self.table))
 
-    def _ev_kwh(self, data: dict[str, Any], charger: Any, surplus: bool, step_h: float) -> float:
-        if not data.get("connected") or data.get("required_soc") is None:
-            return 0.0
-        target = min(float(data["required_soc"]) + self.soc_margin, 1.0)
-        missing = max(target - float(data["battery_soc"]), 0.0) * float(data["battery_capacity"])
-        need = missing / max(float(charger.efficiency), 1e-6)
-        if need <= 1e-9:
-            return 0.0
-        p_max = float(charger.max_charging_power) * step_h
-        steps_left = float(data.get("hours_until_departure") or 0.0) + 1.0  # a countdown in steps
-        kwh = need if surplus else need / max(steps_left - 1.0, 1.0)
-        kwh = min(kwh, p_max)
-        return max(kwh, float(charger.min_charging_power) * step_h) if kwh > 0 else 0.0
+
+class BatteryOnlyRBC(SelfConsumptionRBC):
+    """The rule-based battery with no EV charging at all: the strongest way to game a reward that does not
+    price EV satisfaction (it keeps the battery's savings and skips the vehicles' energy)."""
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        a = np.zeros(self.n_actions, dtype=np.float32)
-        step_h = float(self.env.citylearn.seconds_per_time_step) / 3600.0
-        for b, slots in zip(self.env.citylearn.buildings, self.slots, strict=True):
-            s = self.state(b)
-            load, pv = float(s["non_shiftable_load"]), float(s["solar_generation"])
-            surplus = pv > load
-            chargers = {c.charger_id: c for c in (b.electric_vehicle_chargers or [])}
-            ev_total = 0.0
-            for cid, data in (s.get("electric_vehicles_chargers_dict") or {}).items():
-                slot = slots.get(EV_PREFIX + cid)
-                if slot is None:
-                    continue
-                c = chargers[cid]
-                kwh = self._ev_kwh(data, c, surplus, step_h)
-                a[slot] = kwh / (float(c.max_charging_power) * step_h) if kwh > 0 else 0.0
-                ev_total += kwh
-            slot = slots.get("electrical_storage")
-            nominal = float(b.electrical_storage.nominal_power) * step_h
-            if slot is not None and nominal > 0:
-                a[slot] = np.clip(-(load + ev_total - pv) / nominal, -1.0, 1.0)
-        return a
+        state = state_from_env(self.env.citylearn, self.table)
+        state.ev[:, 0] = 0.0  # as if no vehicle were plugged: the battery does not serve them either
+        return rbc_action(self.table, state)
 
 
 class CityLearnReferenceRBC(_EnvController):
@@ -149,6 +110,7 @@ BASELINES: dict[str, Callable[[CityLearnRLlibEnv], Controller]] = {
     "rbc": SelfConsumptionRBC,
     "citylearn_rbc": CityLearnReferenceRBC,
     "zero": ZeroAction,
+    "rbc_no_ev": BatteryOnlyRBC,
 }
 
 
