@@ -56,6 +56,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=None, help="admin token file, created if missing")
     p.add_argument("--replicas", type=int, default=None, help="replicas of the server (default 1)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: embedded local Ray)")
+    p.add_argument(
+        "--ingress",
+        choices=["haproxy", "proxy"],
+        default=None,
+        help="HTTP ingress: haproxy (default: HAProxy in front of the replicas' own HTTP servers) or proxy "
+        "(Serve's Python proxy); see serve/launch.py",
+    )
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (default 2)")
     p.add_argument(
         "--simulate-hours",
@@ -85,19 +92,23 @@ def _token_file(args: argparse.Namespace, log_dir: Path) -> Path | None:
 
 
 def start(
-    serve_args: dict[str, Any], host: str, port: int, address: str | None = None, num_cpus: int = 2
+    serve_args: dict[str, Any],
+    host: str,
+    port: int,
+    address: str | None = None,
+    num_cpus: int = 2,
+    **launch: Any,
 ) -> tuple[str, bool]:
-    """Start Ray (if needed) and Serve, deploy the application; returns (base URL, Ray started here)."""
-    import ray
+    """Start Ray (if needed) and Serve, deploy the application; returns (base URL, Ray started here).
+
+    ``launch``: serve/launch.py switches (``ingress``, ``throughput_optimized``); their defaults are the
+    measured ones."""
     from ray import serve
 
-    from cluster.local import init_ray
     from serve.app import build_app
+    from serve.launch import start_serve
 
-    started = not ray.is_initialized()
-    init_ray(address=address, num_cpus=num_cpus)
-    # the proxy's access log: one line per request, streamed to this process (the decision log has them all)
-    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
+    started = start_serve(host, port, address=address, num_cpus=num_cpus, **launch)
     serve.run(build_app(serve_args), name=APP_NAME, route_prefix="/", blocking=False)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{shown}:{port}", started
@@ -180,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, BundleError, FileNotFoundError, ValueError) as exc:
         print(f"gridrl serve: {exc}", file=sys.stderr)
         return 2
-    url, started = start(serve_args, args.host, args.port, args.address, args.num_cpus)
+    launch = {"ingress": args.ingress} if args.ingress else {}
+    url, started = start(serve_args, args.host, args.port, args.address, args.num_cpus, **launch)
     print(
         json.dumps(
             {

@@ -24,7 +24,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -32,30 +31,62 @@ from pydantic import (
 
 from envs.actions import ACTION_NAMES
 from envs.state_spec import FEAT, FEATURE_HIGH, FEATURE_LOW, FEATURE_NAMES, N_FEATURES, SPEC_VERSION
+from serve.config import Mode
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 # Broad enough for any Unix time of a meter reading (1970..2286); the log partitions by its UTC day.
 TIME_LOW, TIME_HIGH = 0.0, 1e10
 
-_STATE_SCHEMA = {
-    "oneOf": [
-        {
-            "type": "object",
-            "description": "by feature name (all of them)",
-            "properties": {n: {"type": "number"} for n in FEATURE_NAMES},
-            "required": list(FEATURE_NAMES),
-            "additionalProperties": False,
-        },
-        {
-            "type": "array",
-            "description": f"ordered vector ({N_FEATURES} values in the spec's order); needs spec_version",
-            "items": {"type": "number"},
-            "minItems": N_FEATURES,
-            "maxItems": N_FEATURES,
-        },
-    ]
+
+def _feature_schema(i: int) -> dict[str, Any]:
+    return {"type": "number", "minimum": float(FEATURE_LOW[i]), "maximum": float(FEATURE_HIGH[i])}
+
+
+_BY_NAME = {
+    "type": "object",
+    "description": "by feature name (all of them)",
+    "properties": {n: _feature_schema(i) for i, n in enumerate(FEATURE_NAMES)},
+    "required": list(FEATURE_NAMES),
+    "additionalProperties": False,
 }
+_VECTOR = {
+    "type": "array",
+    "description": f"ordered vector ({N_FEATURES} values in the spec's order); needs spec_version",
+    "prefixItems": [_feature_schema(i) for i in range(N_FEATURES)],
+    "items": False,
+    "minItems": N_FEATURES,
+    "maxItems": N_FEATURES,
+}
+_STATE_SCHEMA = {"oneOf": [_BY_NAME, _VECTOR]}
+
+
+def act_request_schema() -> dict[str, Any]:
+    """The JSON schema of ``POST /act``'s body, with every constraint the server checks: each feature
+    within the spec's bounds, ``spec_version`` this server's (required with a vector), ids by pattern,
+    ``time_s`` within range. (Export domain; serve/domains.py says how another domain adds its state.)"""
+    common = {
+        "spec_version": {"type": "string", "const": SPEC_VERSION, "description": "state spec version"},
+        "site_id": {"type": "string", "pattern": ID_PATTERN, "default": "default",
+                    "description": "site: its bundle, mode and session; the log partition"},
+        "request_id": {"type": "string", "pattern": ID_PATTERN,
+                       "description": "dedupe key of the decision log"},
+        "time_s": {"type": "number", "minimum": TIME_LOW, "maximum": TIME_HIGH,
+                   "description": "UTC Unix time of the state's meter reading (default: server clock)"},
+    }  # fmt: skip
+    return {
+        "title": "ActRequest",
+        "oneOf": [
+            {"type": "object", "properties": {"state": _BY_NAME, **common}, "required": ["state"],
+             "additionalProperties": False},
+            {"type": "object", "properties": {"state": _VECTOR, **common},
+             "required": ["state", "spec_version"], "additionalProperties": False},
+        ],
+    }  # fmt: skip
+
+
+class StateError(ValueError):
+    """A request's state does not fit its site's domain (HTTP 422); the message starts with the field."""
 
 
 def _number(v: Any, where: str) -> float:
@@ -119,35 +150,34 @@ class ActRequest(BaseModel):
         None, ge=TIME_LOW, le=TIME_HIGH, description="UTC Unix time of the state's meter reading"
     )
 
-    _x: np.ndarray = PrivateAttr()
-    _by_name: bool = PrivateAttr()
-
     @field_validator("state", mode="plain")
     @classmethod
     def _state(cls, v: Any) -> Any:
         if not isinstance(v, (dict, list)):
-            parse_state(v)  # raises the clear message; the full check runs once, below
+            parse_state(v)  # raises the clear message; the full check is the site's domain's (vector())
         return v
 
-    @model_validator(mode="after")
-    def _vector(self) -> ActRequest:
+    def vector(self) -> np.ndarray:
+        """The validated export-domain state vector; ValueError naming the field (``state: ...`` or
+        ``spec_version: ...``) if it does not fit. Other domains parse ``state`` themselves
+        (serve/domains.py ``Runtime.parse_state``)."""
         try:
-            self._x, self._by_name = parse_state(self.state)
+            x, by_name = parse_state(self.state)
         except ValueError as exc:
             raise ValueError(f"state: {exc}") from None
-        return self
-
-    def vector(self) -> np.ndarray:
-        """The validated state vector; checks the spec version (ValueError if it does not fit)."""
-        x, by_name = self._x, self._by_name
-        if self.spec_version is None and not by_name:
-            raise ValueError(f"spec_version: required with an ordered vector (this server: {SPEC_VERSION})")
-        if self.spec_version is not None and self.spec_version != SPEC_VERSION:
-            raise ValueError(
-                f"spec_version: {self.spec_version!r} is not this server's {SPEC_VERSION!r}; "
-                "send the state by feature name or re-export the client"
-            )
+        check_spec_version(self.spec_version, by_name)
         return x
+
+
+def check_spec_version(spec_version: str | None, by_name: bool) -> None:
+    """ValueError unless ``spec_version`` fits a state given by name (optional) or as a vector (required)."""
+    if spec_version is None and not by_name:
+        raise ValueError(f"spec_version: required with an ordered vector (this server: {SPEC_VERSION})")
+    if spec_version is not None and spec_version != SPEC_VERSION:
+        raise ValueError(
+            f"spec_version: {spec_version!r} is not this server's {SPEC_VERSION!r}; "
+            "send the state by feature name or re-export the client"
+        )
 
 
 class ActResponse(BaseModel):
@@ -167,18 +197,34 @@ class ActResponse(BaseModel):
     spec_version: str = SPEC_VERSION
 
 
-class ModeChange(BaseModel):
-    """Admin: a new mode and/or rollout percentage; clears a rollback (the operator re-arms the policy)."""
+SiteId = Annotated[str, Field(pattern=ID_PATTERN)]
 
-    model_config = ConfigDict(extra="forbid")
-    mode: str | None = Field(None, description="shadow, ab, rollout or production")
+
+class ModeChange(BaseModel):
+    """Admin: a new mode and/or rollout percentage, for the deployment's default or one site; clears a
+    rollback (the operator re-arms the policy)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"anyOf": [{"required": ["mode"]}, {"required": ["rollout_pct"]}]},
+    )
+    mode: Mode | None = Field(None, description="shadow, ab, rollout or production")
     rollout_pct: FiniteFloat | None = Field(None, ge=0.0, le=100.0)
     reason: str = Field("", max_length=200, description="recorded in the control history")
+    site_id: SiteId | None = Field(None, description="this site only (default: the deployment's default)")
+
+    @model_validator(mode="after")
+    def _something(self) -> ModeChange:
+        if self.mode is None and self.rollout_pct is None:
+            raise ValueError("give mode and/or rollout_pct")
+        return self
 
 
 class BundleSwap(BaseModel):
-    """Admin: load another bundle; it is verified first and refused if it does not fit."""
+    """Admin: serve another bundle (the deployment's default or one site's); it is verified first and
+    refused if it does not fit."""
 
     model_config = ConfigDict(extra="forbid")
     bundle: str = Field(..., min_length=1, max_length=4096, description="bundle folder, readable by replicas")
     reason: str = Field("", max_length=200)
+    site_id: SiteId | None = Field(None, description="this site only (default: the deployment's default)")

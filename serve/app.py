@@ -8,11 +8,15 @@ path                 auth    what
 ===================  ======  ============================================================================
 POST /act            -       one decision: the state (serve/api.py) -> targets, source, checks, model
                              version, mode
-GET /healthz         -       the replica's status: model version, mode, rollback, log
-GET /metrics         -       Prometheus text (serve/metrics.py)
-GET /admin/status    bearer  control state with its history, rollback settings and baseline
-POST /admin/mode     bearer  ``{"mode": ..., "rollout_pct": ...}``; clears an automatic rollback
-POST /admin/bundle   bearer  ``{"bundle": PATH}``: verified, then served; refused (422) otherwise
+GET /healthz         -       the replica's status: model version, mode, rollback, bundles loaded, log
+GET /metrics         -       Prometheus text (serve/metrics.py), per site and per replica
+GET /status          -       the status page (serve/status.py): per site, the last hour, alerts firing
+GET /status/data     -       its data, JSON
+GET /admin/status    bearer  control state with its history (and per-site settings), rollback settings
+POST /admin/mode     bearer  ``{"mode": ..., "rollout_pct": ..., "site_id": ...}``: the deployment's
+                             default, or one site's; clears an automatic rollback
+POST /admin/bundle   bearer  ``{"bundle": PATH, "site_id": ...}``: verified, then served (the default,
+                             or one site's); refused (404 no bundle there, 422 does not fit) otherwise
 POST /admin/rollback bearer  switch to the PI now, recording ``reason``
 POST /admin/flush    bearer  seal and compact this replica's log (and any dead replica's)
 ===================  ======  ============================================================================
@@ -29,20 +33,23 @@ from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.deployment import Application
 from starlette.requests import ClientDisconnect
 
-from serve.api import ActRequest, ActResponse, BundleSwap, ModeChange
+from serve.api import ActRequest, ActResponse, BundleSwap, ModeChange, StateError, act_request_schema
 from serve.config import ServeConfig, admin_token_digest, token_sha256
 from serve.metrics import CONTENT_TYPE
 
 app = FastAPI(
     title="gridrl policy server",
-    version="1",
-    description="Export control: a bundle behind the safety wrapper; shadow, A/B, rollout or production.",
+    version="2",
+    description=(
+        "A fleet of sites, each with its bundle behind the safety wrapper; shadow, A/B, rollout or "
+        "production per site. Admin endpoints take 'Authorization: Bearer <token>'."
+    ),
 )
 
 _ERRORS = {
@@ -55,19 +62,17 @@ _ADMIN_ERRORS = {
     401: {"description": "no bearer token"},
     403: {"description": "wrong token / admin disabled"},
 }
+_ADMIN = {"security": [{"bearer": []}]}
+_TEXT = {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}}
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
-        }
-    }
+def _body_schema(model: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
+    schema = (
+        model
+        if isinstance(model, dict)
+        else model.model_json_schema(ref_template="#/components/schemas/{model}")
+    )
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _fail(status: int, detail: Any, errors: list[dict] | None = None) -> JSONResponse:
@@ -174,20 +179,26 @@ class PolicyServer:
         client = request.client.host if request.client else "?"
         return f"admin@{client}"
 
-    @app.post("/act", response_model=ActResponse, responses=_ERRORS, openapi_extra=_body_schema(ActRequest))
+    @app.post(
+        "/act",
+        response_model=ActResponse,
+        responses=_ERRORS,
+        openapi_extra=_body_schema(act_request_schema()),
+    )
     async def act(self, request: Request) -> Any:
         t0 = time.perf_counter()
-        status = "2xx"
+        status, site = "2xx", None
         try:
             req = _parse(ActRequest, await _read_json_body(request, self.config.max_body_bytes))
+            site = req.site_id
+            need = self.service.pending(site)
+            if need is not None:  # the site's bundle is not loaded here: load it off the request loop
+                await asyncio.to_thread(self.service.load, *need)
             try:
-                x = req.vector()
-            except ValueError as exc:  # the spec version
-                raise _Invalid(
-                    str(exc), [{"loc": ["spec_version"], "msg": str(exc), "type": "value_error"}]
-                ) from None
-            try:
-                return self.service.act(req, x)
+                return self.service.act(req)
+            except StateError as exc:
+                field = str(exc).split(":", 1)[0] if str(exc).startswith("spec_version:") else "state"
+                raise _Invalid(str(exc), [{"loc": [field], "msg": str(exc), "type": "value_error"}]) from None
             except OSError as exc:  # the log cannot take it: no answer may go out unlogged
                 raise HTTPException(503, f"decision log unavailable: {exc}") from None
         except HTTPException as exc:
@@ -198,8 +209,7 @@ class PolicyServer:
             raise
         finally:
             m = self.service.metrics
-            cls = "2xx" if status == "2xx" else "4xx"
-            m.latency.labels(m.replica, cls).observe(time.perf_counter() - t0)
+            m.latency_of(site, status == "2xx").observe(time.perf_counter() - t0)
             if status != "2xx":
                 m.rejected.labels(m.replica, status).inc()
 
@@ -207,51 +217,104 @@ class PolicyServer:
     async def healthz(self) -> dict[str, Any]:
         return self.service.health()
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text exposition format 0.0.4", **_TEXT}},
+    )
     async def metrics(self) -> Response:
         self.service.sync()
         return Response(self.service.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/admin/status", responses=_ADMIN_ERRORS)
+    @app.get(
+        "/status",
+        response_class=HTMLResponse,
+        responses={
+            200: {"description": "the status page", "content": {"text/html": {"schema": {"type": "string"}}}}
+        },
+    )
+    async def status_page(self) -> HTMLResponse:
+        from serve.status import PAGE
+
+        return HTMLResponse(PAGE)
+
+    @app.get("/status/data")
+    async def status_data(self) -> dict[str, Any]:
+        self.service.sync()
+        return await asyncio.to_thread(self.service.status_data)
+
+    @app.get("/admin/status", responses=_ADMIN_ERRORS, openapi_extra=_ADMIN)
     async def admin_status(self, request: Request) -> dict[str, Any]:
         self._admin(request)
         return self.service.status()
 
-    @app.post("/admin/mode", responses={**_ERRORS, **_ADMIN_ERRORS}, openapi_extra=_body_schema(ModeChange))
+    @app.post(
+        "/admin/mode",
+        responses={**_ERRORS, **_ADMIN_ERRORS},
+        openapi_extra={**_body_schema(ModeChange), **_ADMIN},
+    )
     async def admin_mode(self, request: Request) -> Any:
         by = self._admin(request)
         change = _parse(ModeChange, await _read_json_body(request, self.config.max_body_bytes))
         from serve.server import AdminError
 
         try:
-            state = self.service.set_mode(change.mode, change.rollout_pct, change.reason, by)
+            state = self.service.set_mode(change.mode, change.rollout_pct, change.reason, by, change.site_id)
         except AdminError as exc:
-            return _fail(422, str(exc))
-        return {k: state[k] for k in ("mode", "rollout_pct", "rolled_back", "version")}
+            return _fail(exc.status, str(exc))
+        out = {k: state[k] for k in ("mode", "rollout_pct", "rolled_back", "version")}
+        if change.site_id is not None:
+            out["site"] = {"site_id": change.site_id, **state["sites"][change.site_id]}
+        return out
 
-    @app.post("/admin/bundle", responses={**_ERRORS, **_ADMIN_ERRORS}, openapi_extra=_body_schema(BundleSwap))
+    @app.post(
+        "/admin/bundle",
+        responses={**_ERRORS, **_ADMIN_ERRORS, 404: {"description": "no bundle at that path"}},
+        openapi_extra={**_body_schema(BundleSwap), **_ADMIN},
+    )
     async def admin_bundle(self, request: Request) -> Any:
         by = self._admin(request)
         swap = _parse(BundleSwap, await _read_json_body(request, self.config.max_body_bytes))
         from serve.server import AdminError
 
-        try:
-            self.service.swap_bundle(swap.bundle, swap.reason, by)
+        try:  # verified in a worker thread: requests go on meanwhile
+            rt = await asyncio.to_thread(self.service.verify_bundle, swap.bundle, swap.site_id)
         except AdminError as exc:
-            return _fail(422, str(exc))
-        return {"model_version": self.service.model_version, "bundle": swap.bundle}
+            return _fail(exc.status, str(exc))
+        self.service.commit_bundle(rt, swap.reason, by, swap.site_id)
+        return {"model_version": rt.model_version, "bundle": swap.bundle, "site_id": swap.site_id}
 
-    @app.post("/admin/rollback", responses=_ADMIN_ERRORS)
+    @app.post("/admin/rollback", responses=_ADMIN_ERRORS, openapi_extra=_ADMIN)
     async def admin_rollback(self, request: Request) -> Any:
         by = self._admin(request)
         state = self.service.roll_back("manual", {}, by)
         return {"rolled_back": state.get("rolled_back")}
 
-    @app.post("/admin/flush", responses=_ADMIN_ERRORS)
+    @app.post("/admin/flush", responses=_ADMIN_ERRORS, openapi_extra=_ADMIN)
     async def admin_flush(self, request: Request) -> Any:
         self._admin(request)
         rows = await asyncio.to_thread(self.service.flush)  # Parquet writes off the request loop
         return {"compacted_rows": rows, "replica": self.service.replica}
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's document plus the bearer scheme the admin endpoints declare."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        spec = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "the admin token (GRIDRL_SERVE_TOKEN / _FILE)",
+        }
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -142,9 +142,13 @@ class Bundle:
         )
 
     def make_wrapper(self, **kwargs: Any) -> SafetyWrapper:
-        """The policy behind the safety wrapper; ``kwargs`` go to :class:`SafetyWrapper` (clock, timer)."""
+        """The policy behind the safety wrapper; ``kwargs`` go to :class:`SafetyWrapper` (clock, timer).
+
+        ``policy``: a policy made by :meth:`make_policy` to use instead of a new one (an ONNX session
+        has no state between calls, so sites can share one; a baseline controller has state)."""
         threads = kwargs.pop("threads", 1)
-        return SafetyWrapper(self.limits, self.normalizer, self.make_policy(threads), **kwargs)
+        policy = kwargs.pop("policy", None) or self.make_policy(threads)
+        return SafetyWrapper(self.limits, self.normalizer, policy, **kwargs)
 
     def check_site(self, site: Site, source: str = "site") -> None:
         """Refuse a site whose action bound differs from the one the policy was trained with."""

@@ -116,9 +116,29 @@ class LogConfig:
     has been written to the file before its response: a killed replica loses nothing; this bounds what
     a power cut can take."""
 
+    compact_in_process: bool = False
+    """Compact in the replica's own process (a thread) instead of a child process. The child keeps the
+    Parquet writes (one file per site, stream and segment) off the request loop's interpreter lock."""
+
     def __post_init__(self) -> None:
         if not self.flush_interval_s > 0 or self.batch_rows < 1 or self.fsync_interval_s < 0:
             raise ValueError("flush_interval_s > 0, batch_rows >= 1 and fsync_interval_s >= 0 required")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One site's settings in a fleet (ServeConfig ``sites``); an absent field takes the default."""
+
+    bundle: str | None = None
+    """The site's own bundle folder (any domain serve/domains.py knows)."""
+    mode: Mode | None = None
+    """The site's mode."""
+    rollout_pct: float | None = None
+    """Mode rollout: the percentage this site's bucket is compared with (serve/modes.py)."""
+
+    def __post_init__(self) -> None:
+        if self.rollout_pct is not None and not 0.0 <= self.rollout_pct <= 100.0:
+            raise ValueError(f"rollout_pct: must be within [0, 100], got {self.rollout_pct}")
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,15 @@ class ServeConfig:
     """Larger request bodies are refused with 413 (a state is < 2 KB)."""
     max_sites: int = 10_000
     """Per-site sessions kept per replica (least recently used dropped first)."""
+    max_bundles: int = 16
+    """Bundles loaded per replica (least recently used dropped first, with their sites' sessions; the
+    deployed bundle stays). Size it to the distinct bundles a replica's sites use: a dropped bundle is
+    loaded again at its site's next request (tens of ms)."""
+    metrics_max_sites: int = 2000
+    """Sites labelled in /metrics per replica; further sites count under ``site="_other"``."""
+    sites: dict[str, SiteConfig] | None = None
+    """Per-site settings of the fleet: site id -> bundle, mode, rollout_pct. The admin API changes them
+    while serving; a new deployment with other ``sites`` starts from these again."""
     control_poll_s: float = 0.2
     """How often a replica re-reads the shared control state (s)."""
     access_log: bool = False
@@ -161,8 +190,16 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.rollout_pct <= 100.0:
             raise ValueError(f"rollout_pct: must be within [0, 100], got {self.rollout_pct}")
-        if self.num_replicas < 1 or self.max_ongoing_requests < 1 or self.max_sites < 1:
-            raise ValueError("num_replicas, max_ongoing_requests and max_sites must be >= 1")
+        for name in ("num_replicas", "max_ongoing_requests", "max_sites", "max_bundles", "metrics_max_sites"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        import re
+
+        from serve.api import ID_PATTERN
+
+        bad = [s for s in self.sites or {} if not re.match(ID_PATTERN, s)]
+        if bad:
+            raise ValueError(f"sites: site ids must match {ID_PATTERN}, got {bad[:3]}")
         if not 1024 <= self.max_body_bytes <= 1 << 20:
             raise ValueError(f"max_body_bytes: must be within [1024, 1 MiB], got {self.max_body_bytes}")
         if self.admin_token_sha256 is not None and len(self.admin_token_sha256) != 64:

@@ -1,7 +1,8 @@
 """The deployment's control state, shared by its replicas and kept across restarts: ``LOG_DIR/control.json``.
 
-It holds the mode, the rollout percentage, the bundle being served and an automatic rollback, if any
-(when, which trigger, the numbers that fired it), with a history of every change. Admin calls and the
+It holds the deployment's default mode, rollout percentage and bundle, an automatic rollback, if any
+(when, which trigger, the numbers that fired it), per-site settings under ``sites`` (serve/fleet.py),
+and a history of every change. Admin calls and the
 rollback monitor change it; every replica re-reads it (serve/config.py ``control_poll_s``), so a rollback
 detected by one replica moves them all to the PI, and a replica that was killed and restarted comes back
 in the state the deployment was in, not in the one it was deployed with.
@@ -72,8 +73,11 @@ class ControlStore:
         write_atomic(self.path, json.dumps(state, indent=1) + "\n")
         self._cache = None
 
-    def init(self, deployed: dict[str, Any], bundle_sha256: str) -> dict[str, Any]:
-        """The state to start from: the file's if it was made by this deployment, else a fresh one."""
+    def init(
+        self, deployed: dict[str, Any], bundle_sha256: str, sites: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The state to start from: the file's if it was made by this deployment, else a fresh one
+        (``sites``: the deployment's per-site settings, serve/fleet.py)."""
         with self._locked():
             state = self._read_file()
             if state is not None and state.get("deployed") == deployed:
@@ -85,6 +89,7 @@ class ControlStore:
                 "bundle": deployed["bundle"],
                 "bundle_sha256": bundle_sha256,
                 "rolled_back": None,
+                "sites": sites or {},
                 "version": (state or {}).get("version", 0) + 1,
                 "history": [
                     *((state or {}).get("history", [])[-HISTORY + 1 :]),

@@ -71,6 +71,7 @@ DAY_S = 86_400
 RECORD_FIELDS = {
     "key": "dedupe key: the request id",
     "site_id": "site",
+    "domain": "the bundle's domain (serve/domains.py); raw-log streams are written for export only",
     "time_s": "UTC time of the state's meter reading (s)",
     "served_at": "server's UTC time of the decision (s)",
     "mode": "shadow, ab, rollout or production",
@@ -125,6 +126,8 @@ class DecisionLog:
         self.rows = 0
         self.rows_total = 0
         self.compacted_rows = 0
+        self.compactions = 0
+        self._compactor: Any = None
         self.last_error: str | None = None
         self._open_segment()
         self._stop = threading.Event()
@@ -183,6 +186,37 @@ class DecisionLog:
         self.compacted_rows += n
         return n
 
+    def _seal_for_compactor(self) -> None:
+        """Seal the active segment and leave it to this replica's compactor process: the segment is
+        closed (its lock released, so a sweeper may take it), and ``python -m serve.decision_log LOG_DIR
+        --watch PID`` compacts every unlocked segment, off this process (its Parquet writes would hold
+        the request loop's interpreter lock). The compactor is started at the first seal, again if it
+        died, and ends with this process."""
+        sealed = self._seal()
+        if sealed is not None:
+            os.close(sealed[0])
+        proc = self._compactor
+        if proc is not None and proc.poll() is None:
+            return
+        if proc is not None:
+            self.last_error = f"compactor exited {proc.returncode}; restarted"
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "serve.decision_log", str(self.dir), "--watch", str(os.getpid()),
+               "--interval", str(min(self.config.flush_interval_s, 5.0))]  # fmt: skip
+        if self.site_yaml is not None:
+            cmd += ["--site-yaml", str(self.site_yaml)]
+        root = str(Path(__file__).resolve().parents[1])
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        }
+        self._compactor = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(10)
+        )
+        self.compactions += 1
+
     def _run(self) -> None:
         last_sync = time.monotonic()
         last_flush = time.monotonic()
@@ -197,7 +231,10 @@ class DecisionLog:
                     last_sync = now
                 if self._kick.is_set() or now - last_flush >= self.config.flush_interval_s:
                     self._kick.clear()
-                    self.flush()
+                    if self.config.compact_in_process:
+                        self.flush()
+                    else:
+                        self._seal_for_compactor()
                     last_flush = now
             except Exception as exc:  # noqa: BLE001 - keep serving; the segment stays for the next try
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -207,6 +244,12 @@ class DecisionLog:
         self._stop.set()
         self._kick.set()
         self._thread.join(timeout=30)
+        if self._compactor is not None and self._compactor.poll() is None:
+            self._compactor.terminate()  # its writes are atomic renames; what it left, flush() below takes
+            try:
+                self._compactor.wait(timeout=30)
+            except Exception:  # noqa: BLE001
+                self._compactor.kill()
         self.flush()
         with self._lock:
             if self._fd is not None:
@@ -256,6 +299,7 @@ _LIST_S = pl.List(pl.String)
 DECISION_SCHEMA = {
     "key": pl.String,
     "site_id": pl.String,
+    "domain": pl.String,
     "time_s": pl.Float64,
     "served_at": pl.Float64,
     "mode": pl.String,
@@ -281,7 +325,9 @@ assert set(DECISION_SCHEMA) == set(RECORD_FIELDS) - {"commands"}
 
 
 def _decisions_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame({k: [r.get(k) for r in rows] for k in DECISION_SCHEMA}, schema=DECISION_SCHEMA)
+    cols = {k: [r.get(k) for r in rows] for k in DECISION_SCHEMA}
+    cols["domain"] = [r.get("domain", "export") for r in rows]  # rows logged before the field existed
+    return pl.DataFrame(cols, schema=DECISION_SCHEMA)
 
 
 def _streams(rows: list[dict[str, Any]]) -> dict[str, pa.Table]:
@@ -349,7 +395,8 @@ def compact_segment(path: Path, log_dir: Path, site_yaml: Path | None = None) ->
         _write_parquet(_decisions_frame(rs).to_arrow(), log_dir / DECISIONS_DIR / f"date={date}" / part)
         by_site: dict[str, list[dict[str, Any]]] = {}
         for r in rs:
-            by_site.setdefault(r["site_id"], []).append(r)
+            if r.get("domain", "export") == "export":
+                by_site.setdefault(r["site_id"], []).append(r)
         for site, srows in by_site.items():
             root = log_dir / RAW_DIR / site
             for stream, table in _streams(srows).items():
@@ -412,3 +459,33 @@ def read_decisions(log_dir: str | Path, include_wal: bool = True) -> pl.DataFram
         return _decisions_frame([])
     df = pl.concat(frames, how="vertical_relaxed")
     return df.sort("served_at").unique("key", keep="first", maintain_order=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serve.decision_log LOG_DIR [--site-yaml Y] [--watch PID --interval S]``: compact every
+    segment no writer holds; with ``--watch``, again every S seconds until process PID ends."""
+    import argparse
+    import signal
+
+    ap = argparse.ArgumentParser(prog="python -m serve.decision_log", description=main.__doc__)
+    ap.add_argument("log_dir")
+    ap.add_argument("--site-yaml", type=Path, default=None)
+    ap.add_argument("--watch", type=int, default=None)
+    ap.add_argument("--interval", type=float, default=5.0)
+    args = ap.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while True:
+        while compact_orphans(args.log_dir, args.site_yaml) and not stop.is_set():
+            pass  # a segment sealed meanwhile is taken too
+        if args.watch is None or stop.wait(args.interval):
+            return 0
+        try:
+            os.kill(args.watch, 0)
+        except ProcessLookupError:
+            compact_orphans(args.log_dir, args.site_yaml)
+            return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

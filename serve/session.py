@@ -24,18 +24,21 @@ anomaly) stay per replica: the deployment-wide rollback (serve/rollback.py) is w
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from envs.controllers import PIController
 from envs.state_spec import FEAT
 from serve.bundle import Bundle, ControllerPolicy
-from serve.safety import Decision, SafetyWrapper
+from serve.safety import VIOLATIONS, Decision, SafetyWrapper
 
 _TARGET = [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]
 _AVAIL = [FEAT[f"available_w_l{p}"] for p in (1, 2, 3)]
+_EXPORT = [FEAT[f"export_w_l{p}"] for p in (1, 2, 3)]
+_ACKED = [FEAT[f"acked_w_l{p}"] for p in (1, 2, 3)]
+_EXPORT_TOTAL = FEAT["export_w"]
 CONTINUITY_W = 1.0
 CONTINUITY_S = 2.5
 
@@ -90,10 +93,10 @@ def resume_from_state(wrapper: SafetyWrapper, x: np.ndarray) -> None:
 class SiteSession:
     """The two gates of one site (module docstring)."""
 
-    def __init__(self, bundle: Bundle):
+    def __init__(self, bundle: Bundle, policy: Any = None):
         self.now = 0.0
         clock = lambda: self.now  # noqa: E731 - the wrapper's timers run on the site's meter time
-        self.policy_gate = bundle.make_wrapper(clock=clock)
+        self.policy_gate = bundle.make_wrapper(clock=clock, policy=policy)
         hard_only = replace(
             bundle.limits,
             max_rate_w_per_s=None,
@@ -105,6 +108,8 @@ class SiteSession:
         self.pi_gate = SafetyWrapper(hard_only, bundle.normalizer, pi, clock=clock)
         self.last_sent: np.ndarray | None = None
         self.last_time = -np.inf
+        self.last_measured_by: str | None = None
+        self.fallback_since: float | None = None
 
     def _continuous(self, x: np.ndarray, time_s: float) -> bool:
         if self.last_sent is None or not 0.0 < time_s - self.last_time <= CONTINUITY_S:
@@ -129,23 +134,29 @@ class SiteSession:
         self.last_sent, self.last_time = acting.action_w.copy(), float(time_s)
         return Served(acting.action_w, source, acting.checks_fired, pol, pid, policy_routed, resumed)
 
-
-class Sessions:
-    """Per-site sessions of one replica, least recently used dropped beyond ``max_sites``."""
-
-    def __init__(self, bundle: Bundle, max_sites: int):
-        self.bundle, self.max_sites = bundle, max_sites
-        self._by_site: OrderedDict[str, SiteSession] = OrderedDict()
-
-    def get(self, site_id: str) -> SiteSession:
-        s = self._by_site.get(site_id)
-        if s is None:
-            s = self._by_site[site_id] = SiteSession(self.bundle)
-            while len(self._by_site) > self.max_sites:
-                self._by_site.popitem(last=False)
+    def figures(self, x: np.ndarray, served: Served, differ_w: float) -> dict[str, float]:
+        """Monitoring figures of one decision (serve/metrics.py): the export each controller's targets
+        lead to by the wrapper's one-step prediction (surplus ``export + acked`` minus the targets, summed
+        over phases, positive part), the export the meter read (attributed to the controller that acted
+        the second before), whether the two proposals differ, and how long the policy gate has been in
+        its timed fallback (s of meter time)."""
+        period_h = self.policy_gate.limits.decision_period_s / 3600.0
+        surplus = float(np.sum(x[_EXPORT]) + np.sum(x[_ACKED]))
+        measured_by = self.last_measured_by
+        self.last_measured_by = "policy" if served.policy_acted else "pi"
+        if self.policy_gate.in_fallback:
+            if self.fallback_since is None:
+                self.fallback_since = self.now
+            fallback_s = self.now - self.fallback_since
         else:
-            self._by_site.move_to_end(site_id)
-        return s
-
-    def __len__(self) -> int:
-        return len(self._by_site)
+            self.fallback_since, fallback_s = None, 0.0
+        return {
+            "export_policy_wh": max(surplus - float(np.sum(served.policy.action_w)), 0.0) * period_h,
+            "export_pi_wh": max(surplus - float(np.sum(served.pi.action_w)), 0.0) * period_h,
+            "measured_wh": max(float(x[_EXPORT_TOTAL]), 0.0) * period_h,
+            "measured_by": measured_by,
+            "differ": bool(np.max(np.abs(served.policy.action_w - served.pi.action_w)) > differ_w),
+            "fallback_s": fallback_s,
+            "violation": any(c in VIOLATIONS for c in served.policy.checks_fired),
+            "anomaly": "anomaly" in served.policy.checks_fired,
+        }

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.polling import wait_for
 import requests
 
 from envs.controllers import PIController
@@ -35,8 +33,10 @@ from serve.bundle import MANIFEST, ONNX_FILE, base_manifest, export_baseline, pa
 from serve.config import ABSchedule, token_sha256
 from serve.modes import ab_policy_acts, rollout_bucket
 from serve.safety import SafetyLimits
+from tests.polling import wait_for
 
 APP = "gridrl-test"
+MAX_BUNDLES = 3
 TRIP_SETPOINT_W = 100.0  # normalised setpoint z = 100 (std 1) -> clipped to 10 -> the tripwire fires
 
 
@@ -146,8 +146,8 @@ def server(tmp_path_factory) -> Server:
     from ray import serve
 
     from cluster.head import free_port
-    from cluster.local import init_ray
     from serve.app import build_app
+    from serve.launch import start_serve
 
     root = tmp_path_factory.mktemp("serve")
     bundles = {"tripwire": tripwire_bundle(root / "tripwire")}
@@ -158,9 +158,8 @@ def server(tmp_path_factory) -> Server:
         PIController(), ExportEnvConfig(scenario="broken_clouds", episode_s=600, start_s=36_000), 3
     )
     token = "test-token-" + os.urandom(12).hex()
-    init_ray(num_cpus=2)
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve("127.0.0.1", port)  # the defaults of gridrl serve: HAProxy ingress (serve/launch.py)
     args = {
         "bundle": str(bundles["tripwire"]),
         "mode": "shadow",
@@ -170,6 +169,7 @@ def server(tmp_path_factory) -> Server:
         "num_replicas": 2,
         "replica_cpus": 0.25,
         "control_poll_s": 0.1,
+        "max_bundles": MAX_BUNDLES,
         "log": {"flush_interval_s": 1.0, "fsync_interval_s": 0.2},
         # the oscillation and export triggers need minutes of traffic: tests/test_serve_units.py covers them
         "rollback": {"min_policy_decisions": 1_000_000},
@@ -187,7 +187,6 @@ def _ok(url: str) -> bool:
         return requests.get(url, timeout=5).status_code == 200
     except requests.RequestException:
         return False
-
 
 
 def replica_pids(app: str = APP) -> dict[int, str]:
@@ -209,7 +208,9 @@ def test_openapi_health_and_loopback_only(server):
     spec = requests.get(f"{server.url}/openapi.json", timeout=10).json()
     act = spec["paths"]["/act"]["post"]
     schema = act["requestBody"]["content"]["application/json"]["schema"]
-    assert {"state", "spec_version", "site_id", "request_id", "time_s"} <= set(schema["properties"])
+    for variant in schema["oneOf"]:  # by name, and as a vector (which requires spec_version)
+        assert {"state", "spec_version", "site_id", "request_id", "time_s"} <= set(variant["properties"])
+    assert [v["required"] for v in schema["oneOf"]] == [["state"], ["state", "spec_version"]]
     assert {"200", "400", "413", "415", "422"} <= set(act["responses"])
     assert {"/healthz", "/metrics", "/admin/mode", "/admin/bundle"} <= set(spec["paths"])
     h = requests.get(f"{server.url}/healthz", timeout=10).json()
@@ -454,13 +455,13 @@ def test_bad_bundle_swap_is_refused_while_serving_continues(server, tmp_path):
     try:
         time.sleep(1.0)
         refusals = {
-            "tampered": (tampered, "manifest_sha256 mismatch"),
-            "missing": (tmp_path / "nope", "not found"),
-            "another action bound": (wider, "action bound 9000.0 W"),
+            "tampered": (tampered, 422, "manifest_sha256 mismatch"),
+            "missing": (tmp_path / "nope", 404, "not found"),
+            "another action bound": (wider, 422, "action bound 9000.0 W"),
         }
-        for name, (path, needle) in refusals.items():
+        for name, (path, status, needle) in refusals.items():
             r = server.admin("bundle", {"bundle": str(path)})
-            assert r.status_code == 422 and needle in r.json()["detail"], (name, r.text)
+            assert r.status_code == status and needle in r.json()["detail"], (name, r.text)
             assert "keeps serving" in r.json()["detail"]
         time.sleep(1.0)
         served = {a["model_version"] for a in traffic.acked.values()}

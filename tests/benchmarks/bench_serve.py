@@ -203,11 +203,15 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def measured(url: str, pids: list[int], bodies, rate: float, args, tag: str) -> dict:
     """One load run, with the CPU time the server processes spent per answered request."""
+    load0 = os.getloadavg()
     c0 = cpu_seconds(pids)
     out = asyncio.run(load(url, bodies, rate, args.duration, args.max_inflight, args.timeout, tag))
     used = cpu_seconds(pids) - c0
     out["server_cpu_s"] = round(used, 2)
     out["server_cpu_ms_per_request"] = round(1e3 * used / max(out["ok"], 1), 3)
+    out["sites"] = len({b["site_id"] for b in bodies})
+    out["loadavg_before"] = [round(v, 2) for v in load0]
+    out["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     return out
 
 
@@ -224,7 +228,7 @@ def wait_up(url: str, timeout: float = 120.0) -> None:
     raise TimeoutError(url)
 
 
-def bench_subprocess(kind: str, bundle: str, bodies, args, log_dir: str) -> list[dict]:
+def bench_subprocess(kind: str, bundle: str, bodies, args, log_dir: str, rates: list[float]) -> list[dict]:
     from cluster.head import free_port
 
     port = free_port()
@@ -246,7 +250,7 @@ def bench_subprocess(kind: str, bundle: str, bodies, args, log_dir: str) -> list
     try:
         wait_up(f"http://127.0.0.1:{port}/docs")
         url = f"http://127.0.0.1:{port}/act"
-        return [measured(url, [proc.pid], bodies, r, args, f"{kind}-{r}") for r in args.rates]
+        return [measured(url, [proc.pid], bodies, r, args, f"{kind}-{r}") for r in rates]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -255,43 +259,115 @@ def bench_subprocess(kind: str, bundle: str, bodies, args, log_dir: str) -> list
             proc.kill()
 
 
-def bench_serve(bundle: str, bodies, args, log_dir: str) -> list[dict]:
+# Serve variants: (serve/launch.py switches, app args). Each runs in its own process: Serve reads its
+# switches from the environment once per process.
+VARIANTS = {
+    "proxy": ({"ingress": "proxy", "throughput_optimized": False}, {}),
+    "proxy+to": ({"ingress": "proxy", "throughput_optimized": True}, {}),
+    "haproxy": ({"ingress": "haproxy", "throughput_optimized": False}, {}),
+    "haproxy+to": ({"ingress": "haproxy", "throughput_optimized": True}, {}),
+    "default": ({}, {}),
+}
+
+
+def host_serve(variant: str, bundle: str, port: int, log_dir: str, extra: dict) -> None:
+    """The subprocess of one Serve variant: start, print the processes to measure, serve until SIGTERM."""
+    env_kw, args = VARIANTS[variant.split("@")[0]]
     import ray
     from ray import serve
 
-    from cluster.head import free_port
-    from cluster.local import init_ray
     from serve.app import build_app
+    from serve.launch import start_serve
 
-    init_ray(num_cpus=2)
+    start_serve("127.0.0.1", port, **env_kw)
+    app_args = {"bundle": bundle, "mode": "production", "log_dir": log_dir, **args, **extra}
+    serve.run(build_app(app_args), name="bench", route_prefix="/", blocking=False)
+    wait_up(f"http://127.0.0.1:{port}/healthz")
+    from ray._private import state  # the actor table: proxy and replica processes
+
+    pids = [
+        int(a["Pid"])
+        for a in state.actors().values()
+        if a.get("State") == "ALIVE"
+        and (
+            a.get("ActorClassName") in ("ProxyActor", "HAProxyManager")
+            or str(a.get("ActorClassName")).startswith("ServeReplica:bench")
+        )
+    ]
+    pids += haproxy_pids()
+    print(json.dumps({"pids": pids}), flush=True)
+    done = []
+    signal.signal(signal.SIGTERM, lambda *_: done.append(1))
+    while not done:
+        time.sleep(0.2)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def haproxy_pids() -> list[int]:
+    """HAProxy processes started under this process (by Serve's HAProxyManager actor)."""
+    parent = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    me, out = os.getpid(), []
+    for pid in parent:
+        try:
+            if not (Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]).endswith(b"haproxy"):
+                continue
+        except OSError:
+            continue
+        q = pid
+        while q in parent and q not in (0, 1, me):
+            q = parent[q]
+        if q == me:
+            out.append(pid)
+    return out
+
+
+def bench_serve(variant: str, bundle: str, bodies, args, log_dir: str, rates: list[float]) -> list[dict]:
+    from cluster.head import free_port
+
     port = free_port()
+    extra = json.loads(args.app_args) if args.app_args else {}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--server",
+            "serve",
+            "--variant",
+            variant,
+            "--bundle",
+            bundle,
+            "--port",
+            str(port),
+            "--log-dir",
+            log_dir,
+            "--app-args",
+            json.dumps(extra),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False}
-        )
-        serve.run(
-            build_app({"bundle": bundle, "mode": "production", "log_dir": log_dir}),
-            name="bench",
-            route_prefix="/",
-            blocking=False,
-        )
-        wait_up(f"http://127.0.0.1:{port}/healthz")
-        from ray._private import state  # the actor table: proxy and replica processes
-
-        pids = [
-            int(a["Pid"])
-            for a in state.actors().values()
-            if a.get("State") == "ALIVE"
-            and (
-                a.get("ActorClassName") == "ProxyActor"
-                or str(a.get("ActorClassName")).startswith("ServeReplica:bench")
-            )
-        ]
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"serve variant {variant} did not start")
+        pids = json.loads(line)["pids"]
         url = f"http://127.0.0.1:{port}/act"
-        return [measured(url, pids, bodies, r, args, f"serve-{r}") for r in args.rates]
+        tag = variant.replace("+", "-").replace("@", "-")
+        return [measured(url, pids, bodies, r, args, f"{tag}-{r}") for r in rates]
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def make_onnx(out: Path) -> None:
@@ -308,17 +384,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", help="an ONNX bundle (gridrl export --checkpoint, or --make-onnx)")
     ap.add_argument("--make-onnx", type=Path, help="write an untrained PPO ONNX bundle here and exit")
-    ap.add_argument("--rates", default="100,500", help="request rates, req/s (default 100,500)")
-    ap.add_argument("--duration", type=float, default=60.0, help="seconds per rate (default 60)")
-    ap.add_argument("--servers", default="serve,plain,service", help="which servers (default all three)")
-    ap.add_argument("--max-inflight", type=int, default=256, help="bound on concurrent requests")
+    ap.add_argument("--rates", default="100,400", help="request rates, req/s (default 100,400)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds per rate (default 30)")
+    ap.add_argument(
+        "--servers",
+        default="serve:default,plain",
+        help="servers, in order: serve:VARIANT (" + ", ".join(VARIANTS) + "), plain, service",
+    )
+    ap.add_argument("--sites", type=int, default=1, help="distinct site ids the requests cycle over")
+    ap.add_argument("--app-args", default="", help="JSON of extra ServeConfig keys for the Serve app")
+    ap.add_argument("--max-inflight", type=int, default=512, help="bound on concurrent requests")
     ap.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, s")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_serve" / "results.json")
-    ap.add_argument("--server", choices=["plain", "service"], help=argparse.SUPPRESS)
+    ap.add_argument("--server", choices=["plain", "service", "serve"], help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="default", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--log-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.server == "serve":
+        host_serve(args.variant, args.bundle, args.port, args.log_dir, json.loads(args.app_args or "{}"))
+        return
     if args.server:
         run_server(args.server, args.bundle, args.port, args.log_dir)
         return
@@ -327,42 +413,43 @@ def main() -> None:
         return
     if not args.bundle:
         ap.error("--bundle is required")
-    args.rates = [float(r) for r in args.rates.split(",")]
-    bodies = make_bodies(100, 60, args.seed)
-    results: dict = {"bundle": args.bundle, "rates": args.rates, "duration_s": args.duration, "servers": {}}
-    load0 = os.getloadavg()
+    rates = [float(r) for r in args.rates.split(",")]
+    bodies = make_bodies(args.sites, 60, args.seed)
+    results: dict = {"bundle": args.bundle, "sites": args.sites, "duration_s": args.duration, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.servers.split(","):
-            t0 = time.perf_counter()
-            log_dir = str(Path(tmp) / kind)
-            runs = (
-                bench_serve(args.bundle, bodies, args, log_dir)
-                if kind == "serve"
-                else bench_subprocess(kind, args.bundle, bodies, args, log_dir)
-            )
-            results["servers"][kind] = runs
-            print(f"[bench] {kind}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    results["loadavg_before"] = [round(v, 2) for v in load0]
-    results["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
+            log_dir = str(Path(tmp) / kind.replace(":", "-"))
+            if kind.startswith("serve:"):
+                runs = bench_serve(kind.split(":", 1)[1], args.bundle, bodies, args, log_dir, rates)
+            else:
+                runs = bench_subprocess(kind, args.bundle, bodies, args, log_dir, rates)
+            for r in runs:
+                results["runs"].append({"server": kind, **r})
     results["cpus"] = os.cpu_count()
-    head = ("server", "rate", "sent", "err%", "p50 ms", "p99 ms", "max ms", "cpu ms/req")
-    print("{:8} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10}".format(*head))
-    for kind, runs in results["servers"].items():
-        for r in runs:
-            row = (
-                kind,
-                r["rate"],
-                r["sent"],
-                round(100 * r["error_rate"], 2),
-                r["p50_ms"],
-                r["p99_ms"],
-                r["max_ms"],
-                r["server_cpu_ms_per_request"],
-            )
-            print("{:8} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10}".format(*(str(v) for v in row)))
+    print_table(results["runs"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results))
+
+
+def print_table(runs: list[dict]) -> None:
+    head = ("server", "sites", "rate", "sent", "err%", "p50 ms", "p99 ms", "max ms", "cpu ms/req", "load1")
+    fmt = "{:16} {:>5} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10} {:>6}"
+    print(fmt.format(*head))
+    for r in runs:
+        row = (
+            r["server"],
+            r.get("sites", ""),
+            r["rate"],
+            r["sent"],
+            round(100 * r["error_rate"], 2),
+            r["p50_ms"],
+            r["p99_ms"],
+            r["max_ms"],
+            r["server_cpu_ms_per_request"],
+            r["loadavg_before"][0],
+        )
+        print(fmt.format(*(str(v) for v in row)))
 
 
 if __name__ == "__main__":
