@@ -28,7 +28,7 @@ import inspect
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from envs.config import ConfigError, load_yaml
 
@@ -47,12 +47,16 @@ BUILDER_METHODS = (
 class GridrlSettings:
     """The ``gridrl:`` section: settings of the run that are not RLlib builder calls."""
 
-    domain: str = "export"
+    domain: Literal["export", "citylearn"] = "export"
     """Domain of the config: export or citylearn (decides the evaluator and the bundle)."""
     init_from: str | None = None
     """A checkpoint whose RLModule weights initialise this one (CQL from BC), matched by parameter name."""
     eval_days: int = 2
     """Held-out days ``gridrl evaluate`` uses by default."""
+
+    def __post_init__(self) -> None:
+        if self.eval_days < 1:
+            raise ValueError(f"eval_days: must be >= 1, got {self.eval_days}")
 
 
 @dataclass

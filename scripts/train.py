@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scripts.flags import SEED, float_in, int_at_least  # range-checked where parsed (issue 21)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -19,25 +21,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="training YAML, e.g. rllib_configs/export/ppo.yaml")
     stop = p.add_argument_group("stop criteria (first reached wins; default 10 iterations)")
-    stop.add_argument("--stop-iters", type=int, default=None, help="training iterations")
-    stop.add_argument("--stop-timesteps", type=int, default=None, help="sampled env steps")
-    stop.add_argument("--time-budget", type=float, default=None, metavar="S", help="wall-clock seconds")
-    p.add_argument("--seed", type=int, default=0, help="seed of envs, networks and sampling")
+    stop.add_argument("--stop-iters", type=int_at_least(1), default=None, help="training iterations")
+    stop.add_argument("--stop-timesteps", type=int_at_least(1), default=None, help="sampled env steps")
+    stop.add_argument("--time-budget", type=float_in(0, lo_open=True), default=None, metavar="S", help="wall-clock seconds")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of envs, networks and sampling")
     p.add_argument("--storage-path", default="runs", help="root of checkpoints and logs (default ./runs)")
     p.add_argument("--name", default=None, help="experiment name (default: the config file's stem)")
     p.add_argument("--dataset", default=None, help="dataset directory from `gridrl data build` (offline configs)")
     p.add_argument("--model", default=None, help="forward-model checkpoint or run dir, for ${model} (model-env configs)")
     p.add_argument("--init-from", default=None, help="initialise the policy from this checkpoint or run dir (CQL from BC)")
-    p.add_argument("--num-env-runners", type=int, default=None, help="override env_runners.num_env_runners")
-    p.add_argument("--num-learners", type=int, default=None, help="override learners.num_learners")
-    p.add_argument("--num-gpus-per-learner", type=float, default=None,
+    p.add_argument("--num-env-runners", type=int_at_least(0), default=None, help="override env_runners.num_env_runners")
+    p.add_argument("--num-learners", type=int_at_least(0), default=None, help="override learners.num_learners")
+    p.add_argument("--num-gpus-per-learner", type=float_in(0), default=None,
                    help="override learners.num_gpus_per_learner (default: 1 if this process sees a GPU)")
-    p.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N iterations (default 1)")
+    p.add_argument("--checkpoint-every", type=int_at_least(1), default=1, help="checkpoint every N iterations (default 1)")
     p.add_argument("--resume", action="store_true", help="continue the run --name under --storage-path")
     p.add_argument("--eval-only", action="store_true", help="only evaluate the run's last checkpoint against the PI")
-    p.add_argument("--max-failures", type=int, default=0, help="restart a crashed trial from its checkpoint N times")
+    p.add_argument("--max-failures", type=int_at_least(0), default=0, help="restart a crashed trial from its checkpoint N times")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded local Ray (default 2)")
+    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded local Ray (default 2)")
     return p
 
 

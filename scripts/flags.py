@@ -1,0 +1,88 @@
+"""Flag types that range-check a value where argparse parses it, so the error names the flag the user typed.
+
+    p.add_argument("--days", type=int_at_least(1))
+    p.add_argument("--hours", type=float_in(1 / 60, 24))
+
+A bad value ends like any argparse error: ``gridrl simulate: error: argument --hours: must be within
+[0.0167, 24], got 30`` and exit status 2, before any work starts. Checks that involve two flags (a window
+that must fit in a day) are :func:`check_window`'s, and name both flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def int_at_least(lo: int) -> Callable[[str], int]:
+    """An integer >= ``lo``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable[[str], float]:
+    """A finite number within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+        if not ok:
+            left = "(" if lo_open else "["
+            bounds = f"> {lo:g}" if hi == math.inf and lo_open else f">= {lo:g}"
+            if hi != math.inf:
+                bounds = f"within {left}{lo:.4g}, {hi:g}]"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+SEED = int_at_least(0)
+"""``--seed``: a non-negative integer (NumPy's seed sequences take no negative seeds)."""
+HOURS = float_in(1 / 60, 24)
+"""``--hours`` of a simulated day: one minute to 24 h."""
+START_H = float_in(0, 24)
+"""``--start-h``: a local hour of the day."""
+
+
+def check_window(
+    hours: float, start_h: float, hours_flag: str = "--hours", start_flag: str = "--start-h"
+) -> str | None:
+    """The message for a window that does not fit in a day (None if it fits), naming both flags."""
+    if start_h + hours > 24 + 1e-9:
+        return (
+            f"{start_flag} {start_h:g} + {hours_flag} {hours:g} ends after midnight: the window must fit in "
+            f"one day (start + hours <= 24)"
+        )
+    return None
+
+
+class FlagError(ValueError):
+    """A flag's value is refused after parsing (it depends on another flag or on a file); names the flag."""
+
+    def __init__(self, flag: str, problem: str) -> None:
+        self.flag, self.problem = flag, problem
+        super().__init__(f"{flag}: {problem}")
+
+
+def flag_error(exc: Exception, flags: dict[str, str]) -> FlagError | None:
+    """A ConfigError about a field that came from a flag (``flags``: field -> flag), in the flag's name."""
+    field = getattr(exc, "field", None)
+    if getattr(exc, "source", None) == "command line" and field in flags:
+        return FlagError(flags[field], exc.problem)  # type: ignore[attr-defined]
+    return None
