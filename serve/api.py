@@ -31,7 +31,7 @@ from pydantic import (
 
 from envs.actions import ACTION_NAMES
 from envs.state_spec import FEAT, FEATURE_HIGH, FEATURE_LOW, FEATURE_NAMES, N_FEATURES, SPEC_VERSION
-from serve.config import Mode
+from serve.config import MODES, Mode
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -206,7 +206,12 @@ class ModeChange(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"anyOf": [{"required": ["mode"]}, {"required": ["rollout_pct"]}]},
+        json_schema_extra={  # at least one of them, not null
+            "anyOf": [
+                {"required": ["mode"], "properties": {"mode": {"enum": list(MODES)}}},
+                {"required": ["rollout_pct"], "properties": {"rollout_pct": {"type": "number"}}},
+            ]
+        },
     )
     mode: Mode | None = Field(None, description="shadow, ab, rollout or production")
     rollout_pct: FiniteFloat | None = Field(None, ge=0.0, le=100.0)

@@ -16,7 +16,8 @@ GET /admin/status    bearer  control state with its history (and per-site settin
 POST /admin/mode     bearer  ``{"mode": ..., "rollout_pct": ..., "site_id": ...}``: the deployment's
                              default, or one site's; clears an automatic rollback
 POST /admin/bundle   bearer  ``{"bundle": PATH, "site_id": ...}``: verified, then served (the default,
-                             or one site's); refused (404 no bundle there, 422 does not fit) otherwise
+                             or one site's); refused (404 no bundle there, 409 does not verify or
+                             does not fit) otherwise
 POST /admin/rollback bearer  switch to the PI now, recording ``reason``
 POST /admin/flush    bearer  seal and compact this replica's log (and any dead replica's)
 ===================  ======  ============================================================================
@@ -269,7 +270,12 @@ class PolicyServer:
 
     @app.post(
         "/admin/bundle",
-        responses={**_ERRORS, **_ADMIN_ERRORS, 404: {"description": "no bundle at that path"}},
+        responses={
+            **_ERRORS,
+            **_ADMIN_ERRORS,
+            404: {"description": "no bundle at that path"},
+            409: {"description": "bundle refused: it does not verify, or does not fit the sites"},
+        },
         openapi_extra={**_body_schema(BundleSwap), **_ADMIN},
     )
     async def admin_bundle(self, request: Request) -> Any:

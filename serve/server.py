@@ -60,7 +60,7 @@ _NO_FIGURES = {
 
 
 class AdminError(ValueError):
-    """An admin request that cannot be carried out (HTTP 404/409/422); the message says why."""
+    """An admin request that cannot be carried out (HTTP 404 or 409); the message says why."""
 
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
@@ -413,7 +413,8 @@ class PolicyService:
 
     def verify_bundle(self, path: str, site_id: str | None = None) -> Runtime:
         """Load and check a bundle for the deployment's default or for ``site_id`` (blocking: run it in a
-        worker thread). AdminError 404 (no bundle there) or 422 (refused), the old bundle serving on."""
+        worker thread). AdminError 404 (no bundle there) or 409 (refused: it does not verify or does not
+        fit), the old bundle serving on."""
         self.sync(force=True)
         view = site_view(self.control, site_id) if site_id is not None else None
         serving = (
@@ -424,7 +425,7 @@ class PolicyService:
         try:
             rt = load_runtime(path)
         except BundleError as exc:
-            status = 404 if "not found" in str(exc) else 422
+            status = 404 if "not found" in str(exc) else 409
             raise AdminError(f"bundle refused, {serving} keeps serving: {exc}", status) from exc
         if view is None or view.own_bundle:
             current = self.default_runtime if view is None else self.cache.get(view.bundle_sha256)
@@ -433,7 +434,8 @@ class PolicyService:
             if current is not None and cur_w is not None and new_w is not None and abs(cur_w - new_w) > 1e-9:
                 raise AdminError(
                     f"bundle refused, {serving} keeps serving: {path}: action bound {new_w} W per phase, but "
-                    f"the site(s) are served with {cur_w} W (bundle {current.path})"
+                    f"the site(s) are served with {cur_w} W (bundle {current.path})",
+                    409,
                 )
         self.cache.put(rt)
         return rt

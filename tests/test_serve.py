@@ -455,9 +455,9 @@ def test_bad_bundle_swap_is_refused_while_serving_continues(server, tmp_path):
     try:
         time.sleep(1.0)
         refusals = {
-            "tampered": (tampered, 422, "manifest_sha256 mismatch"),
+            "tampered": (tampered, 409, "manifest_sha256 mismatch"),
             "missing": (tmp_path / "nope", 404, "not found"),
-            "another action bound": (wider, 422, "action bound 9000.0 W"),
+            "another action bound": (wider, 409, "action bound 9000.0 W"),
         }
         for name, (path, status, needle) in refusals.items():
             r = server.admin("bundle", {"bundle": str(path)})
@@ -622,3 +622,92 @@ def test_killed_replica_recovers_and_every_acknowledged_decision_is_logged(serve
     victims = compacted.filter(compacted["replica"] == replica_of[victim])["key"].to_list()
     assert any(k in acked for k in victims), "the killed replica had acknowledged nothing: nothing was tested"
     server.set_mode("shadow")
+
+
+# --- the fleet: per-site bundles, modes, hot swap, the bound on loaded bundles
+
+
+def _site_bundle(root: Path, kind: str, rate_w: float) -> Path:
+    """A baseline bundle of its own (another rate limit: another manifest sha256)."""
+    path = root / f"{kind}-{int(rate_w)}"
+    if not path.exists():
+        export_baseline(kind, path, safety={"max_rate_w_per_s": rate_w})
+    return path
+
+
+def _expected(bundle: Path, state: list[float], time_s: float, policy_routed: bool) -> list[float]:
+    """What a fresh session of ``bundle`` answers for its first state (it resumes from the state)."""
+    from serve.bundle import load_bundle
+    from serve.session import SiteSession
+
+    served = SiteSession(load_bundle(bundle)).decide(np.asarray(state), time_s, policy_routed)
+    return [round(float(a), 3) for a in served.sent_w]
+
+
+@pytest.mark.smoke
+def test_two_sites_with_their_own_bundles_and_modes_get_their_own_sources_and_actions(server, tmp_path):
+    server.set_mode("shadow")
+    rbc, pi = _site_bundle(tmp_path, "rbc", 3000.0), _site_bundle(tmp_path, "pi", 3100.0)
+    for site, bundle, mode in (("own-a", rbc, "production"), ("own-b", pi, "shadow")):
+        r = server.admin("bundle", {"bundle": str(bundle), "site_id": site, "reason": "fleet test"})
+        assert r.status_code == 200 and r.json()["site_id"] == site, r.text
+        assert server.admin("mode", {"mode": mode, "site_id": site}).status_code == 200
+    time.sleep(0.5)
+    a, b, c = (server.act(7, s).json() for s in ("own-a", "own-b", "own-c"))  # own-c: the default
+    assert (a["source"], a["mode"], a["model_version"].split(":")[0]) == ("policy", "production", "rbc")
+    assert (b["source"], b["mode"], b["model_version"].split(":")[0]) == ("pi", "shadow", "pi")
+    assert (c["source"], c["mode"], c["model_version"].split(":")[0]) == ("pi", "shadow", "policy")
+    body = server.body(7)
+    assert a["action_w"] == _expected(rbc, body["state"], body["time_s"], True)
+    assert b["action_w"] == _expected(pi, body["state"], body["time_s"], False)
+    assert a["action_w"] != b["action_w"], "the two sites' own controllers answered alike"
+    sites = server.admin("status").json()["control"]["sites"]
+    assert sites["own-a"]["mode"] == "production" and sites["own-a"]["bundle"] == str(rbc)
+    # the log and the metrics say which bundle and mode served each site
+    time.sleep(0.3)
+    d = _decisions(server)
+    got = {r["site_id"]: (r["model_version"][:3], r["mode"]) for r in d.filter(
+        d["site_id"].is_in(["own-a", "own-b"])).iter_rows(named=True)}  # fmt: skip
+    assert got == {"own-a": ("rbc", "production"), "own-b": ("pi:", "shadow")}
+
+
+@pytest.mark.smoke
+def test_a_site_hot_swap_under_traffic_drops_no_request(server, tmp_path):
+    server.set_mode("production")
+    rbc, pi = _site_bundle(tmp_path, "rbc", 3200.0), _site_bundle(tmp_path, "pi", 3300.0)
+    traffic = Traffic(server, "hot")
+    traffic.start()
+    try:
+        wait_for(lambda: len(traffic.acked) > 20, 30, "no traffic")
+        for bundle in (rbc, pi, rbc):
+            r = server.admin("bundle", {"bundle": str(bundle), "site_id": "hot-0"})
+            assert r.status_code == 200, r.text
+            n = len(traffic.acked)
+            wait_for(lambda n=n: len(traffic.acked) > n + 40, 30, "no traffic after a swap")
+    finally:
+        traffic.stop()
+    assert not traffic.failed, traffic.failed[:5]
+    by_site: dict[str, list[str]] = {}
+    for rid in sorted(traffic.acked, key=lambda k: int(k.rsplit("-", 1)[1])):
+        a = traffic.acked[rid]
+        by_site.setdefault(a["site_id"], []).append(a["model_version"].split(":")[0])
+    assert by_site["hot-0"][-1] == "rbc" and "pi" in by_site["hot-0"], "the swapped site did not switch"
+    assert {v for s, vs in by_site.items() if s != "hot-0" for v in vs} == {"policy"}, "other sites changed"
+
+
+@pytest.mark.smoke
+def test_loaded_bundles_stay_within_the_bound(server, tmp_path):
+    server.set_mode("shadow")
+    bundles = [_site_bundle(tmp_path, "pi", 2000.0 + 10 * i) for i in range(2 * MAX_BUNDLES)]
+    for i, b in enumerate(bundles):
+        assert server.admin("bundle", {"bundle": str(b), "site_id": f"lru-{i}"}).status_code == 200
+    time.sleep(0.5)
+    seen: dict[int, dict] = {}
+    for rnd in range(3):
+        for i in range(len(bundles)):
+            r = server.act(rnd * len(bundles) + i, f"lru-{i}")
+            assert r.status_code == 200 and r.json()["model_version"].startswith("pi:"), r.text
+            h = requests.get(f"{server.url}/healthz", timeout=10).json()
+            seen[h["pid"]] = h
+            assert len(h["bundles"]["loaded"]) <= MAX_BUNDLES, h["bundles"]
+    assert sum(h["bundles"]["evictions"] for h in seen.values()) > 0, "nothing was ever dropped: no test"

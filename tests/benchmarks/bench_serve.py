@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,13 +204,18 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def measured(url: str, pids: list[int], bodies, rate: float, args, tag: str) -> dict:
     """One load run, with the CPU time the server processes spent per answered request."""
+    sites = {b["site_id"]: b for b in bodies}
+    if args.warmup:  # every site's first request (a session, its metric series): not steady state
+        warm = list(sites.values())
+        asyncio.run(load(url, warm, rate, len(warm) / rate, args.max_inflight, args.timeout, f"warm-{tag}"))
+        time.sleep(1.0)
     load0 = os.getloadavg()
     c0 = cpu_seconds(pids)
     out = asyncio.run(load(url, bodies, rate, args.duration, args.max_inflight, args.timeout, tag))
     used = cpu_seconds(pids) - c0
     out["server_cpu_s"] = round(used, 2)
     out["server_cpu_ms_per_request"] = round(1e3 * used / max(out["ok"], 1), 3)
-    out["sites"] = len({b["site_id"] for b in bodies})
+    out["sites"] = len(sites)
     out["loadavg_before"] = [round(v, 2) for v in load0]
     out["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]
     return out
@@ -273,6 +279,9 @@ VARIANTS = {
 def host_serve(variant: str, bundle: str, port: int, log_dir: str, extra: dict) -> None:
     """The subprocess of one Serve variant: start, print the processes to measure, serve until SIGTERM."""
     env_kw, args = VARIANTS[variant.split("@")[0]]
+    for kv in variant.split("@")[1:]:  # serve:VARIANT@key=value: a ServeConfig key (num_replicas=2...)
+        k, v = kv.split("=", 1)
+        args = {**args, k: json.loads(v)}
     import ray
     from ray import serve
 
@@ -360,7 +369,7 @@ def bench_serve(variant: str, bundle: str, bodies, args, log_dir: str, rates: li
             raise RuntimeError(f"serve variant {variant} did not start")
         pids = json.loads(line)["pids"]
         url = f"http://127.0.0.1:{port}/act"
-        tag = variant.replace("+", "-").replace("@", "-")
+        tag = re.sub(r"[^A-Za-z0-9_.:-]", "-", variant)  # request ids: serve/api.py ID_PATTERN
         return [measured(url, pids, bodies, r, args, f"{tag}-{r}") for r in rates]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -393,6 +402,9 @@ def main() -> None:
     )
     ap.add_argument("--sites", type=int, default=1, help="distinct site ids the requests cycle over")
     ap.add_argument("--app-args", default="", help="JSON of extra ServeConfig keys for the Serve app")
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="1: each site's first request before the measured run (default)"
+    )
     ap.add_argument("--max-inflight", type=int, default=512, help="bound on concurrent requests")
     ap.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, s")
     ap.add_argument("--seed", type=int, default=0)
