@@ -3,28 +3,47 @@
 Every reader returns the same frame: the stream's columns, typed as in offline_data/schemas.py, plus
 
 * ``_file`` (str) and ``_row`` (int64, 0-based data row in the file): where the row came from;
-* ``_raw`` (str): the row as read, as JSON, for the quarantine;
+* ``_raw`` (str): the row's values as read, as JSON, for the quarantine;
+* ``_off``, ``_len`` (int64): text formats: where the row's exact bytes are in the file (without the
+  newline; :func:`line_bytes` reads them back for the quarantine); null for Parquet;
+* ``_defect`` (str): a problem of the row as a whole, or null: ``bad_encoding`` (bytes that are not
+  UTF-8), ``too_few_fields`` / ``too_many_fields`` (a CSV row with fewer or more fields than the header;
+  a blank line has none), ``malformed_row`` (a CSV row whose quotes do not close), ``not_json`` (a JSON
+  Lines line that is not a JSON object);
 * ``_bad_<col>`` (bool) per column: a value was present but could not be parsed as the column's type;
 * ``_truncated`` (bool): the row is the last line of a text file that does not end with a newline.
 
-File-level problems (missing file or column, a column of the wrong type, an empty file) raise
-:class:`RawLogError`, whose message names the file and the column. Row-level problems are left to the
-validator, which quarantines the row with a reason.
+A text row is one line: a quoted CSV field may not hold a newline. File-level problems (a missing file or
+column, a column of the wrong type, an empty or unreadable file, a partition folder that is not a date)
+raise :class:`RawLogError`, whose message names the file and the column. Row-level problems are left to
+the validator, which quarantines the row with a reason and its original bytes.
 """
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
+from envs.outputs import OutputKind
 from offline_data.schemas import STREAMS, TS_FORMAT, Stream
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _GARBAGE_TOKENS = r"(-?NaN|-?Infinity|-?inf|nan)"
+_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+# A raw-log folder: RAW/site.yaml and RAW/<stream>/date=YYYY-MM-DD/ (one is enough to recognise it).
+RAW_OUTPUT = OutputKind(
+    "raw logs (site.yaml, <stream>/date=YYYY-MM-DD/)", ("site.yaml", *STREAMS, "_defects"), any_entry=True
+)
+ROW_DEFECTS = ("bad_encoding", "too_few_fields", "too_many_fields", "malformed_row", "not_json")
 
 
 class RawLogError(ValueError):
@@ -60,15 +79,21 @@ def discover(raw: Path) -> dict[str, dict[str, list[RawFile]]]:
         RawLogError: ``raw`` is missing, holds no partition at all, or a day lacks one of the streams.
     """
     raw = Path(raw)
+    if raw.exists() and not raw.is_dir():
+        raise RawLogError(raw, None, "is a file; the raw logs are a folder (RAW/<stream>/date=YYYY-MM-DD/)")
     if not raw.is_dir():
         raise RawLogError(raw, None, "raw-log folder not found")
     days: dict[str, dict[str, list[RawFile]]] = {}
     for name in STREAMS:
         sdir = raw / name
-        if not sdir.is_dir():
+        if not sdir.exists():
             continue
+        if not sdir.is_dir():
+            raise RawLogError(
+                sdir, None, f"is a file; stream {name} is a folder of date=YYYY-MM-DD partitions"
+            )
         for part in sorted(sdir.glob("date=*")):
-            date = part.name.split("=", 1)[1]
+            date = partition_date(part)
             for f in sorted(part.iterdir()):
                 fmt = FORMATS.get(f.suffix.lower())
                 if fmt is None or not f.is_file():
@@ -95,11 +120,32 @@ def discover(raw: Path) -> dict[str, dict[str, list[RawFile]]]:
     return dict(sorted(days.items()))
 
 
+def partition_date(part: Path) -> str:
+    """The date of a partition folder ``date=YYYY-MM-DD``; a RawLogError naming it if it is not one."""
+    m = _PARTITION.fullmatch(part.name)
+    try:
+        if m is None:
+            raise ValueError
+        dt.date.fromisoformat(m.group(1))
+    except ValueError:
+        raise RawLogError(
+            part,
+            None,
+            f"partition folder name {part.name!r} is not date=YYYY-MM-DD with a real calendar date",
+        ) from None
+    if not part.is_dir():
+        raise RawLogError(part, None, "is a file; a day partition is a folder holding the day's files")
+    return m.group(1)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as exc:
+        raise RawLogError(path, None, f"cannot be read ({exc.strerror})") from exc
     return h.hexdigest()
 
 
@@ -200,58 +246,222 @@ def _check_header(f: RawFile, stream: Stream, present: list[str]) -> None:
             )
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise RawLogError(path, None, f"cannot be read ({exc.strerror})") from exc
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A text file split into lines: line ``i`` is ``data[starts[i]:ends[i]]`` (newline and CR excluded)."""
+
+    data: bytes
+    starts: np.ndarray
+    ends: np.ndarray
+    utf8: bool  # the whole file decodes as UTF-8
+
+    @classmethod
+    def of(cls, data: bytes) -> _Text:
+        a = np.frombuffer(data, np.uint8)
+        nl = np.flatnonzero(a == 10)
+        starts = np.concatenate([[0], nl + 1]).astype(np.int64)
+        ends = np.concatenate([nl, [len(a)]]).astype(np.int64)
+        if starts[-1] == len(a):  # the file ends with a newline: no line after it
+            starts, ends = starts[:-1], ends[:-1]
+        cr = (ends > starts) & (a[np.maximum(ends - 1, 0)] == 13) if len(a) else np.zeros(0, bool)
+        ends = ends - cr
+        try:
+            data.decode("utf-8")
+            utf8 = True
+        except UnicodeDecodeError:
+            utf8 = False
+        return cls(data, starts, ends, utf8)
+
+    @property
+    def n(self) -> int:
+        return len(self.starts)
+
+    def count(self, byte: int) -> np.ndarray:
+        """Occurrences of ``byte`` in each line."""
+        pos = np.flatnonzero(np.frombuffer(self.data, np.uint8) == byte)
+        return np.searchsorted(pos, self.ends) - np.searchsorted(pos, self.starts)
+
+    def decoded(self) -> tuple[list[str], np.ndarray]:
+        """Each line as text (U+FFFD where bytes are not UTF-8) and which lines are not UTF-8."""
+        lines, bad = [], np.zeros(self.n, bool)
+        for i, (s, e) in enumerate(zip(self.starts.tolist(), self.ends.tolist(), strict=True)):
+            b = self.data[s:e]
+            try:
+                lines.append(b.decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.append(b.decode("utf-8", "replace"))
+                bad[i] = True
+        if lines and lines[0].startswith("\ufeff"):  # a byte-order mark
+            lines[0] = lines[0][1:]
+        return lines, bad
+
+    def lines(self) -> pl.Series:
+        """Every line as text (the whole file is UTF-8)."""
+        if b"\x1f" not in self.data and b"\r" not in self.data:  # polars' reader, one field per line
+            s = pl.read_csv(
+                self.data, has_header=False, separator="\x1f", quote_char=None, schema={"line": pl.String},
+                missing_utf8_is_empty_string=True,
+            )["line"]  # fmt: skip
+            if s.len() == self.n:
+                return s.str.strip_prefix("\ufeff")
+        lines = self.data.decode("utf-8").removeprefix("\ufeff").split("\n")[: self.n]
+        s = pl.Series("line", lines, dtype=pl.String)
+        return s.str.strip_suffix("\r") if b"\r" in self.data else s
+
+    def places(self, first: int = 0) -> dict[str, pl.Series]:
+        """``_off`` and ``_len`` of lines ``first``.. (where the quarantine finds a row's bytes again)."""
+        return {
+            "_off": pl.Series("_off", self.starts[first:], dtype=pl.Int64),
+            "_len": pl.Series("_len", self.ends[first:] - self.starts[first:], dtype=pl.Int64),
+        }
+
+
+def line_bytes(rows: pl.DataFrame, paths: dict[str, Path]) -> pl.Series:
+    """The exact bytes of text rows (``_file``, ``_off``, ``_len``; null offsets give null), reading each
+    file once."""
+    out: list[bytes | None] = [None] * rows.height
+    for file, idx in rows.with_row_index("_i").filter(pl.col("_off").is_not_null()).group_by("_file"):
+        data = _read_bytes(paths[file[0]])
+        for i, off, n in idx.select("_i", "_off", "_len").iter_rows():
+            out[i] = data[off : off + n]
+    return pl.Series("line", out, dtype=pl.Binary)
+
+
+def _csv_header(f: RawFile, text: _Text) -> list[str]:
+    head = text.data[text.starts[0] : text.ends[0]]
+    try:
+        line = head.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        raise RawLogError(f.path, None, "the header row is not UTF-8 text") from None
+    try:
+        return [h.strip() for h in next(csv.reader([line], strict=True), [])]
+    except csv.Error as exc:
+        raise RawLogError(f.path, None, f"the header row is not CSV ({exc})") from exc
+
+
+def _csv_rows_slowly(lines: list[str], header: list[str], stream: Stream) -> tuple[pl.DataFrame, np.ndarray]:
+    """Python's csv module, one line at a time (quotes, or lines that are not UTF-8): values and field
+    counts (-1: quotes that do not close)."""
+    cols: dict[str, list[str | None]] = {c: [] for c in stream.names}
+    where = {c: header.index(c) for c in stream.names}
+    counts = np.zeros(len(lines), np.int64)
+    for i, line in enumerate(lines):
+        try:
+            fields = next(csv.reader([line], strict=True), [])
+            counts[i] = len(fields)
+        except csv.Error:
+            fields, counts[i] = [], -1
+        for c, k in where.items():
+            cols[c].append(fields[k] if k < len(fields) else None)
+    return pl.DataFrame(cols, schema={c: pl.String for c in stream.names}), counts
+
+
 def _read_csv(f: RawFile, stream: Stream) -> pl.DataFrame:
     if f.size == 0:
         raise RawLogError(f.path, None, "empty input: the file is empty (no header, no rows)")
-    df = pl.read_csv(
-        f.path, infer_schema=False, row_index_name="_row", quote_char='"', truncate_ragged_lines=True
+    text = _Text.of(_read_bytes(f.path))
+    if text.n == 0:
+        raise RawLogError(f.path, None, "empty input: the file is empty (no header, no rows)")
+    header = _csv_header(f, text)
+    _check_header(f, stream, header)
+    n = text.n - 1
+    quoted = text.n > 1 and text.data.find(b'"', int(text.starts[1])) != -1
+    df = None
+    if n == 0:  # a header alone: no rows
+        df, counts = pl.DataFrame(schema={c: pl.String for c in stream.names}), np.zeros(0, np.int64)
+    elif text.utf8 and not quoted:
+        fields = text.count(ord(",")) + 1
+        fields[text.ends == text.starts] = 0  # a blank line has no field
+        counts = fields[1:]
+        schema = {f"_c{i}": pl.String for i in range(len(header))}
+        df = pl.read_csv(
+            text.data, has_header=False, skip_rows=1, schema=schema, quote_char=None,
+            truncate_ragged_lines=True,
+        )  # fmt: skip
+        if df.height == n:
+            df = df.select(pl.col(f"_c{header.index(c)}").alias(c) for c in stream.names)
+        else:  # polars split the lines differently: read them one by one
+            df = None
+    bad = np.zeros(n, bool)
+    if df is None:
+        lines, bad_all = text.decoded()
+        df, counts = _csv_rows_slowly(lines[1:], header, stream)
+        bad = bad_all[1:]
+    width = len(header)
+    defect = np.full(n, None, dtype=object)
+    defect[counts < width] = "too_few_fields"
+    defect[counts > width] = "too_many_fields"
+    defect[counts == -1] = "malformed_row"
+    defect[bad] = "bad_encoding"
+    df = df.with_columns(
+        pl.Series("_row", np.arange(n), dtype=pl.Int64),
+        pl.Series("_defect", defect.tolist(), dtype=pl.String),
+        **text.places(1),
     )
-    _check_header(f, stream, df.columns)
-    return _parse_text(stream, df.select("_row", *stream.names))
+    return _parse_text(stream, df)
 
 
 def _read_jsonl(f: RawFile, stream: Stream) -> pl.DataFrame:
     if f.size == 0:
         raise RawLogError(f.path, None, "empty input: the file is empty")
-    lines = pl.scan_csv(
-        f.path,
-        has_header=False,
-        separator="\x1f",
-        quote_char=None,
-        infer_schema=False,
-        new_columns=["line"],
-        row_index_name="_row",
-    )
+    text = _Text.of(_read_bytes(f.path))
+    if text.utf8:
+        lines, bad = text.lines(), np.zeros(text.n, bool)
+    else:
+        decoded, bad = text.decoded()
+        lines = pl.Series("line", decoded, dtype=pl.String)
     # Bare NaN / Infinity (as Python's json writes them) are not JSON: quote them so that they reach the
     # validator as values, like any other non-finite number.
     fixed = pl.col("line").str.replace_all(r"(:\s*)" + _GARBAGE_TOKENS + r"(\s*[,}])", '$1"$2"$3')
+    frame = pl.DataFrame({"_row": np.arange(text.n), "line": lines}, schema_overrides={"_row": pl.Int64})
+    frame = frame.with_columns(fixed.alias("line"))
     dtype = pl.Struct({c.name: pl.String for c in stream.columns})
-    lf = lines.with_columns(fixed.alias("line"))
+    not_object = ~pl.col("line").str.strip_chars().str.starts_with("{")
     try:
-        decoded = lf.with_columns(pl.col("line").str.json_decode(dtype)).unnest("line").collect()
+        if bad.any():
+            raise pl.exceptions.ComputeError("lines that are not UTF-8")
+        decoded_df = frame.with_columns(
+            pl.when(not_object).then(pl.lit("not_json")).alias("_defect"),
+            pl.col("line").str.json_decode(dtype),
+        ).unnest("line")
     except pl.exceptions.ComputeError:
-        decoded = _decode_lines_slowly(lf.collect(), stream)
-    keys = _json_keys_present(decoded, stream)
-    _check_header(f, stream, keys)
-    return _parse_text(stream, decoded.select("_row", *stream.names))
+        decoded_df = _decode_lines_slowly(frame, stream)
+    decoded_df = decoded_df.with_columns(
+        pl.when(pl.Series(bad)).then(pl.lit("bad_encoding")).otherwise(pl.col("_defect")).alias("_defect"),
+        **text.places(0),
+    )
+    _check_header(f, stream, _json_keys_present(decoded_df.filter(pl.col("_defect").is_null()), stream))
+    return _parse_text(stream, decoded_df.select("_row", "_off", "_len", "_defect", *stream.names))
 
 
 def _decode_lines_slowly(lines: pl.DataFrame, stream: Stream) -> pl.DataFrame:
-    """Line-by-line fallback when some line is not JSON at all; such a line decodes to all-empty values."""
-    import json
-
+    """Line-by-line fallback when some line is not a JSON object: it decodes to all-empty values and
+    ``_defect`` = ``not_json``."""
     out: dict[str, list] = {c: [] for c in stream.names}
+    defect: list[str | None] = []
     for line in lines["line"]:
         try:
             obj = json.loads(line)
             if not isinstance(obj, dict):
                 raise ValueError
+            defect.append(None)
         except (ValueError, TypeError):
             obj = {}
+            defect.append("not_json")
         for c in stream.names:
             v = obj.get(c)
             out[c].append(None if v is None else (json.dumps(v) if not isinstance(v, str) else v))
-    return pl.DataFrame({"_row": lines["_row"], **out}, schema_overrides={c: pl.String for c in stream.names})
+    return pl.DataFrame(
+        {"_row": lines["_row"], "_defect": pl.Series(defect, dtype=pl.String), **out},
+        schema_overrides={c: pl.String for c in stream.names},
+    )
 
 
 def _json_keys_present(df: pl.DataFrame, stream: Stream) -> list[str]:
@@ -299,7 +509,15 @@ def _read_parquet(f: RawFile, stream: Stream) -> pl.DataFrame:
         exprs.append(typed.alias(c.name))
         flags.append((col.is_not_null() & typed.is_null()).alias(f"_bad_{c.name}"))
     raw = pl.struct([pl.col(c).cast(pl.String) for c in stream.names]).struct.json_encode().alias("_raw")
-    return lf.select("_row", *stream.names).with_columns(raw).with_columns(*exprs, *flags).collect()
+    try:
+        df = lf.select("_row", *stream.names).with_columns(raw).with_columns(*exprs, *flags).collect()
+    except Exception as exc:  # noqa: BLE001 - a corrupt page is a file-level error too
+        raise RawLogError(f.path, None, f"not a readable Parquet file ({type(exc).__name__}: {exc})") from exc
+    return df.with_columns(
+        pl.lit(None, pl.Int64).alias("_off"),
+        pl.lit(None, pl.Int64).alias("_len"),
+        pl.lit(None, pl.String).alias("_defect"),
+    )
 
 
 def read_raw(f: RawFile) -> pl.DataFrame:
@@ -321,6 +539,7 @@ def read_raw(f: RawFile) -> pl.DataFrame:
 
 def check_types(df: pl.DataFrame, f_paths: dict[str, Path], stream: Stream) -> None:
     """A column none of whose present values parse is of the wrong type: an error, not a quarantine."""
+    df = df.filter(pl.col("_defect").is_null())  # whole-row problems are quarantined, not typed
     for c in stream.columns:
         stats = df.group_by("_file").agg(
             present=pl.col(c.name).is_not_null().sum() + pl.col(f"_bad_{c.name}").sum(),

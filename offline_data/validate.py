@@ -1,10 +1,16 @@
 """Stage 1, validate: every raw row is either used or quarantined with a reason; two defects are repaired.
 
-Checks, in this order (a row gets the first reason that applies; ``column`` names the column):
+Checks, in this order (a row gets the first reason that applies; ``column`` names the column; ``line``
+keeps a text row's exact bytes, so a row that could not be read at all is kept as it was):
 
 | reason | rows |
 | --- | --- |
 | ``truncated_line`` | the last line of a text file that does not end with a newline |
+| ``bad_encoding`` | a text row with bytes that are not UTF-8 |
+| ``too_few_fields`` | a CSV row with fewer fields than the header (a blank line has none) |
+| ``too_many_fields`` | a CSV row with more fields than the header |
+| ``malformed_row`` | a CSV row whose quotes do not close |
+| ``not_json`` | a JSON Lines line that is not a JSON object |
 | ``missing_value`` | an empty value in a column that may not be empty |
 | ``non_numeric`` | a value that does not parse as its column's type (text, a bad timestamp, a bad bool) |
 | ``nan_value`` | NaN or infinite number |
@@ -36,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from offline_data.rawio import RawFile, RawLogError, check_types, read_raw
+from offline_data.rawio import RawFile, RawLogError, check_types, line_bytes, read_raw
 from offline_data.schemas import COMMANDS, METER, PI_STATE, STREAMS, Stream
 
 MAX_METER_W = 1e6
@@ -45,7 +51,7 @@ KW_WINDOW = 11
 KW_RATIO = 20.0
 KW_MAX = 100.0
 JUMP_MS = 2000
-QUARANTINE_COLUMNS = ("file", "row", "reason", "column", "raw")
+QUARANTINE_COLUMNS = ("file", "row", "reason", "column", "raw", "line")
 
 
 @dataclass
@@ -57,7 +63,8 @@ class Validated:
             ``_row``, ``second`` (meter: nearest second; PI: the second the cycle ran in; commands: the
             second it was sent) and ``repaired`` (null, or the repairs applied, comma-separated:
             ``clock_jump``, ``unit_kw``).
-        quarantine: ``file, row, reason, column, raw`` for every rejected row.
+        quarantine: ``file, row, reason, column, raw, line`` for every rejected row (``raw``: the values
+            as read, as JSON; ``line``: text formats, the row's exact bytes in the file).
         unknown_from: commands only: ``slave_id`` (null = any) and ``second`` from which a rejected command
             row makes the acknowledged state unknown (offline_data/align.py).
     """
@@ -79,11 +86,19 @@ def _first_reason(stream: Stream) -> tuple[pl.Expr, pl.Expr]:
         checks.append((pl.col(f"_bad_{c.name}"), "non_numeric", c.name))
     for name in stream.of_kind("float"):
         checks.append((pl.col(name).is_nan() | pl.col(name).is_infinite(), "nan_value", name))
-    checks.append((~pl.col("_raw").is_first_distinct(), "duplicate", None))
+    readable = pl.when(pl.col("_defect").is_null()).then(pl.col("_raw"))  # a broken row is nobody's copy
+    checks.append((readable.is_not_null() & ~readable.is_first_distinct(), "duplicate", None))
     reason, column = pl.lit(None, pl.String), pl.lit(None, pl.String)
-    for cond, r, col in reversed(checks):
+    for cond, r, col in reversed(checks[1:]):
         reason = pl.when(cond.fill_null(False)).then(pl.lit(r)).otherwise(reason)
         column = pl.when(cond.fill_null(False)).then(pl.lit(col, pl.String)).otherwise(column)
+    # A row that could not be read as a whole (rawio's _defect) gets that reason, after truncated_line.
+    defect = pl.col("_defect").is_not_null()
+    reason = pl.when(defect).then(pl.col("_defect")).otherwise(reason)
+    column = pl.when(defect).then(pl.lit(None, pl.String)).otherwise(column)
+    truncated = checks[0][0].fill_null(False)
+    reason = pl.when(truncated).then(pl.lit("truncated_line")).otherwise(reason)
+    column = pl.when(truncated).then(pl.lit(None, pl.String)).otherwise(column)
     return reason.alias("reason"), column.alias("column")
 
 
@@ -190,22 +205,21 @@ def validate_partition(name: str, files: list[RawFile], date: str) -> Validated:
     ok = _range_checks(name, ok, date)
     rest = df.filter(pl.col("reason").is_not_null())
     allrows = pl.concat([ok, rest], how="diagonal_relaxed")
-    quarantine = (
-        allrows.filter(pl.col("reason").is_not_null())
-        .sort("_file", "_row")
-        .select(
-            pl.col("_file").alias("file"),
-            pl.col("_row").alias("row"),
-            "reason",
-            "column",
-            pl.col("_raw").alias("raw"),
-        )
+    rejected = allrows.filter(pl.col("reason").is_not_null()).sort("_file", "_row")
+    quarantine = rejected.select(
+        pl.col("_file").alias("file"),
+        pl.col("_row").alias("row"),
+        "reason",
+        "column",
+        pl.col("_raw").alias("raw"),
+        line_bytes(rejected, {f.rel: f.path for f in files}),
     )
     valid = (
         allrows.filter(pl.col("reason").is_null())
         .sort("ts_ms", "_file", "_row")
         .drop(
-            [c for c in allrows.columns if c.startswith("_bad_")] + ["_raw", "_truncated", "reason", "column"]
+            [c for c in allrows.columns if c.startswith("_bad_")]
+            + ["_raw", "_off", "_len", "_defect", "_truncated", "reason", "column"]
         )
     )
     counts = {
