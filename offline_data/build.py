@@ -17,8 +17,14 @@ Stages (a progress bar each): ``scan`` (sha256 of every source file), ``validate
 are hard-linked); only new or changed day partitions go through validate, align and features. Split
 boundaries move with the data, so the split files are always rewritten from the cached steps.
 
-**Atomic.** Everything is built in a sibling folder ``.DATASET.building-*`` that replaces ``DATASET`` by a
-rename at the end; a failed build removes it and leaves the previous dataset as it was.
+**Atomic.** Everything is built in a sibling folder ``.DATASET.tmp-*`` that replaces ``DATASET`` by a
+rename at the end (envs/outputs.py); a failed build removes it and leaves the previous dataset as it was.
+``--out`` is checked first: a file, an unwritable path or a non-empty folder that is not a dataset is
+refused.
+
+**One site.** The manifest records the site the dataset was built with (name, file, sha256 of its
+settings). A rebuild with another site is refused, naming both, unless ``force`` (``--force``) asks for a
+build from scratch: the actions of earlier days would otherwise be scaled by another power limit.
 
 Memory: one day per worker and stage at a time (offline_data/stages.py); per-day files stream into the
 split writers. Peak memory does not grow with the number of days (tests/benchmarks/bench_offline_data.py
@@ -41,8 +47,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from envs.config import to_mapping
+from envs.outputs import OutputKind, check_output, staged_output
 from envs.reward import RewardWeights
-from envs.site import DEFAULT_SITE_PATH, load_site
+from envs.site import DEFAULT_SITE_PATH, Site, load_site
 from envs.state_spec import spec_dict
 from offline_data.align import AlignConfig
 from offline_data.progress import Progress
@@ -60,6 +67,9 @@ from offline_data.transitions import (
 
 PIPELINE_VERSION = "offline-data-1"
 DATASET_VERSION = "gridrl-dataset-v1"
+DATASET_OUTPUT = OutputKind(
+    "a gridrl dataset", ("manifest.json",), json_key=("manifest.json", "dataset_version")
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,12 @@ class BuildConfig:
             raise ValueError(f"split: three non-negative shares summing to 1, got {self.split}")
         if self.align.min_episode_s < 2:
             raise ValueError("align: min_episode_s must be >= 2 (an episode needs one step)")
+        for name in ("max_meter_staleness_s", "max_pi_staleness_s"):
+            if getattr(self.align, name) < 0:
+                raise ValueError(f"align: {name} must be >= 0, got {getattr(self.align, name)}")
+        for name in ("row_group_rows", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
 class BuildError(RuntimeError):
@@ -98,6 +114,23 @@ def _site_path(cfg: BuildConfig, raw: Path) -> Path:
     if cfg.site:
         return Path(cfg.site)
     return raw / "site.yaml" if (raw / "site.yaml").is_file() else DEFAULT_SITE_PATH
+
+
+def site_record(site: Site, path: Path) -> dict:
+    """What a dataset records of its site: name, file and the sha256 of its settings (not of the file's
+    bytes: a comment does not change a site)."""
+    body = json.dumps(to_mapping(site), sort_keys=True).encode()
+    return {"name": site.name, "path": str(path), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def _check_same_site(out: Path, old: dict, new: dict) -> None:
+    was = old.get("site")
+    if was and was.get("sha256") != new["sha256"]:
+        raise BuildError(
+            f"{out}: this dataset was built with site {was['name']!r} ({was['path']}); this build uses site "
+            f"{new['name']!r} ({new['path']}). Refusing to mix two sites in one dataset: build into another "
+            "--out, or pass --force to rebuild this one from scratch with the new site"
+        )
 
 
 def _hash_sources(days: dict, old: dict, enabled: bool) -> dict[str, dict]:
@@ -160,26 +193,33 @@ def build(
     command_line: list[str] | None = None,
     progress: bool = True,
     workers: int = 1,
+    force: bool = False,
 ) -> dict:
     """Build ``out`` from ``raw`` (see the module docstring); returns the manifest.
 
     ``workers`` > 1 runs the per-day stages in that many processes (offline_data/stages.py); the
     dataset is the same for any number of workers.
 
+    ``force`` rebuilds from scratch (nothing reused) and may replace a dataset of another site.
+
     Raises:
         RawLogError: a raw file cannot be used (the message names the file and the column).
-        BuildError: ``out`` exists and is not a gridrl dataset, or there is nothing to split.
+        OutputError: ``out`` is a file, cannot be written, or is a non-empty folder that is not a dataset.
+        BuildError: ``out`` is a dataset of another site, or there is nothing to split.
     """
     raw, out = Path(raw), Path(out)
     t_start = time.perf_counter()
     days = discover(raw)
-    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
-        raise BuildError(
-            f"{out}: exists and is not a gridrl dataset (no manifest.json); refusing to replace it"
-        )
-    old = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    out = check_output(out, DATASET_OUTPUT, update=True)
+    old = _old_manifest(out)
     site_path = _site_path(cfg, raw)
-    max_w = load_site(site_path).control.max_power_per_phase_w
+    site = load_site(site_path)
+    site_info = site_record(site, site_path)
+    if force:
+        old = {}
+    else:
+        _check_same_site(out, old, site_info)
+    max_w = site.control.max_power_per_phase_w
     settings = {
         "raw_schema": SCHEMA_VERSION,
         "spec": spec_dict()["sha256"],
@@ -187,10 +227,7 @@ def build(
         "reward": asdict(cfg.reward),
         "max_power_per_phase_w": max_w,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    try:
+    with staged_output(out, DATASET_OUTPUT, update=True) as tmp:
         manifest = _build_into(tmp, raw, out, days, old, cfg, settings, max_w, progress, workers)
         manifest.update(
             {
@@ -200,6 +237,7 @@ def build(
                 "pipeline_version": PIPELINE_VERSION,
                 "state_spec": {"version": spec_dict()["version"], "sha256": spec_dict()["sha256"]},
                 "transition_schema": {f.name: str(f.type) for f in TRANSITION_SCHEMA},
+                "site": site_info,
                 "command_line": command_line or [],
                 "seed": seed,
                 "config": to_mapping(cfg) | {"site_resolved": str(site_path)},
@@ -208,22 +246,18 @@ def build(
             }
         )
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
-def _swap(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` by renames; the old dataset is removed once the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _old_manifest(out: Path) -> dict:
+    path = out / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BuildError(f"{path}: the previous dataset's manifest cannot be read ({exc})") from exc
+    return old if isinstance(old, dict) else {}
 
 
 def _build_into(
@@ -287,8 +321,7 @@ def _split_and_write(
     counts = [(d, info[d]["features"]["steps"]) for d in order]
     if sum(n for _, n in counts) < 2:
         raise BuildError(
-            "no episode survived validation and alignment: nothing to split "
-            "(see quarantine/ and the align counts)"
+            f"no episode survived validation and alignment: nothing to split. {_why_empty(tmp, info)}"
         )
     with Progress("split", 1, "step", progress) as bar:
         cuts = boundaries(counts, cfg.split, lambda d: _read_steps(tmp, d, ["second"])["second"].to_numpy())
@@ -316,6 +349,38 @@ def _split_and_write(
         s["time_span"] = [_iso(x) for x in s.pop("time_span_s")]
     (tmp / "normalization.json").write_text(json.dumps(stats.normalization(), indent=2) + "\n")
     return _manifest(days, info, keys, todo, reuse, sources, split_info, cuts, dropped)
+
+
+def _why_empty(tmp: Path, info: dict) -> str:
+    """What the quarantine and the alignment say, for a build that is left with nothing (the quarantine
+    folder goes with the failed build, so the message carries it)."""
+    parts = []
+    for name in STREAMS:
+        rows_in = sum(i["validate"][name]["rows_in"] for i in info.values())
+        reasons: dict[str, int] = {}
+        for i in info.values():
+            for r, n in i["validate"][name]["quarantined_by_reason"].items():
+                reasons[r] = reasons.get(r, 0) + n
+        if reasons:
+            top = ", ".join(f"{r} {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+            parts.append(f"{name}: {sum(reasons.values())} of {rows_in} rows quarantined ({top})")
+    dropped: dict[str, int] = {}
+    for i in info.values():
+        for r, n in i["align"].get("dropped_seconds", {}).items():
+            dropped[r] = dropped.get(r, 0) + n
+    if dropped:
+        parts.append(
+            "alignment dropped seconds: " + ", ".join(f"{r} {n}" for r, n in sorted(dropped.items()))
+        )
+    first = sorted(tmp.glob("quarantine/*/date=*.parquet"))
+    for path in first:
+        q = pq.read_table(path, columns=["file", "row", "reason", "column"]).slice(0, 1).to_pylist()
+        if q:
+            r = q[0]
+            col = f", column {r['column']}" if r["column"] else ""
+            parts.append(f"first quarantined row: {r['file']} row {r['row']}: {r['reason']}{col}")
+            break
+    return "; ".join(parts) or "no rows were quarantined; the episodes were shorter than --min-episode"
 
 
 def _manifest(

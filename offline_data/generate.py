@@ -13,14 +13,23 @@ recorded) and writes the three streams of offline_data/schemas.py, each on its o
 Each simulated day is a fresh start of the site (controller cycle counter at 0, slaves at 0 W); the
 generator writes it into the partition of its local date. Defects are then injected at ``--defects``
 (offline_data/defects.py) and recorded in ``RAW/_defects/date=YYYY-MM-DD.jsonl``. A day depends only on
-``(seed, date, window, defect rate, format, site)``: generating more days into the same folder rewrites
-the earlier days byte for byte, so an incremental build sees them unchanged.
+``(seed, date, window, defect rate, format, site)``: generating more days into the same folder leaves the
+earlier days as they are (they would be the same bytes), so an incremental build sees them unchanged.
+
+**Nothing the folder holds is overwritten.** ``RAW`` is checked first (envs/outputs.py: a file, an
+unwritable path or a non-empty folder that is not a raw-log folder is refused). A raw folder holds one
+site: generating with another site than ``RAW/site.yaml`` (or, without it, the shipped default site the
+build would assume) is refused, naming both. The days are written into a temporary folder and moved in
+only once all are simulated; a day that ``RAW`` already holds with other content (another seed, window,
+defect rate or format) is refused unless ``force``, which replaces those days whole.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,14 +40,17 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from envs.config import to_mapping
 from envs.controllers import PIController
 from envs.export_env import ExportEnvConfig
-from envs.profiles import DAY_S
+from envs.outputs import OutputError, check_output, staged_output, swap_in
+from envs.profiles import DAY_S, SCENARIOS
 from envs.rollout import Trace, rollout
 from envs.simulator import EV_APPLIED, EV_SENT, EV_SEQ, EV_SLAVE, EV_VALUE
 from envs.site import DEFAULT_SITE_PATH, Site, load_site
 from envs.state_spec import FEAT
 from offline_data import defects
+from offline_data.rawio import RAW_OUTPUT
 from offline_data.schemas import COMMANDS, METER, PI_STATE, STREAMS, arrow_schema
 
 EXT = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl"}
@@ -84,6 +96,14 @@ class GenerateConfig:
             )
         if not 0 <= self.defects <= 0.2:
             raise ValueError(f"defects: must be within [0, 0.2], got {self.defects}")
+        if self.start_hour is not None and not 0 <= self.start_hour < 24:
+            raise ValueError(f"start_hour: must be within [0, 24), got {self.start_hour}")
+        if self.seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed}")
+        if self.scenario != "random" and self.scenario not in SCENARIOS:
+            raise ValueError(
+                f"scenario: must be 'random' or one of {', '.join(SCENARIOS)}, got {self.scenario!r}"
+            )
 
     @property
     def episode_s(self) -> int:
@@ -282,28 +302,118 @@ def write_day(
     return sidecar
 
 
-def generate(cfg: GenerateConfig, out: Path, progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Simulate and write ``cfg.days`` days under ``out``; returns a summary (rows and defects per stream)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def generate(
+    cfg: GenerateConfig,
+    out: Path,
+    progress: Callable[[int, int, str], None] | None = None,
+    force: bool = False,
+) -> dict:
+    """Simulate and write ``cfg.days`` days under ``out``; returns a summary (rows and defects per stream).
+
+    Raises:
+        OutputError: ``out`` is refused (see the module docstring): it names the path and, for another site,
+            both sites; for a day held with other content, the file.
+    """
+    out = check_output(out, RAW_OUTPUT, update=True)
     site_path = Path(cfg.site) if cfg.site else DEFAULT_SITE_PATH
     site = load_site(cfg.site)
-    shutil.copyfile(site_path, out / "site.yaml")
+    check_raw_site(out, site, site_path)
     summary: dict = {"days": [], "rows": {}, "defects": {}}
-    for i, date in enumerate(cfg.dates()):
-        trace, streams = simulate_day(cfg, site, date)
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, date.timetuple().tm_yday, 1]))
-        jump = str(rng.choice(defects.JUMP_STREAMS)) if cfg.defects > 0 else None
-        sidecar = write_day(cfg, out, date, streams, jump, rng)
-        sdir = out / "_defects"
-        sdir.mkdir(exist_ok=True)
-        (sdir / f"date={date.isoformat()}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sidecar))
-        summary["days"].append({"date": date.isoformat(), "scenario": trace.scenario, "time0": trace.time0})
-        for name, df in streams.items():
-            summary["rows"][name] = summary["rows"].get(name, 0) + df.height
-        for r in sidecar:
-            key = f"{r['stream']}:{r['kind']}"
-            summary["defects"][key] = summary["defects"].get(key, 0) + 1
-        if progress:
-            progress(i + 1, cfg.days, date.isoformat())
+
+    def commit(tmp: Path, dst: Path) -> None:
+        merge_raw(tmp, dst, force)
+
+    with staged_output(out, RAW_OUTPUT, update=True, commit=commit) as tmp:
+        shutil.copyfile(site_path, tmp / "site.yaml")
+        for i, date in enumerate(cfg.dates()):
+            trace, streams = simulate_day(cfg, site, date)
+            rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, date.timetuple().tm_yday, 1]))
+            jump = str(rng.choice(defects.JUMP_STREAMS)) if cfg.defects > 0 else None
+            sidecar = write_day(cfg, tmp, date, streams, jump, rng)
+            sdir = tmp / "_defects"
+            sdir.mkdir(exist_ok=True)
+            (sdir / f"date={date.isoformat()}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in sidecar)
+            )
+            summary["days"].append(
+                {"date": date.isoformat(), "scenario": trace.scenario, "time0": trace.time0}
+            )
+            for name, df in streams.items():
+                summary["rows"][name] = summary["rows"].get(name, 0) + df.height
+            for r in sidecar:
+                key = f"{r['stream']}:{r['kind']}"
+                summary["defects"][key] = summary["defects"].get(key, 0) + 1
+            if progress:
+                progress(i + 1, cfg.days, date.isoformat())
     return summary
+
+
+def check_raw_site(out: Path, site: Site, site_path: Path) -> None:
+    """Refuse to add logs of ``site`` to a raw folder that holds another site's (naming both)."""
+    held = out / "site.yaml"
+    if held.is_file():
+        old, where = load_site(held), f"{held} is site {{name!r}}"
+    elif out.is_dir() and any((out / s).exists() for s in STREAMS):
+        old = load_site(None)
+        where = f"{out} holds raw logs without site.yaml, read by the build as the default site {{name!r}}"
+    else:
+        return
+    if old == site:
+        return
+    a, b = to_mapping(old), to_mapping(site)
+    differ = ", ".join(k for k in a if a[k] != b.get(k))
+    raise OutputError(
+        out,
+        where.format(name=old.name)
+        + f"; --site {site_path} is site {site.name!r} (they differ in: {differ}). "
+        "A raw folder holds the logs of one site (the build scales every day's actions by its power limit): "
+        "refusing to mix them; generate into another --out",
+    )
+
+
+_DATE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
+
+
+def merge_raw(tmp: Path, out: Path, force: bool = False) -> None:
+    """Move newly generated days from ``tmp`` into the raw folder ``out``; checks every file first.
+
+    A file that ``out`` already holds with the same bytes is left alone; one with other bytes, or a day
+    partition that holds other files (another format), is a conflict: refused, or with ``force`` the
+    conflicting days are replaced whole (every stream and the defect sidecar).
+    """
+    if not out.exists() or not any(out.iterdir()):
+        swap_in(tmp, out)
+        return
+    files = [p.relative_to(tmp) for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != "site.yaml"]
+    conflicts: list[Path] = []
+    for rel in files:
+        target = out / rel
+        if target.exists() and (not target.is_file() or target.read_bytes() != (tmp / rel).read_bytes()):
+            conflicts.append(rel)
+    for part in sorted(tmp.glob("*/date=*")):
+        held = out / part.relative_to(tmp)
+        if held.is_dir():
+            extra = sorted({x.name for x in held.iterdir()} - {x.name for x in part.iterdir()})
+            conflicts += [part.relative_to(tmp) / x for x in extra]
+    conflicts.sort(key=lambda rel: (rel.parts[0] == "_defects", str(rel)))  # name a log file first
+    days = sorted({m.group(1) for rel in conflicts if (m := _DATE.search(str(rel)))})
+    if conflicts and not force:
+        raise OutputError(
+            out,
+            f"{out / conflicts[0]} already holds other logs of {', '.join(days)} (generated with another "
+            "--seed, --hours, --start-hour, --defects, --scenario or --format, or real logs); refusing to "
+            "overwrite them: generate into another --out, or pass --force to replace those days",
+        )
+    for day in days:
+        for name in STREAMS:
+            shutil.rmtree(out / name / f"date={day}", ignore_errors=True)
+        (out / "_defects" / f"date={day}.jsonl").unlink(missing_ok=True)
+    for rel in files:
+        target = out / rel
+        if target.exists():
+            continue  # the same bytes
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / rel, target)
+    if not (out / "site.yaml").exists():
+        os.replace(tmp / "site.yaml", out / "site.yaml")
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,22 @@ import sys
 from pathlib import Path
 
 from envs.config import ConfigError, from_mapping, load_yaml, to_mapping
+from envs.outputs import OutputError
+from envs.profiles import SCENARIOS
+from scripts.flags import HOURS, SEED, FlagError, flag_error, float_in, int_at_least
+
+# GenerateConfig field -> the flag it comes from (messages name what the user typed).
+GENERATE_FLAGS = {
+    "site": "--site",
+    "days": "--days",
+    "start_date": "--start-date",
+    "seed": "--seed",
+    "defects": "--defects",
+    "fmt": "--format",
+    "hours": "--hours",
+    "start_hour": "--start-hour",
+    "scenario": "--scenario",
+}
 
 STORAGE_ENV = "GRIDRL_STORAGE"
 
@@ -44,7 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "recorded in RAW/_defects/date=YYYY-MM-DD.jsonl.",
     )
     g.add_argument("--site", default=None, help="site YAML (default: the shipped default site)")
-    g.add_argument("--days", type=int, default=1, help="number of consecutive days to simulate (default 1)")
+    g.add_argument(
+        "--days", type=int_at_least(1), default=1, help="number of consecutive days to simulate (default 1)"
+    )
     g.add_argument(
         "--start-date",
         default="2025-06-01",
@@ -52,13 +70,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=SEED,
         default=0,
         help="root seed; a day's logs depend only on (seed, date, window, defects, format, site)",
     )
     g.add_argument(
         "--defects",
-        type=float,
+        type=float_in(0, 0.2),
         default=0.0,
         help="defect rate: share of rows with a row-level defect, and the scale of gaps, clock jumps "
         "and truncated lines (see offline_data/defects.py; default 0 = clean logs)",
@@ -72,23 +90,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     g.add_argument(
         "--hours",
-        type=float,
+        type=HOURS,
         default=24.0,
         help="simulated hours per day, for short runs (default 24 = whole days)",
     )
     g.add_argument(
         "--start-hour",
-        type=float,
+        type=float_in(0, 24),
         default=None,
         help="local start hour of a shorter window (default 0 for whole days, else 10)",
     )
     g.add_argument(
         "--scenario",
         default="random",
-        help="weather of every day: clear, broken_clouds, overcast, summer, winter or random "
-        "(default: drawn per day)",
+        choices=[*SCENARIOS, "random"],
+        help="weather of every day (default random: drawn per day)",
     )
-    g.add_argument("--out", type=Path, default=store / "raw", help=f"output folder (default {store / 'raw'})")
+    g.add_argument(
+        "--out",
+        type=Path,
+        default=store / "raw",
+        help=f"raw-log folder; new days are added, nothing held is overwritten (default {store / 'raw'})",
+    )
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="replace days that --out already holds with other content (never another site's folder)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
     b = sub.add_parser(
@@ -114,7 +142,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="YAML with BuildConfig keys (offline_data/build.py); flags given here override it",
     )
-    b.add_argument("--lookahead", type=int, default=None, help="k of the k-step lookahead target (default 5)")
+    b.add_argument(
+        "--lookahead", type=int_at_least(1), default=None, help="k of the k-step lookahead target (default 5)"
+    )
     b.add_argument(
         "--split", default=None, help="train,val,test shares in time order (default 0.7,0.15,0.15)"
     )
@@ -125,32 +155,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     b.add_argument(
         "--max-meter-staleness",
-        type=int,
+        type=int_at_least(0),
         default=None,
         help="seconds a meter reading may be held before the episode ends (default 10)",
     )
     b.add_argument(
         "--max-pi-staleness",
-        type=int,
+        type=int_at_least(0),
         default=None,
         help="seconds a PI cycle may be forward-filled before the episode ends (default 2)",
     )
     b.add_argument(
-        "--min-episode", type=int, default=None, help="shortest episode kept, in seconds (default 2)"
+        "--min-episode",
+        type=int_at_least(2),
+        default=None,
+        help="shortest episode kept, in seconds (default 2)",
     )
     b.add_argument(
         "--seed",
-        type=int,
+        type=SEED,
         default=0,
         help="recorded in the manifest; the build itself draws no random numbers",
     )
     b.add_argument(
         "--workers",
-        type=int,
+        type=int_at_least(0),
         default=1,
         help="processes for the per-day stages (default 1; 0 = the CPUs available, at most 4). "
         "The dataset does not depend on it. On 2 shared cores, 2 workers were not faster than 1 "
         "(tests/benchmarks/bench_offline_data.py)",
+    )
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild from scratch, replacing a dataset at --out even if it was built with another site",
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -170,7 +208,7 @@ def _build_config(args: argparse.Namespace):
         try:
             overrides["split"] = list(parse_fractions(args.split))
         except ValueError as exc:
-            raise ConfigError("command line", "split", str(exc).split(": ", 1)[-1]) from exc
+            raise FlagError("--split", str(exc).split(": ", 1)[-1]) from exc
     if args.site is not None:
         overrides["site"] = args.site
     for flag, key in (
@@ -186,30 +224,18 @@ def _build_config(args: argparse.Namespace):
 def _generate(args: argparse.Namespace) -> int:
     from offline_data.generate import GenerateConfig, generate
 
-    cfg = from_mapping(
-        GenerateConfig,
-        {
-            k: getattr(args, k)
-            for k in (
-                "site",
-                "days",
-                "start_date",
-                "seed",
-                "defects",
-                "fmt",
-                "hours",
-                "start_hour",
-                "scenario",
-            )
-        },
-        source="command line",
-    )
+    try:
+        cfg = from_mapping(
+            GenerateConfig, {k: getattr(args, k) for k in GENERATE_FLAGS}, source="command line"
+        )
+    except ConfigError as exc:
+        raise flag_error(exc, GENERATE_FLAGS) or exc from exc
 
     def progress(i: int, n: int, date: str) -> None:
         if not args.quiet:
             print(f"generate   {i}/{n} days  {date}", file=sys.stderr, flush=True)
 
-    summary = generate(cfg, args.out, progress)
+    summary = generate(cfg, args.out, progress, force=args.force)
     print(json.dumps({"out": str(args.out), **summary}, indent=2))
     return 0
 
@@ -227,6 +253,7 @@ def _build(args: argparse.Namespace) -> int:
         command_line=["gridrl", *sys.argv[1:]],
         progress=not args.quiet,
         workers=args.workers if args.workers > 0 else default_workers(),
+        force=args.force,
     )
     report = {
         "out": str(args.out),
@@ -245,6 +272,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return _generate(args) if args.data_command == "generate" else _build(args)
-    except (ConfigError, RawLogError, BuildError) as exc:
+    except (ConfigError, RawLogError, BuildError, OutputError, FlagError) as exc:
         print(f"gridrl data {args.data_command}: error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 import offline_data.build as build_mod
-from offline_data.build import BuildConfig, BuildError, build
+from envs.outputs import OutputError
+from offline_data.build import BuildConfig, build
 from offline_data.generate import GenerateConfig, generate
 from offline_data.rawio import RawLogError
 from scripts.cli import main
@@ -132,7 +133,7 @@ def test_refuses_to_replace_a_folder_that_is_not_a_dataset(raw, tmp_path):
     out = tmp_path / "precious"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(BuildError, match="not a gridrl dataset"):
+    with pytest.raises(OutputError, match="does not hold a gridrl dataset"):
         build(raw, out, BuildConfig(), progress=False)
     assert (out / "notes.txt").read_text() == "keep me"
 
