@@ -7,7 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from envs.outputs import OutputKind, staged_output
 from envs.profiles import SCENARIOS
+from scripts.flags import HOURS, SEED, START_H, check_window, float_in, int_at_least
+
+# What `gridrl edge` writes (always): how a folder of its results is recognised.
+EDGE_OUTPUT = OutputKind("the results of gridrl edge", ("metrics.json", "checks.json", "decisions.jsonl"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,10 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--bundle", required=True, help="bundle directory (gridrl export)")
     p.add_argument("--site", default=None, help="site YAML (default: the shipped default site)")
-    p.add_argument("--days", type=int, default=1, help="number of days (default 1)")
-    p.add_argument("--hours", type=float, default=24.0, help="hours per day from --start-h (default 24)")
+    p.add_argument("--days", type=int_at_least(1), default=1, help="number of days (default 1)")
+    p.add_argument("--hours", type=HOURS, default=24.0, help="hours per day from --start-h (default 24)")
     p.add_argument(
-        "--start-h", type=float, default=0.0, help="start of each day's window, local hour (default 0)"
+        "--start-h", type=START_H, default=0.0, help="start of each day's window, local hour (default 0)"
     )
     p.add_argument(
         "--scenario",
@@ -36,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=[*SCENARIOS, "random"],
         help="weather (default broken_clouds)",
     )
-    p.add_argument("--seed", type=int, default=0, help="selects the days: the same seed gives the same days")
+    p.add_argument("--seed", type=SEED, default=0, help="selects the days: the same seed gives the same days")
     p.add_argument(
         "--days-of",
         choices=["evaluate", "simulate"],
@@ -44,10 +49,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="whose days --seed selects: gridrl evaluate's held-out days (default) or gridrl simulate's",
     )
     p.add_argument(
-        "--log-max-mb", type=float, default=5.0, help="rotate the decision log at this size (default 5 MB)"
+        "--log-max-mb",
+        type=float_in(0, lo_open=True),
+        default=5.0,
+        help="rotate the decision log at this size (default 5 MB)",
     )
-    p.add_argument("--log-backups", type=int, default=3, help="rotated decision logs kept (default 3)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--log-backups", type=int_at_least(0), default=3, help="rotated decision logs kept (default 3)"
+    )
+    p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
+    p.add_argument("--force", action="store_true", help="replace an earlier `gridrl edge` result at --out")
     return p
 
 
@@ -62,22 +73,23 @@ def day_seeds(seed: int, days: int, days_of: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from serve.edge import run_simulated
 
-    if args.days < 1:
-        print("gridrl edge: --days must be >= 1", file=sys.stderr)
+    if problem := check_window(args.hours, args.start_h):
+        print(f"gridrl edge: {problem}", file=sys.stderr)
         return 2
     try:
-        results = run_simulated(
-            args.bundle,
-            args.out,
-            day_seeds(args.seed, args.days, args.days_of),
-            args.site,
-            args.scenario,
-            int(round(args.hours * 3600)),
-            int(round(args.start_h * 3600)),
-            int(args.log_max_mb * 1e6),
-            args.log_backups,
-        )
-    except (ValueError, FileNotFoundError) as exc:  # BundleError, ConfigError name the file
+        with staged_output(args.out, EDGE_OUTPUT, force=args.force) as tmp:
+            results = run_simulated(
+                args.bundle,
+                tmp,
+                day_seeds(args.seed, args.days, args.days_of),
+                args.site,
+                args.scenario,
+                int(round(args.hours * 3600)),
+                int(round(args.start_h * 3600)),
+                max(1, int(args.log_max_mb * 1e6)),
+                args.log_backups,
+            )
+    except (ValueError, FileNotFoundError) as exc:  # OutputError, BundleError, ConfigError name the file
         print(f"gridrl edge: {exc}", file=sys.stderr)
         return 2
     for name, metrics in results.items():

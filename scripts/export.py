@@ -7,6 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from envs.outputs import OutputKind, staged_output
+from scripts.flags import SEED, int_at_least
+
+# A bundle folder (serve/bundle.py): manifest.json naming its controller.
+BUNDLE_OUTPUT = OutputKind("a gridrl bundle", ("manifest.json",), json_key=("manifest.json", "controller"))
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -28,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     what.add_argument(
         "--controller", choices=["pi", "rbc"], help="a baseline instead: the PI or the rule-based controller"
     )
-    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--out", required=True, help="bundle directory to create (written whole, or not at all)")
     p.add_argument(
         "--site",
         default=None,
@@ -44,14 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="evaluation metrics JSON to record in the manifest (e.g. gridrl evaluate's)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the parity states (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the parity states (default 0)")
     p.add_argument(
         "--parity-states",
-        type=int,
+        type=int_at_least(1),
         default=1000,
         help="states for the ONNX/torch parity check (default 1000)",
     )
-    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out (a bundle only)")
     return p
 
 
@@ -62,35 +68,39 @@ def _read_json(path: str | None, what: str) -> dict | None:
     if not p.is_file():
         raise FileNotFoundError(f"{what} file not found: {p}")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{p}: not valid JSON: {exc}") from exc
+        data = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} {p}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {p}: expected a JSON object of metrics, got {type(data).__name__}")
+    return data
 
 
 def run(args: argparse.Namespace) -> int:
     from envs.config import load_yaml
     from serve.bundle import export_baseline, export_checkpoint, load_bundle
 
+    if args.controller and args.metrics:
+        print("gridrl export: --metrics applies to --checkpoint (a baseline has no evaluation)", file=sys.stderr)
+        return 2
     try:
         safety = load_yaml(args.safety) if args.safety else None
-        if args.controller:
-            manifest = export_baseline(
-                args.controller, args.out, args.site, safety, args.safety or "safety", args.force
-            )
-        else:
-            evaluation = _read_json(args.metrics, "--metrics")
-            manifest = export_checkpoint(
-                args.checkpoint,
-                args.out,
-                safety,
-                args.safety or "safety",
-                evaluation,
-                args.seed,
-                args.parity_states,
-                args.force,
-            )
-        load_bundle(args.out)  # what was written must load
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:  # ConfigError, BundleError
+        evaluation = _read_json(args.metrics, "--metrics")
+        with staged_output(args.out, BUNDLE_OUTPUT, force=args.force) as tmp:
+            if args.controller:
+                manifest = export_baseline(args.controller, tmp, args.site, safety, args.safety or "safety")
+            else:
+                manifest = export_checkpoint(
+                    args.checkpoint,
+                    tmp,
+                    safety,
+                    args.safety or "safety",
+                    evaluation,
+                    args.seed,
+                    args.parity_states,
+                )
+            load_bundle(tmp)  # what was written must load, before it replaces anything
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:  # Output/Config/BundleError
         print(f"gridrl export: {exc}", file=sys.stderr)
         return 2
     summary = {

@@ -12,10 +12,15 @@ import polars as pl
 
 from envs.export_env import ExportEnvConfig
 from envs.metrics import METRICS, add_gap_closed, metrics_of_record
+from envs.outputs import OutputKind, staged_output
 from envs.plots import plot_day
 from envs.profiles import SCENARIOS
 from envs.rollout import BASELINES, make_controller, rollout
 from envs.site import DEFAULT_SITE_PATH
+from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
+
+# What `gridrl simulate` writes (always): how a folder of its results is recognised.
+SIMULATE_OUTPUT = OutputKind("the results of gridrl simulate", ("metrics.json", "traces", "day_000.png"))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,23 +32,40 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "({controller: {metric: value}}), a trace Parquet per controller and a PNG per day."
         ),
     )
-    p.add_argument("--site", default=str(DEFAULT_SITE_PATH), help="site YAML (default: the shipped default site)")
-    p.add_argument("--controllers", default="pi,oracle,zero", help=f"comma-separated, from {','.join(BASELINES)}")
-    p.add_argument("--days", type=int, default=1, help="number of days to simulate (default 1)")
     p.add_argument(
-        "--scenario", default="broken_clouds", choices=[*SCENARIOS, "random"],
+        "--site", default=str(DEFAULT_SITE_PATH), help="site YAML (default: the shipped default site)"
+    )
+    p.add_argument(
+        "--controllers", default="pi,oracle,zero", help=f"comma-separated, from {','.join(BASELINES)}"
+    )
+    p.add_argument("--days", type=int_at_least(1), default=1, help="number of days to simulate (default 1)")
+    p.add_argument(
+        "--scenario",
+        default="broken_clouds",
+        choices=[*SCENARIOS, "random"],
         help="weather of the days (default broken_clouds: a cloudy day; random: drawn per day)",
     )
-    p.add_argument("--hours", type=float, default=24.0, help="simulate only this many hours from midnight + --start-h")
-    p.add_argument("--start-h", type=float, default=0.0, help="start of the window, local hour (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same days and traces")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--hours", type=HOURS, default=24.0, help="simulate only this many hours from midnight + --start-h"
+    )
+    p.add_argument("--start-h", type=START_H, default=0.0, help="start of the window, local hour (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed: the same seed gives the same days and traces")
+    p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier `gridrl simulate` result at --out"
+    )
     return p
 
 
 def simulate(
-    site: str, controllers: list[str], days: int, scenario: str, seed: int, out: Path,
-    episode_s: int = 86_400, start_s: int = 0,
+    site: str,
+    controllers: list[str],
+    days: int,
+    scenario: str,
+    seed: int,
+    out: Path,
+    episode_s: int = 86_400,
+    start_s: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Run the controllers and write metrics, traces and plots under ``out``. Returns the metrics."""
     out.mkdir(parents=True, exist_ok=True)
@@ -61,7 +83,9 @@ def simulate(
             day_traces[name] = frame
             print(
                 f"[simulate] day {d + 1}/{days} ({tr.scenario}, day-of-year {tr.day_of_year}) "
-                f"{name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True,
+                f"{name}: {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
             )
         plot_day(day_traces, out / f"day_{d:03d}.png", f"day {d} ({scenario}), seed {seed}")
     results = {}
@@ -91,19 +115,21 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 def run(args: argparse.Namespace) -> int:
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
     unknown = [c for c in controllers if c not in BASELINES]
-    if unknown:
-        print(f"gridrl simulate: unknown controller(s) {unknown}; known: {', '.join(BASELINES)}", file=sys.stderr)
+    if unknown or not controllers:
+        what = f"unknown controller(s) {unknown}" if unknown else "no controller given"
+        print(f"gridrl simulate: --controllers: {what}; known: {', '.join(BASELINES)}", file=sys.stderr)
         return 2
-    if args.days < 1:
-        print("gridrl simulate: --days must be >= 1", file=sys.stderr)
+    if problem := check_window(args.hours, args.start_h):
+        print(f"gridrl simulate: {problem}", file=sys.stderr)
         return 2
     episode_s = int(round(args.hours * 3600))
     start_s = int(round(args.start_h * 3600))
     try:
-        results = simulate(
-            args.site, controllers, args.days, args.scenario, args.seed, Path(args.out), episode_s, start_s
-        )
-    except ValueError as exc:  # includes ConfigError: names the file and field
+        with staged_output(args.out, SIMULATE_OUTPUT, force=args.force) as tmp:
+            results = simulate(
+                args.site, controllers, args.days, args.scenario, args.seed, tmp, episode_s, start_s
+            )
+    except ValueError as exc:  # OutputError, and ConfigError naming the file and field
         print(f"gridrl simulate: {exc}", file=sys.stderr)
         return 2
     print(format_table(results))
