@@ -1,7 +1,12 @@
-"""``gridrl citylearn``: build the mall's CityLearn schema, evaluate controllers on any CityLearn schema.
+"""``gridrl citylearn``: build the mall's CityLearn schema; evaluate and train on any CityLearn schema.
 
 gridrl citylearn build-schema --site envs/sites/iquitos_mall.yaml --out runs/mall [--days 3] [--seed 0]
 gridrl citylearn evaluate --schema runs/mall/schema.json --out runs/mall_eval [--days 7] [--policy CKPT]
+gridrl citylearn train --schema PATH [--algo ppo|a2c|sac] [--time-budget S] [--evaluate]
+
+Any CityLearn 3.0.2 schema.json works: gridrl's reward replaces the schema's own ``reward_function`` (a
+warning says so), legacy entries CityLearn 3.0.2 cannot load are dropped with a warning naming them, and a
+schema that cannot run offline is refused with one line naming the file and the entry (exit status 2).
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 from envs.config import ConfigError
 
@@ -26,6 +33,8 @@ SUMMARY_KPIS = (
     "co2_emitted_kg",
     "co2_indirect_reduction_kg",
     "co2_direct_reduction_kg",
+    "ev_departure_shortfall_kwh",
+    "limit_violations",
     "episode_return",
 )
 
@@ -82,6 +91,56 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--co2-factor", type=float, default=0.4521, help="kg CO2 per kWh imported (default 0.4521)"
     )
     e.add_argument("--plot-days", type=int, default=7, help="days shown in dispatch.png (default 7)")
+
+    t = sub.add_parser(
+        "train",
+        help="train PPO, A2C or SAC on any CityLearn schema (rllib_configs/citylearn/<algo>.yaml)",
+        description="Train a policy on any CityLearn 3.0.2 schema with the settings of "
+        "rllib_configs/citylearn/<algo>.yaml (or --config), through the runner of `gridrl train`: weekly "
+        "episodes, held-out weeks never trained on, RBC-residual actions. The last stdout line is JSON.",
+    )
+    t.add_argument("--schema", required=True, help="schema.json or its folder")
+    t.add_argument("--algo", choices=["ppo", "a2c", "sac"], default="ppo", help="algorithm (default ppo)")
+    t.add_argument(
+        "--config", default=None, help="training YAML instead of rllib_configs/citylearn/<algo>.yaml"
+    )
+    t.add_argument(
+        "--episode-steps", type=int, default=None, help="steps per episode (default: the config's)"
+    )
+    t.add_argument(
+        "--holdout-weeks",
+        default=None,
+        help="comma-separated 0-based weeks never trained on, or 'none' (default: the config's)",
+    )
+    t.add_argument(
+        "--start-step", type=int, default=None, help="first simulated step (default: the schema's)"
+    )
+    t.add_argument("--end-step", type=int, default=None, help="last simulated step (default: the schema's)")
+    t.add_argument(
+        "--action-mode",
+        choices=["direct", "rbc_residual"],
+        default=None,
+        help="policy actions go to CityLearn (direct) or correct the RBC (default: the config's)",
+    )
+    stop = t.add_argument_group("stop criteria (first reached wins; default 10 iterations)")
+    stop.add_argument("--stop-iters", type=int, default=None, help="training iterations")
+    stop.add_argument("--stop-timesteps", type=int, default=None, help="sampled env steps")
+    stop.add_argument("--time-budget", type=float, default=None, metavar="S", help="wall-clock seconds")
+    t.add_argument("--seed", type=int, default=0, help="seed of envs, networks and sampling (default 0)")
+    t.add_argument("--storage-path", default="runs", help="root of checkpoints and logs (default ./runs)")
+    t.add_argument("--name", default=None, help="experiment name (default citylearn_<algo>_<schema folder>)")
+    t.add_argument("--num-env-runners", type=int, default=None, help="override env_runners.num_env_runners")
+    t.add_argument("--num-envs-per-runner", type=int, default=None,
+                   help="override env_runners.num_envs_per_env_runner (vectorised sampling)")  # fmt: skip
+    t.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="then evaluate the last checkpoint on the held-out weeks (gridrl evaluate)",
+    )
+    t.add_argument(
+        "--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)"
+    )
+    t.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded local Ray (default 2)")
     p.set_defaults(func=run)
     return p
 
@@ -110,10 +169,12 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _window(schema_path: Path, days: int | None, start_day: int) -> dict[str, int]:
-    schema = json.loads(schema_path.read_text())
+    from envs.citylearn.prepare import prepare_schema
+
+    schema = prepare_schema(schema_path)  # a ConfigError naming the entry if CityLearn cannot load it
     per_day = int(round(86400 / float(schema.get("seconds_per_time_step") or 3600)))
     first = int(schema.get("simulation_start_time_step") or 0)
-    last = int(schema.get("simulation_end_time_step"))
+    last = int(schema["simulation_end_time_step"])
     start = first + start_day * per_day
     end = last if days is None else start + days * per_day - 1
     if start_day < 0 or (days is not None and days < 1) or end > last or start >= end:
@@ -148,12 +209,116 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weeks(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise ConfigError(
+            None, "--holdout-weeks", f"expected comma-separated week numbers or 'none', got {text!r}"
+        ) from None
+
+
+def train_spec(args: argparse.Namespace) -> Any:
+    """The spec of ``gridrl citylearn train``: the algorithm's YAML on ``--schema``, overrides applied,
+    checked by building the env once (schema errors surface before Ray starts)."""
+    from envs.citylearn.env import CityLearnRLlibEnv, resolve_schema
+    from rllib_configs.envs import CITYLEARN_ENV, typed_env_config
+    from rllib_configs.loader import REPO_ROOT, load_train_config
+
+    config_path = (
+        Path(args.config) if args.config else REPO_ROOT / "rllib_configs" / "citylearn" / f"{args.algo}.yaml"
+    )
+    spec = load_train_config(config_path)
+    if spec.settings.domain != "citylearn" or spec.algo_config.env != CITYLEARN_ENV:
+        raise ConfigError(
+            config_path, "environment.env", f"not a CityLearn config (env {spec.algo_config.env!r})"
+        )
+    env_config = dict(spec.algo_config.env_config)
+    env_config["schema"] = str(resolve_schema(args.schema))
+    for key, value in (
+        ("episode_time_steps", args.episode_steps),
+        ("holdout_weeks", _weeks(args.holdout_weeks)),
+        ("start_time_step", args.start_step),
+        ("end_time_step", args.end_step),
+        ("action_mode", args.action_mode),
+    ):
+        if value is not None:
+            env_config[key] = value
+    env_config = typed_env_config(CITYLEARN_ENV, env_config, Path("gridrl citylearn train"))
+    t0 = time.perf_counter()
+    env = CityLearnRLlibEnv(env_config)
+    _say(
+        f"{env_config['schema']}: obs {env.observation_space.shape}, actions {env.action_space.shape}, "
+        f"{len(env.windows)} training episode(s) of {env.windows[0][1] - env.windows[0][0] + 1} steps, "
+        f"held-out weeks {list(env.config.holdout_weeks)} (checked in {time.perf_counter() - t0:.1f} s)"
+    )
+    env.heldout_windows()  # a held-out week past the schema's end is an error now, not after training
+    spec.algo_config.environment(env_config=env_config)
+    if args.num_envs_per_runner is not None:
+        spec.algo_config.env_runners(num_envs_per_env_runner=args.num_envs_per_runner)
+    spec.raw.setdefault("environment", {})["env_config"] = env_config
+    return spec
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cluster.local import init_ray
+    from rllib_configs.runner import RunOptions, print_summary, run_training
+
+    spec = train_spec(args)
+    schema_name = Path(spec.algo_config.env_config["schema"]).parent.name
+    opts = RunOptions(
+        storage_path=Path(args.storage_path),
+        seed=args.seed,
+        stop_iters=args.stop_iters,
+        stop_timesteps=args.stop_timesteps,
+        time_budget_s=args.time_budget,
+        num_env_runners=args.num_env_runners,
+        name=args.name or f"citylearn_{args.algo}_{schema_name}",
+    )
+    init_ray(args.address, num_cpus=args.num_cpus)
+    try:
+        summary = run_training(spec, opts)
+    except (FileExistsError, FileNotFoundError) as exc:
+        print(f"gridrl citylearn train: {exc}", file=sys.stderr)
+        return 2
+    if args.evaluate and spec.algo_config.env_config.get("holdout_weeks"):
+        from envs.citylearn.evaluate import evaluate_checkpoint, kpi_table
+
+        out = Path(summary["trial_dir"]) / "heldout"
+        results = evaluate_checkpoint(summary["checkpoint"], out, seed=args.seed, progress=_say)
+        _say(kpi_table(results))
+        summary["evaluation"] = {"out": str(out), "targets": json.loads((out / "targets.json").read_text())}
+    print_summary(summary)
+    return 0
+
+
+def _show_schema_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    from envs.citylearn.prepare import SchemaWarning
+
+    if issubclass(category, SchemaWarning):
+        print(f"gridrl citylearn: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``gridrl citylearn SUBCOMMAND``; a bad input prints one line naming the file and field, exit 2."""
+    warnings.showwarning = _show_schema_warning
     try:
         if args.citylearn_command == "build-schema":
             return _build(args)
+        if args.citylearn_command == "train":
+            return _train(args)
         return _evaluate(args)
     except ConfigError as exc:
         print(f"gridrl citylearn: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = _default_showwarning

@@ -333,3 +333,70 @@ def test_cli_build_and_evaluate(tmp_path, capsys):
         == 2
     )
     assert "--controllers" in capsys.readouterr().err
+
+
+def test_limit_violation_checks_fire_on_a_series_that_breaks_them():
+    from envs.citylearn.kpis import limit_violations
+
+    env = CityLearnRLlibEnv({"schema": str(shared_2022_schema()), "end_time_step": 23})
+    run_episode(env, make_baseline("no_control", env), seed=0)
+    clean = limit_violations(env.citylearn)
+    assert clean["limit_violations"] == 0 and clean["ev_departure_shortfall_kwh"] >= 0
+    b = env.citylearn.buildings[0]
+    b.electrical_storage.soc[3] = 1.2  # above full
+    charger = b.electric_vehicle_chargers[0]
+    absent = next(t for t, ev in enumerate(charger.past_connected_evs[:23]) if ev is None)
+    charger.electricity_consumption[absent] = 2.0  # energy into an empty socket
+    broken = limit_violations(env.citylearn)
+    assert broken["violations_battery_soc"] == 1 and broken["violations_charger_no_vehicle"] == 1
+    assert broken["limit_violations"] == 2
+
+
+def test_weeks_aggregate_and_targets_can_fail():
+    from envs.citylearn.evaluate import aggregate_kpis, target_check
+
+    weeks = [
+        {
+            "cost_total": 10.0,
+            "ev_departure_success_ratio": 1.0,
+            "ev_departure_count": 30.0,
+            "peak_import_kw": 5.0,
+            "ramping_mean_kw": 2.0,
+            "time_steps": 167.0,
+            "limit_violations": 0.0,
+        },
+        {
+            "cost_total": 20.0,
+            "ev_departure_success_ratio": 0.5,
+            "ev_departure_count": 10.0,
+            "peak_import_kw": 9.0,
+            "ramping_mean_kw": 4.0,
+            "time_steps": 167.0,
+            "limit_violations": 1.0,
+        },
+    ]
+    agg = aggregate_kpis(weeks)
+    assert agg["cost_total"] == 30.0 and agg["peak_import_kw"] == 9.0 and agg["episodes"] == 2
+    assert agg["ev_departure_success_ratio"] == pytest.approx(35 / 40) and agg["ramping_mean_kw"] == 3.0
+    rbc = {
+        "cost_total": 100.0,
+        "carbon_emissions_kg": 50.0,
+        "ev_departure_success_ratio": 0.95,
+        "limit_violations": 0,
+    }
+    good = {
+        "cost_total": 94.0,
+        "carbon_emissions_kg": 47.0,
+        "ev_departure_success_ratio": 0.94,
+        "limit_violations": 0,
+    }
+    assert target_check({"rbc": rbc, "policy": good})["passed"]
+    for key, value in (
+        ("cost_total", 96.0),
+        ("carbon_emissions_kg", 48.0),
+        ("ev_departure_success_ratio", 0.9),
+        ("limit_violations", 1),
+    ):
+        check = target_check({"rbc": rbc, "policy": {**good, key: value}})
+        assert not check["passed"] and sum(not c["passed"] for c in check["criteria"].values()) == 1
+    assert not target_check({"rbc": rbc})["passed"]  # no policy: nothing is met

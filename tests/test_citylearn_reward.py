@@ -42,8 +42,14 @@ def _obs(net: float, solar: float, evs: dict | None = None, ci: float = 0.4, pri
 
 
 def _ev(connected: bool, soc: float, required: float, cap: float, hours: float, p_max: float = 2.0) -> dict:
-    return {"connected": connected, "battery_soc": soc, "required_soc": required, "battery_capacity": cap,
-            "hours_until_departure": hours, "max_charging_power": p_max}  # fmt: skip
+    return {
+        "connected": connected,
+        "battery_soc": soc,
+        "required_soc": required,
+        "battery_capacity": cap,
+        "hours_until_departure": hours,
+        "max_charging_power": p_max,
+    }
 
 
 # --- hand-computed ----------------------------------------------------------------------------------------

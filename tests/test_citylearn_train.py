@@ -3,7 +3,8 @@
 Smoke tier: each config trains 1 iteration on its own schema (the 2022 challenge district in ../shared; for
 ppo_mall, a 5-day mall schema built here), shortened to a 4-day training window of 2-day episodes and small
 batches, in one local Ray session; its checkpoint is then evaluated against both baselines on the day after
-the training window.
+the training window. PPO on the district instead keeps its held-out-week setup, shrunk to two weeks: it
+trains on 2-day episodes of week 0 and is evaluated on week 1, which it never saw.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from envs.citylearn.baselines import make_baseline
 from envs.citylearn.env import CityLearnEnvConfig, CityLearnRLlibEnv
 from envs.citylearn.evaluate import (
     TrainedPolicy,
@@ -29,6 +31,7 @@ from rllib_configs.runner import RunOptions, run_training
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = ("ppo", "a2c", "sac", "ppo_mall")
+WEEK = 168
 TRAIN_END = 95  # steps 0-95: 4 days of training data; the held-out day is steps 96-119
 EPISODE = 48
 
@@ -37,8 +40,14 @@ def short_spec(name: str, schema: Path | None = None) -> TrainSpec:
     """The config ``name`` as written, with a short training window and batches one iteration can fill."""
     spec = load_train_config(REPO / "rllib_configs" / "citylearn" / f"{name}.yaml")
     config = spec.algo_config
-    env_config = {**config.env_config, "end_time_step": TRAIN_END, "episode_time_steps": EPISODE}
+    if name == "ppo":  # held-out weeks: week 1 of a two-week window
+        env_config = {**config.env_config, "end_time_step": 2 * WEEK - 1, "episode_time_steps": EPISODE,
+                      "holdout_weeks": [1]}  # fmt: skip
+    else:
+        env_config = {**config.env_config, "end_time_step": TRAIN_END, "episode_time_steps": EPISODE,
+                      "holdout_weeks": []}  # fmt: skip
     config.environment(env_config={**env_config, **({"schema": str(schema)} if schema else {})})
+    config.env_runners(num_envs_per_env_runner=2)
     if spec.algorithm == "SAC":
         config.training(train_batch_size_per_learner=32, num_steps_sampled_before_learning_starts=32)
         config.reporting(min_sample_timesteps_per_iteration=EPISODE)
@@ -79,23 +88,42 @@ def test_config_trains_one_iteration_then_evaluates(name, ray_session, tmp_path,
     assert summary["metrics"]["env_runners/num_env_steps_sampled_lifetime"] >= EPISODE - 1
     ckpt = summary["checkpoint"]
 
-    # On the training window the module takes the env's observations as they are: both loaders agree.
+    # On the training window the module takes the env's observations as they are: both loaders agree; the
+    # RBC-residual run acts as the RBC plus its correction, within every device's bounds.
     env_config = find_run_info(ckpt)["env_config"]
-    env = CityLearnRLlibEnv(env_config)
+    assert env_config["action_mode"] == "rbc_residual"
+    env = CityLearnRLlibEnv({**env_config, "action_mode": "direct"})
     obs, _ = env.reset(seed=0)
     trained = TrainedPolicy(load_policy(ckpt), CityLearnRLlibEnv(env_config), env)
+    correction = trained.policy.act_unit(trained.observe())[0]
+    np.testing.assert_array_equal(load_rllib_policy(ckpt)(obs), correction)
     action = trained(obs)
-    assert action.shape == env.action_space.shape and np.all(np.abs(action) <= 1.0)
-    np.testing.assert_array_equal(load_rllib_policy(ckpt)(obs), action)
+    low, high = trained.devices.action_bounds()
+    assert action.shape == env.action_space.shape and np.all(action >= low) and np.all(action <= high)
+    expected = np.clip(make_baseline("rbc", env)(obs) + env_config["residual_scale"] * correction, low, high)
+    np.testing.assert_allclose(action, expected, atol=1e-6)
 
     results = evaluate_checkpoint(ckpt, tmp_path / "eval", days=1, seed=0)
     kpis = json.loads((tmp_path / "eval" / "kpis.json").read_text())
     assert kpis == json.loads(json.dumps(results)) and set(kpis) == {"no_control", "rbc", "policy"}
-    assert all(k["time_steps"] == 23 for k in kpis.values())  # 24 steps simulate 23 transitions
     assert math.isfinite(kpis["policy"]["cost_total"]) and math.isfinite(kpis["policy"]["episode_return"])
     meta = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    assert (meta["start_time_step"], meta["end_time_step"]) == (TRAIN_END + 1, TRAIN_END + 24)
-    assert (tmp_path / "eval" / "dispatch.png").stat().st_size > 0
+    targets = json.loads((tmp_path / "eval" / "targets.json").read_text())
+    assert set(targets["criteria"]) == {
+        "cost_reduction_vs_rbc",
+        "co2_reduction_vs_rbc",
+        "ev_success_drop_vs_rbc",
+        "limit_violations",
+    }
+    assert kpis["policy"]["limit_violations"] == 0
+    if name == "ppo":
+        assert meta["windows"] == [[WEEK, 2 * WEEK - 1]]  # the held-out week, never a training episode
+        assert all(k["time_steps"] == WEEK - 1 for k in kpis.values())
+        assert (tmp_path / "eval" / "week_00" / "dispatch.png").stat().st_size > 0
+    else:
+        assert all(k["time_steps"] == 23 for k in kpis.values())  # 24 steps simulate 23 transitions
+        assert (meta["start_time_step"], meta["end_time_step"]) == (TRAIN_END + 1, TRAIN_END + 24)
+        assert (tmp_path / "eval" / "dispatch.png").stat().st_size > 0
 
 
 def test_policy_sees_held_out_days_scaled_as_in_training(shared_dir):

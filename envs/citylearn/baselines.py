@@ -28,7 +28,7 @@ observation vector; a policy sees only the vector.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 

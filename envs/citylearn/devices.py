@@ -58,7 +58,7 @@ class ChargerSpec:
 
     charger_id: str
     slot: int
-    """Index of its action (share of ``max_charging_power_kw``; negative: V2G, share of the discharging power)."""
+    """Index of its action: share of ``max_charging_power_kw`` (negative: V2G, of the discharging power)."""
     max_charging_power_kw: float
     min_charging_power_kw: float
     max_discharging_power_kw: float
@@ -123,7 +123,9 @@ class DeviceTable:
         for b in data["buildings"]:
             battery = BatterySpec(**b["battery"]) if b.get("battery") else None
             chargers = tuple(ChargerSpec(**c) for c in b.get("chargers", ()))
-            buildings.append(BuildingSpec(b["name"], b.get("load_index"), b.get("pv_index"), battery, chargers))
+            buildings.append(
+                BuildingSpec(b["name"], b.get("load_index"), b.get("pv_index"), battery, chargers)
+            )
         return cls(
             float(data["step_hours"]),
             tuple(data["action_names"]),
@@ -146,28 +148,48 @@ class DeviceTable:
                 if action == BATTERY_ACTION:
                     s = b.electrical_storage
                     battery = BatterySpec(
-                        slot, float(s.capacity), float(s.nominal_power), float(s.depth_of_discharge),
-                        float(s.efficiency), pos.get("electrical_storage_soc"),
-                    )  # fmt: skip
+                        slot,
+                        float(s.capacity),
+                        float(s.nominal_power),
+                        float(s.depth_of_discharge),
+                        float(s.efficiency),
+                        pos.get("electrical_storage_soc"),
+                    )
                 elif action.startswith(EV_PREFIX):
                     cid = action[len(EV_PREFIX) :]
                     c = by_id[cid]
-                    obs = {k: pos[n.format(cid=cid)] for k, n in CHARGER_OBS.items() if n.format(cid=cid) in pos}
+                    obs = {
+                        k: pos[n.format(cid=cid)] for k, n in CHARGER_OBS.items() if n.format(cid=cid) in pos
+                    }
                     chargers.append(
                         ChargerSpec(
-                            cid, slot, float(c.max_charging_power), float(c.min_charging_power),
-                            float(c.max_discharging_power), float(c.min_discharging_power), float(c.efficiency),
-                            _fixed_capacity(env, c), obs,
+                            cid,
+                            slot,
+                            float(c.max_charging_power),
+                            float(c.min_charging_power),
+                            float(c.max_discharging_power),
+                            float(c.min_discharging_power),
+                            float(c.efficiency),
+                            _fixed_capacity(env, c),
+                            obs,
                         )
-                    )  # fmt: skip
+                    )
                 slot += 1
             buildings.append(
                 BuildingSpec(
-                    b.name, pos.get("non_shiftable_load"), pos.get("solar_generation"), battery, tuple(chargers)
+                    b.name,
+                    pos.get("non_shiftable_load"),
+                    pos.get("solar_generation"),
+                    battery,
+                    tuple(chargers),
                 )
             )
-        return cls(float(env.seconds_per_time_step) / 3600.0, tuple(env.action_names[0]), tuple(names),
-                   tuple(buildings))  # fmt: skip
+        return cls(
+            float(env.seconds_per_time_step) / 3600.0,
+            tuple(env.action_names[0]),
+            tuple(names),
+            tuple(buildings),
+        )
 
     def missing_for_raw_state(self) -> list[str]:
         """Observations :meth:`state_from_raw` needs that the schema leaves inactive (empty: none)."""
@@ -184,8 +206,10 @@ class DeviceTable:
                     if key not in c.obs:
                         missing.append(f"{b.name}: {CHARGER_OBS[key].format(cid=c.charger_id)}")
                 if "capacity" not in c.obs and c.vehicle_capacity_kwh is None:
-                    missing.append(f"{b.name}: {CHARGER_OBS['capacity'].format(cid=c.charger_id)} (no single "
-                                   "vehicle capacity for this charger in the simulated window)")  # fmt: skip
+                    missing.append(
+                        f"{b.name}: {CHARGER_OBS['capacity'].format(cid=c.charger_id)} (no single "
+                        "vehicle capacity for this charger in the simulated window)"
+                    )
         return missing
 
     def state_from_raw(self, raw: np.ndarray) -> DeviceState:
@@ -263,7 +287,12 @@ def _fixed_capacity(env: Any, charger: Any) -> float | None:
 
 def state_from_env(env: Any, table: DeviceTable) -> DeviceState:
     """The devices' state read from the simulator itself (every quantity, active or not)."""
-    wanted = ["non_shiftable_load", "solar_generation", "electrical_storage_soc", "electric_vehicles_chargers_dict"]
+    wanted = [
+        "non_shiftable_load",
+        "solar_generation",
+        "electrical_storage_soc",
+        "electric_vehicles_chargers_dict",
+    ]
     load, pv, soc, rows = [], [], [], []
     for b, spec in zip(env.buildings, table.buildings, strict=True):
         s = b.observations(include_all=True, observation_names=wanted)
@@ -274,11 +303,20 @@ def state_from_env(env: Any, table: DeviceTable) -> DeviceState:
         for c in spec.chargers:
             d = evs.get(c.charger_id) or {}
             if d.get("connected") and d.get("required_soc") is not None:
-                rows.append((1.0, float(d["battery_soc"]), float(d["required_soc"]),
-                             float(d.get("hours_until_departure") or 0.0), float(d["battery_capacity"])))  # fmt: skip
+                rows.append(
+                    (
+                        1.0,
+                        float(d["battery_soc"]),
+                        float(d["required_soc"]),
+                        float(d.get("hours_until_departure") or 0.0),
+                        float(d["battery_capacity"]),
+                    )
+                )
             else:
                 rows.append((0.0, np.nan, np.nan, np.nan, np.nan))
-    return DeviceState(np.array(load), np.array(pv), np.array(soc), np.array(rows, dtype=np.float64).reshape(-1, 5))
+    return DeviceState(
+        np.array(load), np.array(pv), np.array(soc), np.array(rows, dtype=np.float64).reshape(-1, 5)
+    )
 
 
 SOC_MARGIN = 0.02

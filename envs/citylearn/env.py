@@ -13,6 +13,22 @@ Observation modes (``observations`` in the config):
 - ``citylearn``: CityLearn's ``NormalizedObservationWrapper`` itself, then clipped to [0, 1] with a Box
   computed once (CityLearn's ``ClippedObservationWrapper`` cannot be stacked on it with gymnasium >= 1.0);
 - ``clipped``: raw values clipped to CityLearn's observation Box.
+
+Episodes: the env picks each episode's window itself, with ``self.np_random`` (seeded by ``reset(seed=...)``),
+among the windows of ``episode_time_steps`` that tile the simulation window and do not overlap a held-out
+week (``holdout_weeks``), and hands CityLearn that one window. (CityLearn's own random split draws from
+``RandomState(seed * (episode + 1))``, which is the same window every episode when the seed is 0.)
+``episode: [start, end]`` fixes the window instead: that is how ``gridrl evaluate`` runs a held-out week
+with the training env's scaling (the simulation window, hence CityLearn's observation limits, is the same).
+
+Actions (``action_mode``): ``direct`` (default) sends the policy's action to CityLearn; ``rbc_residual``
+sends ``clip(RBC(state) + residual_scale * action)``, the rule-based controller of
+:mod:`envs.citylearn.devices` plus the policy's correction, so a policy starts at the RBC (zero correction)
+and learns only where to depart from it. A bundle of such a policy runs the same RBC from the raw
+observation (serve/citylearn_bundle.py).
+
+The schema may be any CityLearn 3.0.2 schema: :func:`envs.citylearn.prepare.prepare_schema` puts our reward
+in place of the schema's and drops, or names, what CityLearn 3.0.2 cannot load.
 """
 
 from __future__ import annotations
@@ -29,8 +45,7 @@ import numpy as np
 from envs.config import ConfigError, from_mapping, to_mapping
 
 ENV_NAME = "gridrl-citylearn"
-GYM_ID = "gridrl/CityLearn-v0"
-REWARD_CLASS = "envs.citylearn.reward.MultiObjectiveReward"
+GYM_ID = "gridrl/CityLearn-v1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PERIODIC = {"hour": 24, "day_type": 7, "month": 12, "minutes": 59, "seconds": 59}  # CityLearn's x_max
 
@@ -59,6 +74,17 @@ class CityLearnEnvConfig:
     """Fields of :class:`envs.citylearn.reward.RewardConfig` (weights, scales); they override the schema's."""
     seed: int | None = None
     """CityLearn's random_seed (None: the schema's); ``reset(seed=...)`` overrides it."""
+    holdout_weeks: tuple[int, ...] = ()
+    """Weeks (0-based, 7 days of steps each, counted from the simulation's first step) never used as training
+    episodes; ``gridrl evaluate`` runs its held-out evaluation on them."""
+    episode: tuple[int, int] | None = None
+    """One fixed episode window [start, end] (steps, inclusive) within the simulation window: every reset
+    runs it (evaluation of a held-out week)."""
+    action_mode: Literal["direct", "rbc_residual"] = "direct"
+    """``direct``: the action goes to CityLearn; ``rbc_residual``: the RBC's action plus
+    ``residual_scale`` x the action (module docstring)."""
+    residual_scale: float = 0.5
+    """Scale of the policy's correction in ``rbc_residual`` mode (action units per unit of policy output)."""
 
     def __post_init__(self) -> None:
         if self.episode_time_steps is not None and self.episode_time_steps < 2:
@@ -67,6 +93,12 @@ class CityLearnEnvConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ValueError(f"{name}: must be >= 0, got {v}")
+        if any(w < 0 for w in self.holdout_weeks):
+            raise ValueError(f"holdout_weeks: weeks are >= 0, got {list(self.holdout_weeks)}")
+        if self.episode is not None and not 0 <= self.episode[0] < self.episode[1]:
+            raise ValueError(f"episode: must be [start, end] with 0 <= start < end, got {list(self.episode)}")
+        if not self.residual_scale > 0:
+            raise ValueError(f"residual_scale: must be > 0, got {self.residual_scale}")
 
 
 def resolve_schema(schema: str | Path) -> Path:
@@ -88,31 +120,60 @@ def resolve_schema(schema: str | Path) -> Path:
 
 
 def citylearn_kwargs(config: CityLearnEnvConfig) -> dict[str, Any]:
-    """Keyword arguments of ``CityLearnEnv`` for ``config`` (central agent, the reward chosen)."""
-    import json
+    """Keyword arguments of ``CityLearnEnv`` for ``config``: the prepared schema dict, central agent."""
+    from envs.citylearn.prepare import prepare_schema, read_schema
 
     path = resolve_schema(config.schema)
-    kwargs: dict[str, Any] = {"schema": str(path), "central_agent": True}
+    if config.reward == "multi_objective":
+        schema = prepare_schema(path, config.reward_kwargs)
+    elif config.reward_kwargs:
+        raise ConfigError(None, "reward_kwargs", "only used with reward: multi_objective")
+    else:
+        schema = prepare_schema(path)
+        schema["reward_function"] = read_schema(path).get("reward_function")
+    kwargs: dict[str, Any] = {"schema": schema, "central_agent": True}
     for key, name in (
         ("simulation_start_time_step", "start_time_step"),
         ("simulation_end_time_step", "end_time_step"),
-        ("episode_time_steps", "episode_time_steps"),
         ("random_seed", "seed"),
     ):
         if getattr(config, name) is not None:
             kwargs[key] = getattr(config, name)
-    if config.random_episode_split:
-        kwargs["random_episode_split"] = True
-    if config.reward == "multi_objective":
-        schema_reward = json.loads(path.read_text()).get("reward_function") or {}
-        base = (
-            dict(schema_reward.get("attributes") or {}) if schema_reward.get("type") == REWARD_CLASS else {}
-        )
-        kwargs["reward_function"] = REWARD_CLASS
-        kwargs["reward_function_kwargs"] = {**base, **config.reward_kwargs}
-    elif config.reward_kwargs:
-        raise ConfigError(None, "reward_kwargs", "only used with reward: multi_objective")
     return kwargs
+
+
+def week_steps(seconds_per_time_step: float) -> int:
+    """Steps in 7 days."""
+    return int(round(7 * 86400 / float(seconds_per_time_step)))
+
+
+def episode_windows(config: CityLearnEnvConfig, first: int, last: int, seconds_per_time_step: float) -> list[
+        tuple[int, int]]:  # fmt: skip
+    """The training episodes' windows [start, end] within the simulation window [first, last] (see the
+    module docstring); ``config.episode`` alone if it is set.
+
+    Raises:
+        ConfigError: No window is left (held-out weeks cover the whole simulation), or ``episode`` lies
+            outside the simulation window.
+    """
+    if config.episode is not None:
+        start, end = config.episode
+        if start < first or end > last:
+            raise ConfigError(
+                None, "episode", f"[{start}, {end}] is outside the simulation window [{first}, {last}]"
+            )
+        return [(start, end)]
+    n = config.episode_time_steps or (last - first + 1)
+    week = week_steps(seconds_per_time_step)
+    held = [(first + w * week, first + (w + 1) * week - 1) for w in config.holdout_weeks]
+    windows = []
+    for start in range(first, last - n + 2, n):
+        end = start + n - 1
+        if not any(start <= h1 and h0 <= end for h0, h1 in held):
+            windows.append((start, end))
+    if not windows:
+        raise ConfigError(None, "holdout_weeks", f"no training window of {n} steps left in [{first}, {last}]")
+    return windows
 
 
 class _FastNormalizer:
@@ -212,6 +273,7 @@ class CityLearnRLlibEnv(gym.Env):
 
     ## Version History
     - v0: first version (CityLearn 3.0.2).
+    - v1: the EV constraint in the reward; any schema (prepared); held-out weeks; RBC-residual actions.
     """
 
     metadata = {"render_modes": []}
@@ -224,11 +286,22 @@ class CityLearnRLlibEnv(gym.Env):
         if kwargs:
             data = {**(to_mapping(data) if isinstance(data, CityLearnEnvConfig) else data), **kwargs}
         self.config: CityLearnEnvConfig = from_mapping(CityLearnEnvConfig, data, source="env_config")
+        from envs.citylearn.prepare import citylearn_errors
+
         wrappers = [NormalizedObservationWrapper] if self.config.observations == "citylearn" else []
-        self._inner = RLlibSingleAgentWrapper(
-            {"env_kwargs": citylearn_kwargs(self.config), "wrappers": wrappers}
-        )
+        kwargs = citylearn_kwargs(self.config)
+        with citylearn_errors(resolve_schema(self.config.schema), kwargs["schema"]):
+            self._inner = RLlibSingleAgentWrapper({"env_kwargs": kwargs, "wrappers": wrappers})
         self.citylearn = self._inner.unwrapped
+        tracker = self.citylearn.episode_tracker
+        self.windows = episode_windows(
+            self.config, tracker.simulation_start_time_step, tracker.simulation_end_time_step,
+            self.citylearn.seconds_per_time_step,
+        )  # fmt: skip
+        self._episode = -1
+        self.citylearn.random_episode_split = False
+        self.citylearn.rolling_episode_split = False
+        self.citylearn.episode_time_steps = [list(self.windows[0])]
         reward = self.citylearn.reward_function
         if hasattr(reward, "calibrate"):
             reward.calibrate(self.citylearn)
@@ -250,6 +323,11 @@ class CityLearnRLlibEnv(gym.Env):
             self.observation_space = gym.spaces.Box(box.low, box.high, box.shape, np.float32)
             self.observation_names = list(self.citylearn.observation_names[0])
         self.action_names = list(self.citylearn.action_names[0])
+        self.devices = None
+        if self.config.action_mode == "rbc_residual":
+            from envs.citylearn.devices import DeviceTable
+
+            self.devices = DeviceTable.from_env(self.citylearn)
 
     def _obs(self, raw: np.ndarray) -> np.ndarray:
         if self._normalizer is not None:
@@ -266,17 +344,71 @@ class CityLearnRLlibEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        self._episode += 1
+        if self.config.random_episode_split:
+            window = self.windows[int(self.np_random.integers(len(self.windows)))]
+        else:
+            window = self.windows[self._episode % len(self.windows)]
+        self.citylearn.episode_time_steps = [list(window)]
         raw, _ = self._inner.reset(seed=seed, options=options)
         return self._obs(raw), self._info()
 
-    def step(self, action: np.ndarray):
+    def use_window(self, start: int, end: int) -> None:
+        """Run every following episode on [start, end] (steps, within the simulation window)."""
+        tracker = self.citylearn.episode_tracker
+        if not tracker.simulation_start_time_step <= start < end <= tracker.simulation_end_time_step:
+            raise ValueError(
+                f"episode window [{start}, {end}] is outside the simulation window "
+                f"[{tracker.simulation_start_time_step}, {tracker.simulation_end_time_step}]"
+            )
+        self.windows = [(int(start), int(end))]
+        self._episode = -1
+
+    def heldout_windows(self) -> list[tuple[int, int]]:
+        """The windows of the config's held-out weeks (cut at the simulation's last step)."""
+        tracker = self.citylearn.episode_tracker
+        first, last = tracker.simulation_start_time_step, tracker.simulation_end_time_step
+        week = week_steps(self.citylearn.seconds_per_time_step)
+        out = []
+        for w in self.config.holdout_weeks:
+            start, end = first + w * week, min(first + (w + 1) * week - 1, last)
+            if start >= last:
+                raise ConfigError(None, "holdout_weeks", f"week {w} starts at step {start}, after the "
+                                  f"simulation's last step {last}")  # fmt: skip
+            out.append((start, end))
+        return out
+
+    def to_citylearn(self, action: np.ndarray) -> np.ndarray:
+        """The action CityLearn gets for the policy's ``action`` (see ``action_mode``), in [-1, 1]."""
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(self.action_space.shape), -1.0, 1.0)
+        if self.devices is None:
+            return a
+        return residual_action(self.citylearn, self.devices, a, self.config.residual_scale)
+
+    def step(self, action: np.ndarray):
+        a = self.to_citylearn(action)
         raw, reward, terminated, truncated, _ = self._inner.step(list(a))
         return self._obs(raw), float(reward), bool(terminated), bool(truncated), self._info()
 
     def evaluate(self, **kwargs: Any) -> Any:
         """CityLearn's ``evaluate()`` of the current episode (a DataFrame)."""
         return self.citylearn.evaluate(**kwargs)
+
+
+def residual_action(citylearn: Any, devices: Any, action: np.ndarray, scale: float) -> np.ndarray:
+    """``clip(RBC(state) + scale * action)`` within each device's bounds (``action_mode: rbc_residual``).
+
+    Args:
+        citylearn: The CityLearnEnv (the RBC reads its state).
+        devices: Its :class:`envs.citylearn.devices.DeviceTable`.
+        action: The policy's correction in [-1, 1].
+        scale: ``residual_scale``.
+    """
+    from envs.citylearn.devices import rbc_action, state_from_env
+
+    base = rbc_action(devices, state_from_env(citylearn, devices)).astype(np.float64)
+    low, high = devices.action_bounds()
+    return np.clip(base + scale * np.asarray(action, dtype=np.float64), low, high)
 
 
 def make_citylearn_env(env_config: Mapping[str, Any]) -> CityLearnRLlibEnv:

@@ -1,4 +1,4 @@
-"""Run controllers over one CityLearn episode each and write ``kpis.json`` plus a week's dispatch plot.
+"""Run controllers over CityLearn episodes and write ``kpis.json`` plus a week's dispatch plot.
 
 ``kpis.json`` is ``{controller: {kpi: value}}``: baselines under their names (``no_control``, ``rbc`` ...),
 a policy under ``policy`` (or the name given). Every controller runs on the same env and the same episode
@@ -6,11 +6,20 @@ a policy under ``policy`` (or the name given). Every controller runs on the same
 units are documented in :mod:`envs.citylearn.kpis`.
 
 :func:`evaluate_checkpoint` is ``gridrl evaluate`` for this domain: a training run's policy against both
-baselines on days the run never trained on. CityLearn scales each observation by limits it estimates over
-the env's *simulation window*, so an env built on the held-out days scales the same raw values differently
-from the training env (by up to 0.7 on prices for the 2022 district's last week): the policy is therefore
-fed the evaluation env's raw observations scaled by its training env (:class:`TrainedPolicy`), and the
-reward keeps the training env's scales.
+baselines on days the run never trained on:
+
+- a run with ``holdout_weeks`` is evaluated on those weeks (:func:`evaluate_weeks`), one episode each, in
+  an env built with the training config itself, so observations and reward are scaled exactly as in
+  training; ``kpis.json`` holds the weeks together (:func:`aggregate_kpis`), ``week_NN/kpis.json`` each week;
+- otherwise on the days right after its training window (:func:`heldout_window`). CityLearn scales each
+  observation by limits it estimates over the env's *simulation window*, so an env built on those days
+  scales the same raw values differently from the training env (by up to 0.7 on prices for the 2022
+  district's last week): the policy is therefore fed the evaluation env's raw observations scaled by its
+  training env (:class:`TrainedPolicy`), and the reward keeps the training env's scales.
+
+Either way ``targets.json`` says whether the policy met the issue's targets against the RBC on those days
+(:func:`target_check`): cost and CO2 at least 5 % lower, EV departure success at most 2 points lower, no
+battery or charger limit violated.
 """
 
 from __future__ import annotations
@@ -52,8 +61,49 @@ SUMMARY_KPIS = {
     "co2_emitted_kg": False,
     "co2_indirect_reduction_kg": True,
     "co2_direct_reduction_kg": True,
+    "ev_departure_shortfall_kwh": False,
+    "limit_violations": False,
     "episode_return": True,
 }
+# How weeks add up in aggregate_kpis: totals are summed, these are weighted means (by the named KPI),
+# these the maximum; every other KPI is a mean weighted by time steps.
+SUMMED = (
+    "cost_total",
+    "carbon_emissions_kg",
+    "grid_import_kwh",
+    "grid_export_kwh",
+    "pv_generation_kwh",
+    "pv_used_on_site_kwh",
+    "battery_charge_kwh",
+    "battery_discharge_kwh",
+    "ev_charged_kwh",
+    "co2_emitted_kg",
+    "co2_indirect_solar_kg",
+    "co2_indirect_battery_kg",
+    "co2_indirect_reduction_kg",
+    "co2_direct_reduction_kg",
+    "episode_return",
+    "time_steps",
+    "ev_departure_count",
+    "limit_violations",
+    "violations_battery_soc",
+    "violations_battery_power",
+    "violations_charger_power",
+    "violations_charger_no_vehicle",
+    "violations_ev_soc",
+    "ev_departure_shortfall_kwh",
+    "episode_seconds",
+    "evaluate_seconds",
+)
+WEIGHTED_BY = {
+    "ev_departure_success_ratio": "ev_departure_count",
+    "ev_departure_within_tolerance_ratio": "ev_departure_count",
+    "ev_departure_soc_deficit_mean_ratio": "ev_departure_count",
+    "solar_self_consumption_ratio": "pv_generation_kwh",
+}
+MAXIMUM = ("peak_import_kw",)
+TARGETS = {"cost_reduction_min": 0.05, "co2_reduction_min": 0.05, "ev_success_drop_max": 0.02}
+"""The targets against the RBC: cost and CO2 reductions (shares), EV success drop (ratio points)."""
 
 
 def run_episode(
@@ -204,15 +254,24 @@ class TrainedPolicy:
     """A training run's greedy policy on an evaluation env, seeing observations scaled as in training.
 
     Each step it reads the evaluation env's raw observation and scales it with the training env
-    (``reference``), whatever window the evaluation env simulates (see the module docstring).
+    (``reference``; the env itself when it simulates the training window), whatever window the evaluation
+    env simulates (see the module docstring). A run trained with ``action_mode: rbc_residual`` acts as
+    the RBC plus its correction, so the evaluation env runs in ``direct`` mode like the baselines.
     """
 
-    def __init__(self, policy: Any, reference: CityLearnRLlibEnv, env: CityLearnRLlibEnv) -> None:
+    def __init__(
+        self,
+        policy: Any,
+        reference: CityLearnRLlibEnv,
+        env: CityLearnRLlibEnv,
+        train: CityLearnEnvConfig | None = None,
+    ) -> None:
         """
         Args:
             policy: A :class:`rllib_configs.policy.Policy` (its module takes the env's observations).
             reference: An env built with the run's training env_config (only its scaling is used).
-            env: The env the controller acts on.
+            env: The env the controller acts on (``action_mode: direct``).
+            train: The run's env config (default: the reference's); its action_mode decides residual.
         """
         if reference.config.observations == "citylearn":
             raise ValueError(
@@ -222,6 +281,12 @@ class TrainedPolicy:
         if env.citylearn.observation_names[0] != reference.citylearn.observation_names[0]:
             raise ValueError("the evaluation env's observations differ from the training env's (schema?)")
         self.policy, self.reference, self.env = policy, reference, env
+        self.train = train or reference.config
+        self.devices = None
+        if self.train.action_mode == "rbc_residual":
+            from envs.citylearn.devices import DeviceTable
+
+            self.devices = DeviceTable.from_env(env.citylearn)
 
     def observe(self) -> np.ndarray:
         """The env's current observation as the policy saw observations in training."""
@@ -229,7 +294,14 @@ class TrainedPolicy:
         return self.reference._obs(raw)  # the training env's scaling (and clipping) of a raw vector
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return self.policy.act_unit(self.observe())[0]
+        a = self.policy.act_unit(self.observe())[0]
+        if self.devices is None:
+            return a
+        from envs.citylearn.env import residual_action
+
+        return residual_action(self.env.citylearn, self.devices, a, self.train.residual_scale).astype(
+            np.float32
+        )
 
 
 def heldout_window(train: CityLearnEnvConfig, days: int) -> dict[str, int]:
@@ -313,18 +385,151 @@ def evaluate_checkpoint(
             (policy.info.get("config_yaml") or {}).get("gridrl", {}).get("eval_days", DEFAULT_EVAL_DAYS)
         )
     t0 = time.perf_counter()
-    reference, env = heldout_envs(train, days)
-    window = {"start_time_step": env.config.start_time_step, "end_time_step": env.config.end_time_step}
-    say(f"training and held-out envs built in {time.perf_counter() - t0:.1f} s")
-    say(f"held-out days: {days} (steps {window['start_time_step']}-{window['end_time_step']})")
-    results = evaluate_controllers(
-        env, out, controllers=BASELINE_NAMES, policies={"policy": TrainedPolicy(policy, reference, env)},
-        seed=seed, plot_days=min(days, 7), progress=say,
-    )  # fmt: skip
-    meta = {"checkpoint": str(Path(checkpoint).resolve()), "algorithm": policy.info.get("algorithm"),
-            "schema": str(resolve_schema(train.schema)), "days": days, **window, "seed": seed}  # fmt: skip
+    meta: dict[str, Any] = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "algorithm": policy.info.get("algorithm"),
+        "schema": str(resolve_schema(train.schema)),
+        "seed": seed,
+    }
+    if train.holdout_weeks:
+        env = CityLearnRLlibEnv(replace(train, action_mode="direct", random_episode_split=False))
+        weeks = env.heldout_windows()
+        say(
+            f"env built in {time.perf_counter() - t0:.1f} s; "
+            f"held-out weeks {list(train.holdout_weeks)}: {weeks}"
+        )
+        results = evaluate_weeks(
+            env,
+            weeks,
+            out,
+            controllers=BASELINE_NAMES,
+            policies={"policy": TrainedPolicy(policy, env, env, train)},
+            seed=seed,
+            progress=say,
+        )
+        meta.update(holdout_weeks=list(train.holdout_weeks), windows=[list(w) for w in weeks])
+    else:
+        reference, env = heldout_envs(train, days)
+        window = {"start_time_step": env.config.start_time_step, "end_time_step": env.config.end_time_step}
+        say(f"training and held-out envs built in {time.perf_counter() - t0:.1f} s")
+        say(f"held-out days: {days} (steps {window['start_time_step']}-{window['end_time_step']})")
+        results = evaluate_controllers(
+            env, out, controllers=BASELINE_NAMES,
+            policies={"policy": TrainedPolicy(policy, reference, env, train)},
+            seed=seed, plot_days=min(days, 7), progress=say,
+        )  # fmt: skip
+        meta.update(days=days, **window)
     (Path(out) / "evaluation.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (Path(out) / "targets.json").write_text(json.dumps(target_check(results), indent=2) + "\n")
     return results
+
+
+def evaluate_weeks(
+    env: CityLearnRLlibEnv,
+    weeks: Sequence[tuple[int, int]],
+    out_dir: str | Path,
+    controllers: Sequence[str] = BASELINE_NAMES,
+    policies: Mapping[str, Controller] | None = None,
+    seed: int | None = 0,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, float | None]]:
+    """Every controller on every window of ``weeks`` (one episode each, in ``env``); per-week KPIs in
+    ``out_dir/week_NN/``, the weeks together (:func:`aggregate_kpis`) in ``out_dir/kpis.json``.
+
+    Args:
+        env: The env (its config's scaling and reward; the window is set here for each week).
+        weeks: Episode windows [start, end].
+        out_dir: Output folder.
+        controllers: Baseline names.
+        policies: Extra controllers by name, bound to ``env``.
+        seed: Reset seed, the same for every controller and week.
+        progress: Status line callback.
+    """
+    say = progress or (lambda _: None)
+    out = Path(out_dir)
+    per_week: list[dict[str, dict[str, float | None]]] = []
+    for k, (start, end) in enumerate(weeks):
+        env.use_window(start, end)
+        say(f"week {k + 1}/{len(weeks)}: steps {start}-{end}")
+        per_week.append(
+            evaluate_controllers(
+                env,
+                out / f"week_{k:02d}",
+                controllers=controllers,
+                policies=policies,
+                seed=seed,
+                progress=say,
+            )  # fmt: skip
+        )
+    results = {name: aggregate_kpis([w[name] for w in per_week]) for name in per_week[0]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kpis.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    return results
+
+
+def aggregate_kpis(weeks: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """One controller's KPIs over several episodes: totals summed, ratios weighted (SUMMED, WEIGHTED_BY)."""
+
+    def vals(k: str) -> list[float]:
+        return [float(w[k]) for w in weeks if w.get(k) is not None]
+
+    out: dict[str, float | None] = {}
+    steps = [float(w.get("time_steps") or 0.0) for w in weeks]
+    for k in weeks[0]:
+        v = vals(k)
+        if not v:
+            out[k] = None
+        elif k in SUMMED:
+            out[k] = float(sum(v))
+        elif k in MAXIMUM:
+            out[k] = float(max(v))
+        else:
+            by = WEIGHTED_BY.get(k)
+            pairs = [
+                (float(w[k]), float(w.get(by) or 0.0) if by else s)
+                for w, s in zip(weeks, steps, strict=True)
+                if w.get(k) is not None
+            ]
+            total = sum(wt for _, wt in pairs)
+            out[k] = (
+                _clean(sum(x * wt for x, wt in pairs) / total) if total > 0 else _clean(float(np.mean(v)))
+            )
+    out["episodes"] = float(len(weeks))
+    return out
+
+
+def target_check(results: Mapping[str, Mapping[str, float | None]], policy: str = "policy",
+                 against: str = "rbc") -> dict[str, Any]:  # fmt: skip
+    """Whether ``policy`` met the issue's targets against ``against`` (:data:`TARGETS`); each row can fail.
+
+    Returns:
+        ``{"criteria": {name: {"value", "target", "passed"}}, "passed": all passed}``; an absent
+        controller or KPI fails its criterion.
+    """
+    p, r = results.get(policy) or {}, results.get(against) or {}
+
+    def reduction(k: str) -> float | None:
+        a, b = p.get(k), r.get(k)
+        return None if a is None or b is None or b == 0 else (b - a) / abs(b)
+
+    drop = None
+    if p.get("ev_departure_success_ratio") is not None and r.get("ev_departure_success_ratio") is not None:
+        drop = float(r["ev_departure_success_ratio"]) - float(p["ev_departure_success_ratio"])
+    rows = {
+        "cost_reduction_vs_rbc": (reduction("cost_total"), f">= {TARGETS['cost_reduction_min']}",
+                                  lambda v: v >= TARGETS["cost_reduction_min"]),
+        "co2_reduction_vs_rbc": (reduction("carbon_emissions_kg"), f">= {TARGETS['co2_reduction_min']}",
+                                 lambda v: v >= TARGETS["co2_reduction_min"]),
+        "ev_success_drop_vs_rbc": (drop, f"<= {TARGETS['ev_success_drop_max']}",
+                                   lambda v: v <= TARGETS["ev_success_drop_max"] + 1e-12),
+        "limit_violations": (p.get("limit_violations"), "== 0", lambda v: v == 0),
+    }  # fmt: skip
+    criteria = {
+        name: {"value": v, "target": target, "passed": bool(v is not None and ok(v))}
+        for name, (v, target, ok) in rows.items()
+    }
+    return {"policy": policy, "against": against, "criteria": criteria,
+            "passed": all(c["passed"] for c in criteria.values())}  # fmt: skip
 
 
 def kpi_table(results: Mapping[str, Mapping[str, float | None]], against: str = "rbc") -> str:

@@ -14,6 +14,14 @@ The seed's CO2 accounting, with ``f`` = ``co2_factor_kg_per_kwh`` (0.4521 by def
 "PV used on site" is generation minus export (never below 0). Battery discharge can hold PV stored
 earlier, so the indirect reduction counts that energy twice, as the seed did; both parts are reported
 separately (``co2_indirect_solar_kg``, ``co2_indirect_battery_kg``) so the double count is visible.
+
+Limit violations (:func:`limit_violations`), counted in steps over the simulated series, each a check that
+fails on a series that breaks it (tests/test_citylearn_domain.py): ``violations_battery_soc`` (SoC outside
+[1 - depth of discharge, 1]), ``violations_battery_power`` (grid-side energy above the nominal power),
+``violations_charger_power`` (above the charging or V2G limit), ``violations_charger_no_vehicle`` (energy
+through a socket with no vehicle plugged), ``violations_ev_soc`` (a vehicle's SoC outside [0, 1]), and
+``limit_violations``, their sum. EV shortfall at departure in kWh (``ev_departure_shortfall_kwh``) is the
+energy the reward's constraint prices.
 """
 
 from __future__ import annotations
@@ -114,6 +122,65 @@ def energy_kpis(
     return kpis
 
 
+TOL = 1e-6
+
+
+def _count(bad: np.ndarray) -> float:
+    return float(np.count_nonzero(bad))
+
+
+def limit_violations(env: Any) -> dict[str, float]:
+    """Steps in which a battery or charger limit was broken over the simulated steps (module docstring)."""
+    n = int(env.time_step)
+    h = float(env.seconds_per_time_step) / 3600.0
+    out = dict.fromkeys(("violations_battery_soc", "violations_battery_power", "violations_charger_power",
+                         "violations_charger_no_vehicle", "violations_ev_soc"), 0.0)  # fmt: skip
+    shortfall = 0.0
+    for b in env.buildings:
+        s = b.electrical_storage
+        if s is not None and float(getattr(s, "capacity", 0.0) or 0.0) > 0:
+            soc = np.asarray(s.soc, dtype=np.float64)[:n]
+            lo = max(1.0 - float(s.depth_of_discharge), 0.0)
+            out["violations_battery_soc"] += _count((soc < lo - TOL) | (soc > 1.0 + TOL))
+            e = np.abs(np.asarray(b.electrical_storage_electricity_consumption, dtype=np.float64)[:n])
+            out["violations_battery_power"] += _count(e > float(s.nominal_power) * h * (1 + TOL) + TOL)
+        for c in b.electric_vehicle_chargers or []:
+            e = np.asarray(c.electricity_consumption, dtype=np.float64)[:n]
+            over = (e > float(c.max_charging_power) * h * (1 + TOL) + TOL) | (
+                -e > float(c.max_discharging_power) * h * (1 + TOL) + TOL
+            )
+            out["violations_charger_power"] += _count(over)
+            evs = list(c.past_connected_evs)[: len(e)]
+            absent = np.array([ev is None for ev in evs] + [True] * (len(e) - len(evs)))
+            out["violations_charger_no_vehicle"] += _count(absent & (np.abs(e) > TOL))
+            for t, ev in enumerate(evs):
+                if ev is None:
+                    continue
+                soc = float(ev.battery.soc[t])
+                out["violations_ev_soc"] += float(soc < -TOL or soc > 1.0 + TOL)
+            shortfall += _departure_shortfall(c, evs, n)
+    out["limit_violations"] = float(sum(out.values()))
+    out["ev_departure_shortfall_kwh"] = shortfall
+    return out
+
+
+def _departure_shortfall(charger: Any, evs: list[Any], n: int) -> float:
+    """kWh missing at departure over the simulated steps (departure: the last step of a stay; CityLearn's
+    KPI definition without its session-id refinements)."""
+    sim = charger.charger_simulation
+    state = np.asarray(sim.electric_vehicle_charger_state, dtype=np.float64)
+    required = np.asarray(sim.electric_vehicle_required_soc_departure, dtype=np.float64)
+    total = 0.0
+    for t in range(min(n, len(evs))):
+        ev = evs[t]
+        if ev is None or state[t] != 1:
+            continue
+        leaving = t + 1 >= len(state) or state[t + 1] != 1 or (t + 1 < len(evs) and evs[t + 1] is not ev)
+        if leaving and np.isfinite(required[t]) and required[t] >= 0:
+            total += max(float(required[t]) - float(ev.battery.soc[t]), 0.0) * float(ev.battery.capacity)
+    return total
+
+
 def citylearn_kpis(env: Any) -> dict[str, float]:
     """CityLearn's district KPIs of the episode: ``evaluate_v2`` (without its own BAU rerun), ``evaluate``."""
     out: dict[str, float] = {}
@@ -142,5 +209,6 @@ def episode_kpis(
     series = district_series(env)
     kpis = energy_kpis(series, step_h, co2_factor, ev_factor, steps_per_day=max(int(round(24 / step_h)), 1))
     kpis.update(citylearn_kpis(env))
+    kpis.update(limit_violations(env))
     kpis["time_steps"] = float(len(series["net"]))
     return kpis
