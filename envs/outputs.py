@@ -140,6 +140,14 @@ def check_output(
             raise OutputError(out, f"cannot be created: {parent} is a file, not a folder", flag)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(out, f"cannot be written: no write permission in {parent}", flag)
+    probe = temp_sibling(parent / "probe", "probe")  # a folder made and removed: some file systems
+    try:  # (/proc, read-only mounts) refuse what the permission bits allow
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise OutputError(
+            out, f"cannot be written: creating a folder in {parent} failed ({exc.strerror})", flag
+        ) from exc
     return out
 
 

@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from envs.metrics import reduction_pct
+from envs.outputs import OutputError, OutputKind, check_output, staged_output
+from envs.profiles import SCENARIOS
+from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
+
+# What `gridrl evaluate` writes: the export domain's plot, the model-based JSON or CityLearn's KPIs.
+EVALUATE_OUTPUT = OutputKind(
+    "the results of gridrl evaluate",
+    ("cumulative_export.png", "model_based.json", "kpis.json"),
+    any_entry=True,
+)
 
 # Held-out days: training envs are seeded by RLlib from the run's seed (small integers); evaluation days
 # come from a separate seed range, so a policy is never judged on a day it trained on.
@@ -38,15 +48,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "DIR/criteria.json (the success criteria), a day's plot and the cumulative export plot."
         ),
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir (a trial's checkpoint_NNNNNN or a promoted best/)")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint dir (a trial's checkpoint_NNNNNN or a promoted best/)"
+    )
     p.add_argument("--site", default=None, help="site YAML (default: the site the policy was trained on)")
-    p.add_argument("--days", type=int, default=2, help="held-out days (default 2)")
-    p.add_argument("--hours", type=float, default=24.0, help="hours per day, from --start-h (default 24)")
-    p.add_argument("--start-h", type=float, default=0.0, help="start of each day's window, local hour")
-    p.add_argument("--scenario", default="broken_clouds", help="weather: clear, broken_clouds, overcast, summer, winter, random")
-    p.add_argument("--baselines", default="pi,oracle,zero", help="comma-separated baselines (default pi,oracle,zero)")
-    p.add_argument("--seed", type=int, default=0, help="selects the held-out days")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--days", type=int_at_least(1), default=2, help="held-out days (default 2)")
+    p.add_argument("--hours", type=HOURS, default=24.0, help="hours per day, from --start-h (default 24)")
+    p.add_argument("--start-h", type=START_H, default=0.0, help="start of each day's window, local hour")
+    p.add_argument(
+        "--scenario",
+        default="broken_clouds",
+        choices=[*SCENARIOS, "random"],
+        help="weather (default broken_clouds)",
+    )
+    p.add_argument(
+        "--baselines", default="pi,oracle,zero", help="comma-separated baselines (default pi,oracle,zero)"
+    )
+    p.add_argument("--seed", type=SEED, default=0, help="selects the held-out days")
+    p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier `gridrl evaluate` result at --out"
+    )
     mb = p.add_argument_group(
         "model-based evaluation (no simulator)",
         "With --model and --dataset, the policy and the baselines run through the learned forward model from "
@@ -54,9 +76,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "windows is scored too. Writes DIR/model_based.json.",
     )
     mb.add_argument("--model", default=None, help="forward-model checkpoint or its training run dir")
-    mb.add_argument("--dataset", default=None, help="dataset folder from `gridrl data build` (its test split)")
-    mb.add_argument("--windows", type=int, default=32, help="test-split daylight windows (default 32)")
-    mb.add_argument("--horizon-s", type=int, default=600, help="seconds per window (default 600)")
+    mb.add_argument(
+        "--dataset", default=None, help="dataset folder from `gridrl data build` (its test split)"
+    )
+    mb.add_argument(
+        "--windows", type=int_at_least(1), default=32, help="test-split daylight windows (default 32)"
+    )
+    mb.add_argument("--horizon-s", type=int_at_least(1), default=600, help="seconds per window (default 600)")
     return p
 
 
@@ -79,8 +105,15 @@ def success_criteria(results: dict[str, dict[str, float]], who: str = "policy") 
 
 
 def evaluate_export(
-    checkpoint: str, out: Path, days: int, seed: int, baselines: list[str], site: str | None = None,
-    scenario: str = "broken_clouds", episode_s: int = 86_400, start_s: int = 0,
+    checkpoint: str,
+    out: Path,
+    days: int,
+    seed: int,
+    baselines: list[str],
+    site: str | None = None,
+    scenario: str = "broken_clouds",
+    episode_s: int = 86_400,
+    start_s: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Evaluate an export-domain checkpoint; writes metrics.json, criteria.json and plots under ``out``."""
     import polars as pl
@@ -101,17 +134,27 @@ def evaluate_export(
         day: dict[str, pl.DataFrame] = {}
         for name in ["policy", *baselines]:
             t0 = time.perf_counter()
-            ctrl = PolicyController(policy, max_w) if name == "policy" else make_controller(name, max_w, day_seed)
+            ctrl = (
+                PolicyController(policy, max_w)
+                if name == "policy"
+                else make_controller(name, max_w, day_seed)
+            )
             day[name] = rollout(ctrl, cfg, seed=day_seed).frame
             frames.setdefault(name, []).append(day[name])
-            print(f"[evaluate] day {d + 1}/{days} {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            print(
+                f"[evaluate] day {d + 1}/{days} {name}: {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         if d == 0:
             out.mkdir(parents=True, exist_ok=True)
             plot_day(day, out / "day_000.png", f"held-out day 0 ({scenario}), {Path(checkpoint).name}")
     traces = {n: pl.concat(f) for n, f in frames.items()}
     results = {n: metrics_of_record(t) for n, t in traces.items()}
     add_gap_closed(results)
-    plot_cumulative_export(traces, out / "cumulative_export.png", f"cumulative export over {days} held-out day(s)")
+    plot_cumulative_export(
+        traces, out / "cumulative_export.png", f"cumulative export over {days} held-out day(s)"
+    )
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     if "pi" in results:
         (out / "criteria.json").write_text(json.dumps(success_criteria(results), indent=2))
@@ -120,7 +163,10 @@ def evaluate_export(
 
 def format_criteria(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'criterion':30s}{'value':>12s}  {'target':>10s}  passed"]
-    lines += [f"{r['criterion']:30s}{r['value']:12.2f}  {r['target']:>10s}  {'yes' if r['passed'] else 'NO'}" for r in rows]
+    lines += [
+        f"{r['criterion']:30s}{r['value']:12.2f}  {r['target']:>10s}  {'yes' if r['passed'] else 'NO'}"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -142,16 +188,14 @@ def evaluate_model_based(args: argparse.Namespace) -> int:
     """``gridrl evaluate --model M --dataset D``: the policy's metrics estimated with the forward model."""
     from envs.dynamics.evaluator import evaluate_with_model, format_results
 
-    if not (args.model and args.dataset):
-        print("gridrl evaluate: --model and --dataset go together", file=sys.stderr)
-        return 2
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "oracle")
     try:
-        results = evaluate_with_model(
-            args.checkpoint, args.model, args.dataset, args.out, args.seed, args.windows, args.horizon_s,
-            baselines,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError) as exc:
+        with staged_output(args.out, EVALUATE_OUTPUT, force=args.force) as tmp:
+            results = evaluate_with_model(
+                args.checkpoint, args.model, args.dataset, tmp, args.seed, args.windows, args.horizon_s,
+                baselines,
+            )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:  # OutputError too
         print(f"gridrl evaluate: {exc}", file=sys.stderr)
         return 2
     print(format_results(results))
@@ -163,9 +207,16 @@ def run(args: argparse.Namespace) -> int:
     from rllib_configs.policy import find_run_info
     from scripts.simulate import format_table
 
+    if bool(args.model) != bool(args.dataset):  # the flags first, then the files
+        print("gridrl evaluate: --model and --dataset go together", file=sys.stderr)
+        return 2
+    if problem := check_window(args.hours, args.start_h):
+        print(f"gridrl evaluate: {problem}", file=sys.stderr)
+        return 2
     try:
+        check_output(args.out, EVALUATE_OUTPUT, force=args.force)  # before anything is loaded
         info = find_run_info(args.checkpoint)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, OutputError) as exc:
         print(f"gridrl evaluate: {exc}", file=sys.stderr)
         return 2
     if args.model or args.dataset:
@@ -175,21 +226,34 @@ def run(args: argparse.Namespace) -> int:
         from envs.citylearn.evaluate import evaluate_checkpoint, kpi_table
 
         try:
-            results = evaluate_checkpoint(
-                args.checkpoint, out, days=args.days, seed=args.seed,
-                progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-            )  # fmt: skip
+            with staged_output(out, EVALUATE_OUTPUT, force=args.force) as tmp:
+                results = evaluate_checkpoint(
+                    args.checkpoint, tmp, days=args.days, seed=args.seed,
+                    progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+                )  # fmt: skip
         except ValueError as exc:
             print(f"gridrl evaluate: {exc}", file=sys.stderr)
             return 2
         print(kpi_table(results))
         print(json.dumps({"out": str(out), "policy": results["policy"]}))
         return 0
+    from envs.rollout import BASELINES
+
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    results = evaluate_export(
-        args.checkpoint, out, args.days, args.seed, baselines, args.site, args.scenario,
-        int(round(args.hours * 3600)), int(round(args.start_h * 3600)),
-    )
+    if unknown := [b for b in baselines if b not in BASELINES]:
+        print(
+            f"gridrl evaluate: --baselines: unknown {unknown}; known: {', '.join(BASELINES)}", file=sys.stderr
+        )
+        return 2
+    try:
+        with staged_output(out, EVALUATE_OUTPUT, force=args.force) as tmp:
+            results = evaluate_export(
+                args.checkpoint, tmp, args.days, args.seed, baselines, args.site, args.scenario,
+                int(round(args.hours * 3600)), int(round(args.start_h * 3600)),
+            )  # fmt: skip
+    except (FileNotFoundError, ValueError) as exc:  # OutputError, ConfigError (site) name the file
+        print(f"gridrl evaluate: {exc}", file=sys.stderr)
+        return 2
     print(format_table(results))
     if "pi" in results:
         print(format_criteria(success_criteria(results)))

@@ -17,6 +17,12 @@ import json
 import sys
 from pathlib import Path
 
+from envs.outputs import OutputKind, check_output, staged_output
+from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
+
+# What `gridrl evaluate-model` always writes.
+EVALUATE_MODEL_OUTPUT = OutputKind("the results of gridrl evaluate-model", ("model_metrics.json",))
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -32,12 +38,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="runs/evaluate-model", help="output directory (default runs/evaluate-model)"
     )
-    p.add_argument("--seed", type=int, default=0, help="selects the scored windows (default 0)")
+    p.add_argument("--force", action="store_true", help="replace an earlier result at --out")
+    p.add_argument("--seed", type=SEED, default=0, help="selects the scored windows (default 0)")
     p.add_argument(
         "--split", default="test", choices=("train", "val", "test"), help="split to score (default test)"
     )
-    p.add_argument("--windows", type=int, default=0, help="k-step windows scored (default 0 = all)")
-    p.add_argument("--rollouts", type=int, default=1_000, help="30-step rollouts scored (default 1000)")
+    p.add_argument(
+        "--windows", type=int_at_least(0), default=0, help="k-step windows scored (default 0 = all)"
+    )
+    p.add_argument(
+        "--rollouts", type=int_at_least(1), default=1_000, help="30-step rollouts scored (default 1000)"
+    )
     rank = p.add_argument_group("rank-correlation check (model-based estimate vs simulator)")
     rank.add_argument(
         "--rank-policies",
@@ -45,54 +56,64 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="comma-separated controllers: pi, zero, rbc, random or RLlib checkpoint paths",
     )
     rank.add_argument(
-        "--rank-windows", type=int, default=32, help="test-split daylight windows per controller (default 32)"
+        "--rank-windows",
+        type=int_at_least(1),
+        default=32,
+        help="test-split daylight windows per controller (default 32)",
     )
-    rank.add_argument("--rank-horizon", type=int, default=600, help="seconds per window (default 600)")
+    rank.add_argument(
+        "--rank-horizon", type=int_at_least(1), default=600, help="seconds per window (default 600)"
+    )
     rank.add_argument(
         "--sim-seed",
-        type=int,
+        type=SEED,
         default=None,
         help="seed the dataset's raw logs were generated with: the simulator then replays the test split's "
         "own days and scores the same windows (default: held-out days, --sim-days etc.)",
     )
     rank.add_argument(
-        "--sim-days", type=int, default=3, help="simulated held-out days per controller (default 3)"
+        "--sim-days",
+        type=int_at_least(1),
+        default=3,
+        help="simulated held-out days per controller (default 3)",
     )
     rank.add_argument(
-        "--sim-hours", type=float, default=8.0, help="hours per simulated day from --sim-start-h (default 8)"
+        "--sim-hours", type=HOURS, default=8.0, help="hours per simulated day from --sim-start-h (default 8)"
     )
     rank.add_argument(
-        "--sim-start-h", type=float, default=8.0, help="local start hour of each simulated window (default 8)"
+        "--sim-start-h",
+        type=START_H,
+        default=8.0,
+        help="local start hour of each simulated window (default 8)",
     )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    if problem := check_window(args.sim_hours, args.sim_start_h, "--sim-hours", "--sim-start-h"):
+        print(f"gridrl evaluate-model: {problem}", file=sys.stderr)
+        return 2
     import torch
 
     from envs.dynamics.data import load_split
-    from envs.dynamics.evaluate import evaluate_model, format_report, write_report
-    from envs.dynamics.evaluator import rank_check, resolve_model_checkpoint, site_limits_of
-    from envs.dynamics.model import ForwardModel
+    from envs.dynamics.evaluate import format_report
+    from envs.dynamics.evaluator import resolve_model_checkpoint
 
     torch.set_num_threads(2)
     try:
+        check_output(args.out, EVALUATE_MODEL_OUTPUT, force=args.force)  # before anything is loaded
         ckpt = resolve_model_checkpoint(args.checkpoint)
         split = load_split(args.dataset, args.split)
     except (FileNotFoundError, ValueError) as exc:
         print(f"gridrl evaluate-model: {exc}", file=sys.stderr)
         return 2
-    model = ForwardModel.load(ckpt)
-    max_w, _ = site_limits_of(args.dataset)
-    report = evaluate_model(
-        model, split, max_w, args.windows, args.rollouts, np.random.default_rng(args.seed)
-    )
-    report.update(
-        {"checkpoint": str(ckpt), "dataset": str(args.dataset), "split": args.split, "seed": args.seed}
-    )
     out = Path(args.out)
-    write_report(report, out)
+    try:
+        with staged_output(out, EVALUATE_MODEL_OUTPUT, force=args.force) as tmp:
+            report, rank = _evaluate(args, ckpt, split, tmp)
+    except (FileNotFoundError, ValueError) as exc:  # OutputError, a bad --rank-policies entry
+        print(f"gridrl evaluate-model: {exc}", file=sys.stderr)
+        return 2
     print(format_report(report))
     summary = {
         "out": str(out),
@@ -104,25 +125,47 @@ def run(args: argparse.Namespace) -> int:
         "persistence_export_mae_w": report["one_window"]["persistence_export_mae_w"],
         "rollout_stable": report["rollout"]["stable"],
     }
-    if args.rank_policies:
-        policies = [p.strip() for p in args.rank_policies.split(",") if p.strip()]
-        rank = rank_check(
-            str(ckpt),
-            args.dataset,
-            policies,
-            out,
-            args.seed,
-            args.rank_windows,
-            args.rank_horizon,
-            args.sim_days,
-            args.sim_hours,
-            args.sim_start_h,
-            gen_seed=args.sim_seed,
-        )
+    if rank is not None:
         print(format_rank(rank))
         summary["spearman_rho"] = rank["spearman_rho"]
     print(json.dumps(summary))
     return 0
+
+
+def _evaluate(args: argparse.Namespace, ckpt: Path, split, out: Path) -> tuple[dict, dict | None]:
+    """The report (and the rank check) written under ``out``."""
+    import numpy as np
+
+    from envs.dynamics.evaluate import evaluate_model, write_report
+    from envs.dynamics.evaluator import rank_check, site_limits_of
+    from envs.dynamics.model import ForwardModel
+
+    model = ForwardModel.load(ckpt)
+    max_w, _ = site_limits_of(args.dataset)
+    report = evaluate_model(
+        model, split, max_w, args.windows, args.rollouts, np.random.default_rng(args.seed)
+    )
+    report.update(
+        {"checkpoint": str(ckpt), "dataset": str(args.dataset), "split": args.split, "seed": args.seed}
+    )
+    write_report(report, out)
+    if not args.rank_policies:
+        return report, None
+    policies = [p.strip() for p in args.rank_policies.split(",") if p.strip()]
+    rank = rank_check(
+        str(ckpt),
+        args.dataset,
+        policies,
+        out,
+        args.seed,
+        args.rank_windows,
+        args.rank_horizon,
+        args.sim_days,
+        args.sim_hours,
+        args.sim_start_h,
+        gen_seed=args.sim_seed,
+    )
+    return report, rank
 
 
 def format_rank(rank: dict) -> str:

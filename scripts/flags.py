@@ -31,8 +31,10 @@ def int_at_least(lo: int) -> Callable[[str], int]:
     return parse
 
 
-def float_in(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable[[str], float]:
-    """A finite number within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
+def float_in(
+    lo: float, hi: float = math.inf, lo_open: bool = False, label: str | None = None
+) -> Callable[[str], float]:
+    """A finite number within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); ``label`` spells the range."""
 
     def parse(text: str) -> float:
         try:
@@ -44,7 +46,7 @@ def float_in(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable
             left = "(" if lo_open else "["
             bounds = f"> {lo:g}" if hi == math.inf and lo_open else f">= {lo:g}"
             if hi != math.inf:
-                bounds = f"within {left}{lo:.4g}, {hi:g}]"
+                bounds = f"within {label or f'{left}{lo:g}, {hi:g}]'}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
         return value
 
@@ -54,7 +56,7 @@ def float_in(lo: float, hi: float = math.inf, lo_open: bool = False) -> Callable
 
 SEED = int_at_least(0)
 """``--seed``: a non-negative integer (NumPy's seed sequences take no negative seeds)."""
-HOURS = float_in(1 / 60, 24)
+HOURS = float_in(1 / 60, 24, label="[1/60, 24] (one minute to a day)")
 """``--hours`` of a simulated day: one minute to 24 h."""
 START_H = float_in(0, 24)
 """``--start-h``: a local hour of the day."""
