@@ -520,7 +520,7 @@ class PolicyService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.history.snapshot()
+        self.history.close()
         self.log.close()
 
 

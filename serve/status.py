@@ -1,13 +1,13 @@
 """The status page (``GET /status``) and its data (``GET /status/data``): the last hour, per site.
 
 Each replica keeps, per site and per minute of the last hour (server clock), the counts of
-:data:`FIELDS`, and writes them every :data:`SNAPSHOT_S` seconds to ``LOG_DIR/status/<replica>.npz``
-(shared storage, like the logs). ``/status/data`` merges every replica's snapshot (its own live), so the
-page shows the whole deployment whichever replica answers. The page is plain HTML with an inline script
-(nothing is fetched from elsewhere): per site, the mode and model, the shadow policy's export against
-the acting controller's per minute as a plot, decisions that differ and violations, and the alerts
-firing. The alerts are those of ``cluster/monitoring/alerts.yml``, evaluated here on the same figures
-with the same thresholds (:data:`ALERTS`; a test checks the two agree).
+:data:`FIELDS`, and writes them every :data:`SNAPSHOT_S` seconds (a thread of its own, traffic or not) to
+``LOG_DIR/status/<replica>.npz`` (shared storage, like the logs). ``/status/data`` merges every replica's
+snapshot (its own live), so the page shows the whole deployment whichever replica answers. The page is
+plain HTML with an inline script (nothing is fetched from elsewhere): per site, the mode and model, the
+shadow policy's export against the acting controller's per minute as a plot, decisions that differ and
+violations, and the alerts firing. The alerts are those of ``cluster/monitoring/alerts.yml``, evaluated
+here on the same figures with the same thresholds (:data:`ALERTS`; a test checks the two agree).
 """
 
 from __future__ import annotations
@@ -61,7 +61,21 @@ class SiteHistory:
         self._slot_minute = np.full(MINUTES, -1, np.int64)
         self._info: dict[str, tuple[str, str, float, float]] = {}  # mode, model, fallback_s, last seen
         self._lock = threading.Lock()
-        self._next_snapshot = 0.0
+        self._stop = threading.Event()
+        if self.dir is not None:  # written while the replica lives, traffic or not (a dead one's goes stale)
+            threading.Thread(target=self._snapshots, name="status-snapshot", daemon=True).start()
+
+    def _snapshots(self) -> None:
+        while not self._stop.wait(SNAPSHOT_S):
+            try:
+                self.snapshot()
+            except OSError:
+                pass  # the next one tries again
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.dir is not None:
+            self.snapshot()
 
     def _row(self, site: str) -> int:
         i = self._index.get(site)
@@ -98,9 +112,6 @@ class SiteHistory:
             row[_F["export_pi_wh"]] += figures["export_pi_wh"]
             row[_F["export_sent_wh"]] += figures["export_policy_wh" if policy_acted else "export_pi_wh"]
             self._info[site] = (mode, model, float(figures["fallback_s"]), now)
-        if now >= self._next_snapshot:
-            self._next_snapshot = now + SNAPSHOT_S
-            self.snapshot()
 
     def arrays(self) -> dict[str, Any]:
         with self._lock:
@@ -229,8 +240,10 @@ function path(v, max) {
 }
 function plot(m) {
   const max = Math.max(1e-9, ...m.export_policy_wh, ...m.export_sent_wh);
+  const last = m.export_sent_wh[m.export_sent_wh.length - 1];
   return `<svg width="${W}" height="${H}"><polyline class="pol" points="${path(m.export_policy_wh, max)}"/>` +
-         `<polyline class="act" points="${path(m.export_sent_wh, max)}"/></svg>`;
+         `<polyline class="act" points="${path(m.export_sent_wh, max)}"/>` +
+         `<text x="2" y="10" font-size="9">max ${max.toFixed(2)}, now ${last.toFixed(2)} Wh/min</text></svg>`;
 }
 const ENT = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"};
 function esc(s) { return String(s).replace(/[&<>"]/g, c => ENT[c]); }
@@ -239,7 +252,8 @@ async function refresh() {
   try { d = await (await fetch("status/data", {cache: "no-store"})).json(); } catch (e) { return; }
   const alerts = document.getElementById("alerts");
   alerts.innerHTML = d.firing.length ? d.firing.map(a =>
-      `<li class="firing" data-alert="${esc(a.alert)}">${esc(a.alert)}: ${esc(a.site_id)}</li>`).join("")
+      `<li class="firing" data-alert="${esc(a.alert)}" data-site="${esc(a.site_id)}">` +
+      `${esc(a.alert)}: ${esc(a.site_id)}</li>`).join("")
     : '<li class="ok">none</li>';
   document.getElementById("meta").textContent =
     `${d.sites.length} sites, ${d.replicas} replica(s), at ${new Date(d.generated_at * 1000).toISOString()}`;

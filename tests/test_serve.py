@@ -711,3 +711,60 @@ def test_loaded_bundles_stay_within_the_bound(server, tmp_path):
             seen[h["pid"]] = h
             assert len(h["bundles"]["loaded"]) <= MAX_BUNDLES, h["bundles"]
     assert sum(h["bundles"]["evictions"] for h in seen.values()) > 0, "nothing was ever dropped: no test"
+
+
+# --- the status page, in a real browser
+
+
+@pytest.mark.smoke
+def test_status_page_shows_the_sites_and_its_plot_updates_after_traffic(server, tmp_path):
+    from tests.browser import CHROMIUM, Browser
+
+    if CHROMIUM is None:
+        pytest.skip("chromium absent (apt-get install chromium)")
+    server.set_mode("shadow")
+    rbc = _site_bundle(tmp_path, "rbc", 3400.0)
+    assert server.admin("bundle", {"bundle": str(rbc), "site_id": "page-a"}).status_code == 200
+    assert server.admin("mode", {"mode": "production", "site_id": "page-a"}).status_code == 200
+    time.sleep(0.3)
+    export = server.states[:, FEAT["export_w"]] + server.states[:, FEAT["acked_w_l1"]]
+    k = int(np.argmax(export))  # a state with a surplus: both controllers' predicted export is > 0
+    for i in range(3):
+        assert (
+            server.act(k + i, "page-a").status_code == 200 and server.act(k + i, "page-b").status_code == 200
+        )
+    row = "document.querySelector('tr[data-site=\"{}\"]')"
+    with Browser(f"{server.url}/status") as page:
+        wait_for(
+            lambda: page.eval(f"!!{row.format('page-a')} && !!{row.format('page-b')}"), 60, "no site rows"
+        )
+        assert page.eval("document.title") == "gridrl fleet status"
+        assert page.eval(row.format("page-a") + ".querySelector('.mode').textContent") == "production"
+        assert page.eval(row.format("page-b") + ".querySelector('.mode').textContent") == "shadow"
+        plot = row.format("page-a") + ".querySelector('.plot').innerHTML"
+        before, n0 = page.eval(plot), page.eval(row.format("page-a") + ".dataset.decisions")
+        assert "<polyline" in before
+        for i in range(20):
+            assert server.act(k + 3 + i, "page-a").status_code == 200
+
+        def updated() -> bool:
+            return page.eval(plot) != before and float(
+                page.eval(row.format("page-a") + ".dataset.decisions")
+            ) >= (float(n0) + 20)
+
+        wait_for(updated, 30, "the plot did not update after traffic")
+        # a violation shows among the alerts firing (the tripwire policy on a site in production)
+        assert server.admin("mode", {"mode": "production", "site_id": "page-c"}).status_code == 200
+        time.sleep(0.3)
+        body = server.body(3, "page-c")
+        body["state"][FEAT["setpoint_w"]] = TRIP_SETPOINT_W
+        assert (
+            "policy_output"
+            in requests.post(f"{server.url}/act", json=body, timeout=30).json()["checks_fired"]
+        )
+        # (other sites of this module may have theirs firing too: the one of page-c, by its own entry)
+        alert = "document.querySelector('#alerts [data-alert=GridrlSafetyViolation][data-site=page-c]')"
+        wait_for(lambda: page.eval(f"!!{alert} && {alert}.textContent.endsWith(': page-c')"), 30, "no alert")
+        page.screenshot(tmp_path / "status.png")
+    server.set_mode("shadow")  # re-arms the deployment after the rollback the violation caused
+
