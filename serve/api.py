@@ -65,21 +65,25 @@ def act_request_schema() -> dict[str, Any]:
     """The JSON schema of ``POST /act``'s body, with every constraint the server checks: each feature
     within the spec's bounds, ``spec_version`` this server's (required with a vector), ids by pattern,
     ``time_s`` within range. (Export domain; serve/domains.py says how another domain adds its state.)"""
+
+    def nullable(schema: dict[str, Any]) -> dict[str, Any]:  # null = not given (the default applies)
+        return {"anyOf": [schema, {"type": "null"}]}
+
+    version = {"type": "string", "const": SPEC_VERSION, "description": "state spec version"}
     common = {
-        "spec_version": {"type": "string", "const": SPEC_VERSION, "description": "state spec version"},
         "site_id": {"type": "string", "pattern": ID_PATTERN, "default": "default",
                     "description": "site: its bundle, mode and session; the log partition"},
-        "request_id": {"type": "string", "pattern": ID_PATTERN,
-                       "description": "dedupe key of the decision log"},
-        "time_s": {"type": "number", "minimum": TIME_LOW, "maximum": TIME_HIGH,
-                   "description": "UTC Unix time of the state's meter reading (default: server clock)"},
+        "request_id": nullable({"type": "string", "pattern": ID_PATTERN,
+                                "description": "dedupe key of the decision log"}),
+        "time_s": nullable({"type": "number", "minimum": TIME_LOW, "maximum": TIME_HIGH,
+                            "description": "UTC Unix time of the meter reading (default: server clock)"}),
     }  # fmt: skip
     return {
         "title": "ActRequest",
         "oneOf": [
-            {"type": "object", "properties": {"state": _BY_NAME, **common}, "required": ["state"],
-             "additionalProperties": False},
-            {"type": "object", "properties": {"state": _VECTOR, **common},
+            {"type": "object", "properties": {"state": _BY_NAME, "spec_version": nullable(version), **common},
+             "required": ["state"], "additionalProperties": False},
+            {"type": "object", "properties": {"state": _VECTOR, "spec_version": version, **common},
              "required": ["state", "spec_version"], "additionalProperties": False},
         ],
     }  # fmt: skip

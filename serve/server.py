@@ -223,8 +223,6 @@ class PolicyService:
 
     def act(self, req: ActRequest, x: np.ndarray | None = None) -> dict[str, Any]:
         """Decide for one validated request; StateError if its state does not fit the site's domain."""
-        if req.request_id is not None and req.request_id in self._retries:
-            return self._retries[req.request_id]  # a retry of an answered request: same answer, no new row
         self.sync()
         site = req.site_id
         view = site_view(self.control, site)
@@ -237,6 +235,8 @@ class PolicyService:
                 x = rt.parse_state(req.state, req.spec_version)
             except ValueError as exc:
                 raise StateError(str(exc)) from None
+        if req.request_id is not None and req.request_id in self._retries:
+            return self._retries[req.request_id]  # a retry of an answered request: same answer, no new row
         key = req.request_id or uuid.uuid4().hex
         time_s = float(req.time_s) if req.time_s is not None else time.time()
         rolled_back = bool(view.rolled_back)

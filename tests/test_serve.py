@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -768,3 +770,23 @@ def test_status_page_shows_the_sites_and_its_plot_updates_after_traffic(server, 
         page.screenshot(tmp_path / "status.png")
     server.set_mode("shadow")  # re-arms the deployment after the rollback the violation caused
 
+
+# --- the OpenAPI document tells the truth (schemathesis against the running server)
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("with_token", [True, False], ids=["admin-token", "no-token"])
+def test_openapi_contract_holds_under_schemathesis(server, tmp_path, with_token):
+    import sys
+
+    pytest.importorskip("schemathesis")
+    st = Path(sys.executable).with_name("st")
+    cmd = [str(st), "run", f"{server.url}/openapi.json", "--checks", "all", "-n", "25", "--seed", "7"]
+    cmd += ["--request-timeout", "30", "--no-color"] + (
+        ["-H", f"Authorization: Bearer {server.token}"] if with_token else []
+    )
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    tail = r.stdout[-4000:] + r.stderr[-2000:]
+    assert r.returncode == 0, tail
+    assert re.search(r"(\d+) generated, \1 passed", r.stdout), tail
+    server.set_mode("shadow")  # schemathesis set modes and rolled back with the token
