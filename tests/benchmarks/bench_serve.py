@@ -2,10 +2,13 @@
 
 Not a test. Run:
 
-    .venv/bin/python tests/benchmarks/bench_serve.py --bundle BUNDLE [--rates 100,500] [--duration 60]
+    .venv/bin/python tests/benchmarks/bench_serve.py --bundle BUNDLE [--rates 100x1,400x400] [--duration 60]
     .venv/bin/python tests/benchmarks/bench_serve.py --make-onnx runs/bench_serve/onnx  # untrained PPO net
 
-Targets (issue 9): p99 <= 20 ms at 100 req/s on this host; Serve no worse than 2x the plain baseline.
+Targets (issue 19), printed last with the figures that meet them or not (:func:`targets`): at 100 req/s
+from one site, p99 <= 20 ms and within 2x of plain FastAPI + onnxruntime's p99 in the same run; fleet
+traffic from at least 400 sites at 1 Hz each, < 0.1 % errors and p99 <= 50 ms. The default ``--rates
+100x1,400x400`` measures both (``RATExSITES``: SITES distinct site ids at RATE req/s in all).
 
 Servers, one at a time, each at every rate, in the same run:
 
@@ -234,7 +237,7 @@ def wait_up(url: str, timeout: float = 120.0) -> None:
     raise TimeoutError(url)
 
 
-def bench_subprocess(kind: str, bundle: str, bodies, args, log_dir: str, rates: list[float]) -> list[dict]:
+def bench_subprocess(kind: str, bundle: str, args, log_dir: str, loads: list[tuple]) -> list[dict]:
     from cluster.head import free_port
 
     port = free_port()
@@ -256,7 +259,7 @@ def bench_subprocess(kind: str, bundle: str, bodies, args, log_dir: str, rates: 
     try:
         wait_up(f"http://127.0.0.1:{port}/docs")
         url = f"http://127.0.0.1:{port}/act"
-        return [measured(url, [proc.pid], bodies, r, args, f"{kind}-{r}") for r in rates]
+        return [measured(url, [proc.pid], b, r, args, f"{kind}-{r:g}x{n}") for r, n, b in loads]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -337,7 +340,7 @@ def haproxy_pids() -> list[int]:
     return out
 
 
-def bench_serve(variant: str, bundle: str, bodies, args, log_dir: str, rates: list[float]) -> list[dict]:
+def bench_serve(variant: str, bundle: str, args, log_dir: str, loads: list[tuple]) -> list[dict]:
     from cluster.head import free_port
 
     port = free_port()
@@ -370,7 +373,7 @@ def bench_serve(variant: str, bundle: str, bodies, args, log_dir: str, rates: li
         pids = json.loads(line)["pids"]
         url = f"http://127.0.0.1:{port}/act"
         tag = re.sub(r"[^A-Za-z0-9_.:-]", "-", variant)  # request ids: serve/api.py ID_PATTERN
-        return [measured(url, pids, bodies, r, args, f"{tag}-{r}") for r in rates]
+        return [measured(url, pids, b, r, args, f"{tag}-{r:g}x{n}") for r, n, b in loads]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -393,14 +396,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", help="an ONNX bundle (gridrl export --checkpoint, or --make-onnx)")
     ap.add_argument("--make-onnx", type=Path, help="write an untrained PPO ONNX bundle here and exit")
-    ap.add_argument("--rates", default="100,400", help="request rates, req/s (default 100,400)")
+    ap.add_argument(
+        "--rates",
+        default="100x1,400x400",
+        help="loads, RATE or RATExSITES: req/s in all, over SITES site ids (default 100x1,400x400: the "
+        "targets' one site at 100 req/s and 400 sites at 1 Hz each); RATE alone takes --sites",
+    )
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per rate (default 30)")
     ap.add_argument(
         "--servers",
         default="serve:default,plain",
         help="servers, in order: serve:VARIANT (" + ", ".join(VARIANTS) + "), plain, service",
     )
-    ap.add_argument("--sites", type=int, default=1, help="distinct site ids the requests cycle over")
+    ap.add_argument("--sites", type=int, default=1, help="site ids of a RATE without xSITES (default 1)")
     ap.add_argument("--app-args", default="", help="JSON of extra ServeConfig keys for the Serve app")
     ap.add_argument(
         "--warmup", type=int, default=1, help="1: each site's first request before the measured run (default)"
@@ -425,23 +433,71 @@ def main() -> None:
         return
     if not args.bundle:
         ap.error("--bundle is required")
-    rates = [float(r) for r in args.rates.split(",")]
-    bodies = make_bodies(args.sites, 60, args.seed)
+    loads = []  # (rate, sites, bodies)
+    for item in args.rates.split(","):
+        rate, _, sites = item.strip().partition("x")
+        n = int(sites) if sites else args.sites
+        loads.append((float(rate), n, make_bodies(n, 60, args.seed)))
     results: dict = {"bundle": args.bundle, "sites": args.sites, "duration_s": args.duration, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.servers.split(","):
             log_dir = str(Path(tmp) / kind.replace(":", "-"))
             if kind.startswith("serve:"):
-                runs = bench_serve(kind.split(":", 1)[1], args.bundle, bodies, args, log_dir, rates)
+                runs = bench_serve(kind.split(":", 1)[1], args.bundle, args, log_dir, loads)
             else:
-                runs = bench_subprocess(kind, args.bundle, bodies, args, log_dir, rates)
+                runs = bench_subprocess(kind, args.bundle, args, log_dir, loads)
             for r in runs:
                 results["runs"].append({"server": kind, **r})
     results["cpus"] = os.cpu_count()
+    results["targets"] = targets(results["runs"])
     print_table(results["runs"])
+    print_targets(results["targets"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results))
+
+
+def targets(runs: list[dict]) -> list[dict]:
+    """The issue's targets, per Serve variant, from the runs that measure them (none: not measured)."""
+    out = []
+
+    def find(server: str, pred) -> dict | None:
+        return next((r for r in runs if r["server"] == server and pred(r)), None)
+
+    def one_site_100(r: dict) -> bool:
+        return r["rate"] == 100 and r["sites"] == 1
+
+    def fleet(r: dict) -> bool:  # at least 400 sites, each at 1 Hz or more
+        return r["sites"] >= 400 and r["rate"] >= r["sites"]
+
+    plain = find("plain", one_site_100)
+    for server in dict.fromkeys(r["server"] for r in runs if r["server"].startswith("serve:")):
+        r = find(server, one_site_100)
+        if r is not None:
+            out.append({"server": server, "target": "p99 at 100 req/s, 1 site", "value": r["p99_ms"],
+                        "limit": "<= 20 ms", "met": r["p99_ms"] <= 20.0})  # fmt: skip
+            if plain is not None:
+                ratio = round(r["p99_ms"] / max(plain["p99_ms"], 1e-9), 2)
+                out.append({"server": server, "target": "p99 / plain's p99 at 100 req/s", "value": ratio,
+                            "limit": "<= 2", "met": ratio <= 2.0})  # fmt: skip
+        r = find(server, fleet)
+        if r is not None:
+            what = f"{r['sites']} sites at {r['rate']:g} req/s"
+            err = round(100 * r["error_rate"], 3)
+            out.append({"server": server, "target": f"errors, {what}", "value": err, "limit": "< 0.1 %",
+                        "met": err < 0.1})  # fmt: skip
+            out.append({"server": server, "target": f"p99, {what}", "value": r["p99_ms"], "limit": "<= 50 ms",
+                        "met": r["p99_ms"] <= 50.0 and err < 0.1})  # fmt: skip
+    return out
+
+
+def print_targets(rows: list[dict]) -> None:
+    print("\ntargets (issue 19), measured in this run:")
+    if not rows:
+        print("  none measured: run serve:VARIANT (and plain) at 100x1 and at 400x400 or more")
+    for t in rows:
+        verdict = "met" if t["met"] else "NOT met"
+        print(f"  {t['server']:16} {t['target']:36} {t['value']:>9} {t['limit']:>9}  {verdict}")
 
 
 def print_table(runs: list[dict]) -> None:
