@@ -1,4 +1,4 @@
-"""Algorithm names -> RLlib config classes, and A2C as PPO's special case.
+"""Algorithm names -> RLlib config classes, A2C as PPO's special case, and IQL with its temperature free.
 
 RLlib removed A2C (to rllib_contrib in Ray 2.8; that repository was deleted in 2024). gridrl provides it
 as PPO configured to its A2C special case, which is exact, not an approximation:
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ray.rllib.algorithms.iql.iql import IQL as RLlibIQL
+from ray.rllib.algorithms.iql.iql import IQLConfig as RLlibIQLConfig
 from ray.rllib.algorithms.ppo import PPOConfig
 
 A2C_FIXED = {"num_epochs": 1, "use_kl_loss": False, "clip_param": 1e9, "vf_clip_param": 1e9}
@@ -44,12 +46,40 @@ class A2CConfig(PPOConfig):
             raise ValueError("A2C: minibatch_size must be the whole train batch")
 
 
+class IQLConfig(RLlibIQLConfig):
+    """RLlib 2.60's IQL with its temperature ``beta`` free above 1.
+
+    IQL inherits MARWILConfig.validate, which refuses ``beta`` outside [0, 1] (MARWIL's own beta, an
+    advantage weight); IQL reuses the field as its temperature, where offline-RL references use about 3
+    (CORL's locomotion default) and IQL's own validate asks only for beta > 0. MARWIL's check runs with beta
+    capped at 1, then the configured value is put back; IQL's learner reads it as configured.
+    """
+
+    def __init__(self, algo_class: Any = None) -> None:
+        super().__init__(algo_class=algo_class or IQL)
+
+    def validate(self) -> None:
+        beta = self.beta
+        self.beta = min(beta, 1.0)
+        try:
+            super().validate()
+        finally:
+            self.beta = beta
+
+
+class IQL(RLlibIQL):
+    """RLlib's IQL whose default config is :class:`IQLConfig` (Tune rebuilds a trial's config from it)."""
+
+    @classmethod
+    def get_default_config(cls) -> IQLConfig:
+        return IQLConfig()
+
+
 def config_class(name: str) -> type:
     """The AlgorithmConfig class of an algorithm name (case-insensitive)."""
     from ray.rllib.algorithms.appo import APPOConfig
     from ray.rllib.algorithms.bc import BCConfig
     from ray.rllib.algorithms.cql import CQLConfig
-    from ray.rllib.algorithms.iql import IQLConfig
     from ray.rllib.algorithms.marwil import MARWILConfig
     from ray.rllib.algorithms.sac import SACConfig
 
