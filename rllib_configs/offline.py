@@ -1,4 +1,5 @@
-"""Offline training on gridrl datasets: observation normalisation in RLlib's offline pre-learner, and
+"""Offline training on gridrl datasets: observation normalisation in RLlib's offline pre-learner, the
+dataset held in memory with shuffled minibatches drawn there (:class:`InMemoryOfflineData`), and
 initialising one algorithm's policy from another's checkpoint (CQL from BC).
 
 Datasets store the raw state vector; the networks see it normalised with the dataset's
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ray.rllib.core import COMPONENT_RL_MODULE
+from ray.rllib.env import INPUT_ENV_SPACES
 from ray.rllib.offline.offline_data import OfflineData
 from ray.rllib.offline.offline_prelearner import OfflinePreLearner
 
@@ -40,6 +43,123 @@ class OrderedOfflineData(OfflineData):
         super().__init__(config)
 
 
+class InMemoryOfflineData(OrderedOfflineData):
+    """The whole dataset in memory, through the pre-learner once; learners draw shuffled minibatches there.
+
+    RLlib's :class:`OfflineData` streams every minibatch through Ray Data (``iter_torch_batches`` over the
+    mapped dataset, with prefetching threads), in the order of the files: two consecutive minibatches are
+    two consecutive stretches of seconds of one day, and every epoch repeats the same minibatches. A gridrl
+    dataset fits in memory, so this class reads it through Ray Data once (order kept: same seed, same
+    data), runs the configured pre-learner (RLlib's learner-connector pipeline, plus the normalisation of
+    :class:`NormalizingPreLearner` where configured) over it once, in this process, and hands each learner
+    an :class:`InMemoryBatches`: every epoch a fresh permutation of the rows (seeded by ``config.seed`` and
+    the learner's index), cut into minibatches of the learner's ``train_batch_size_per_learner``.
+
+    For learner connectors that do not read the module's weights (BC, CQL, IQL): the pre-learner runs once,
+    with the module's initial weights (MARWIL's advantages would go stale; RLlib's
+    ``materialize_mapped_data`` has the same limit). ``offline_data.map_batches_kwargs`` does not apply (no
+    pre-learner actors); ``iter_batches_kwargs`` are accepted and ignored. The sampler's position is not
+    checkpointed: a resumed run draws from its seed again.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self._shards: list[InMemoryBatches] | None = None
+
+    def sample(
+        self,
+        num_samples: int,
+        return_iterator: bool = False,
+        num_shards: int = 1,
+        module_state: dict[str, Any] | None = None,
+    ) -> Any:
+        if not return_iterator:
+            raise ValueError(
+                "InMemoryOfflineData serves learners through iterators: "
+                "set offline_data.dataset_num_iters_per_learner >= 2"
+            )
+        if self._shards is None:
+            import ray
+
+            columns = self._mapped_columns(num_samples, module_state)
+            seed = int(self.config.seed or 0)
+            ref = ray.put(columns)
+            self._shards = [InMemoryBatches(ref, seed=seed + i) for i in range(max(1, num_shards))]
+        return list(self._shards)
+
+    def _mapped_columns(self, batch_size: int, module_state: dict[str, Any] | None) -> dict[str, np.ndarray]:
+        """Every row of the dataset through the pre-learner: one numpy array per column (flattened keys)."""
+        import ray
+
+        if not module_state:
+            learner = self.learner_handles[0]
+            if isinstance(learner, ray.actor.ActorHandle):
+                module_state = ray.get(learner.get_state.remote(component=COMPONENT_RL_MODULE))
+            else:
+                module_state = learner.get_state(component=COMPONENT_RL_MODULE)
+            module_state = module_state[COMPONENT_RL_MODULE]
+        prelearner = self.prelearner_class(
+            config=self.config,
+            spaces=self.spaces[INPUT_ENV_SPACES],
+            module_spec=self.module_spec,
+            module_state=module_state,
+        )
+        parts: dict[str, list[np.ndarray]] = {}
+        for batch in self.data.iter_batches(
+            batch_size=self.data_read_batch_size or batch_size, batch_format="numpy"
+        ):
+            for key, value in prelearner(batch).items():
+                parts.setdefault(key, []).append(
+                    value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+                )
+        if not parts:
+            raise ValueError(f"{self.path}: the offline dataset has no rows")
+        return {key: np.concatenate(values) for key, values in parts.items()}
+
+
+class InMemoryBatches:
+    """What a learner iterates (RLlib calls ``iter_torch_batches`` on it, as on a Ray Data iterator).
+
+    It holds an object reference to the mapped columns (cheap to send to remote learners; the columns
+    themselves also do) and resolves it where it is iterated, once, into tensors on the learner's device.
+    Each pass over the returned iterable is one epoch: a fresh permutation of the rows, the last incomplete
+    minibatch dropped.
+    """
+
+    def __init__(self, columns: Any, seed: int) -> None:
+        self._columns = columns
+        self.seed = seed
+
+    def iter_torch_batches(self, *, batch_size: int, device: Any = None, **_: Any) -> _Epochs:
+        import ray
+        import torch
+
+        columns = ray.get(self._columns) if isinstance(self._columns, ray.ObjectRef) else self._columns
+        tensors = {k: torch.from_numpy(np.array(v)).to(device or "cpu") for k, v in columns.items()}
+        return _Epochs(tensors, int(batch_size), np.random.default_rng(self.seed))
+
+
+class _Epochs:
+    def __init__(self, tensors: dict[str, Any], batch_size: int, rng: np.random.Generator) -> None:
+        self.tensors = tensors
+        self.rows = len(next(iter(tensors.values())))
+        if self.rows < batch_size:
+            raise ValueError(
+                f"the offline dataset has {self.rows} rows, fewer than a minibatch of {batch_size}"
+            )
+        self.batch_size = batch_size
+        self.rng = rng
+
+    def __iter__(self) -> Any:
+        import torch
+
+        device = next(iter(self.tensors.values())).device
+        order = torch.from_numpy(self.rng.permutation(self.rows)).to(device)
+        for start in range(0, self.rows - self.batch_size + 1, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield {k: v.index_select(0, idx) for k, v in self.tensors.items()}
+
+
 class NormalizingPreLearner(OfflinePreLearner):
     """RLlib's OfflinePreLearner with ``obs`` and ``new_obs`` normalised by the dataset's statistics."""
 
@@ -47,7 +167,9 @@ class NormalizingPreLearner(OfflinePreLearner):
         super().__init__(config=config, **kwargs)
         path = (config.learner_config_dict or {}).get(NORMALIZATION_KEY)
         if not path:
-            raise ValueError(f"NormalizingPreLearner: learners.learner_config_dict.{NORMALIZATION_KEY} is not set")
+            raise ValueError(
+                f"NormalizingPreLearner: learners.learner_config_dict.{NORMALIZATION_KEY} is not set"
+            )
         self._normalizer = ObsNormalizer.load(path)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -72,7 +194,7 @@ def policy_state_from(checkpoint: str | Path) -> dict[str, Any]:
     for name, value in module.state_dict().items():
         for src, dst in POLICY_PREFIXES.items():
             if name.startswith(src):
-                out[dst + name[len(src):]] = value
+                out[dst + name[len(src) :]] = value
                 break
     if not out:
         raise ValueError(f"{checkpoint}: no policy parameters found to initialise from")
