@@ -96,9 +96,28 @@ def test_offline_cql_with_the_pi_inside_trains_and_acts_on_raw_states(small_data
 
 
 @pytest.mark.smoke
+def test_offline_iql_trains_saves_loads_and_acts(small_dataset, tmp_path, ray_session):
+    iql = run_training(_offline_smoke_spec("iql", small_dataset),
+                       RunOptions(storage_path=tmp_path, stop_iters=2, seed=1))
+    m = iql["metrics"]
+    assert m["training_iteration"] == 2 and "evaluation/env_runners/episode_return_mean" in m
+    assert np.isfinite(m["learners/default_policy/policy_loss"])
+    assert np.isfinite(m["learners/default_policy/qf_loss"])
+    from rllib_configs.offline import policy_state_from
+
+    assert {"pi.net.mlp.0.weight"} <= set(policy_state_from(iql["checkpoint"]))
+    policy = load_policy(iql["checkpoint"])
+    assert policy.info["algorithm"] == "IQL"
+    a = policy.act_unit(_states()[:20])
+    assert a.shape == (20, 3) and np.all(np.abs(a) <= 1.0)
+    assert np.array_equal(a, load_policy(iql["checkpoint"]).act_unit(_states()[:20]))
+
+
+@pytest.mark.smoke
 def test_offline_bc_same_seed_same_first_iteration(small_dataset, tmp_path, ray_session):
-    """Ray Data streams offline batches in completion order unless told not to (rllib_configs/offline.py)."""
+    """Same seed, same minibatches (rllib_configs/offline.py InMemoryOfflineData draws them from the seed)."""
     spec = load_train_config(REPO / "rllib_configs/export/bc.yaml", dataset=str(small_dataset))
+    spec.algo_config.offline_data(dataset_num_iters_per_learner=100)
     loss = [
         run_training(spec, RunOptions(storage_path=tmp_path / str(i), stop_iters=1, seed=4))["metrics"][
             "learners/default_policy/policy_loss"
