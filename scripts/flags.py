@@ -31,6 +31,22 @@ def int_at_least(lo: int) -> Callable[[str], int]:
     return parse
 
 
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An integer within ``[lo, hi]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be within [{lo}, {hi}], got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def float_in(
     lo: float, hi: float = math.inf, lo_open: bool = False, label: str | None = None
 ) -> Callable[[str], float]:
@@ -60,6 +76,8 @@ HOURS = float_in(1 / 60, 24, label="[1/60, 24] (one minute to a day)")
 """``--hours`` of a simulated day: one minute to 24 h."""
 START_H = float_in(0, 24)
 """``--start-h``: a local hour of the day."""
+PORT = int_in(1, 65535)
+"""``--port``: a TCP port."""
 
 
 def check_window(

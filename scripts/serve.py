@@ -23,6 +23,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from envs.profiles import SCENARIOS
+from scripts.flags import PORT, SEED, START_H, float_in, int_at_least
+
 APP_NAME = "gridrl-export"
 
 
@@ -40,12 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="shadow",
         help="shadow (PI acts, policy logged; default), ab (weekday-hour schedule), rollout, production",
     )
-    p.add_argument("--rollout-pct", type=float, default=0.0, help="rollout mode: share of sites, 0-100")
+    p.add_argument(
+        "--rollout-pct", type=float_in(0, 100), default=0.0, help="rollout mode: share of sites, 0-100"
+    )
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--port", type=PORT, default=8000, help="HTTP port (default 8000)")
     p.add_argument(
         "--seed",
-        type=int,
+        type=SEED,
         default=0,
         help="with --simulate-hours: the simulated day (gridrl simulate's days for the same seed)",
     )
@@ -54,7 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--log-dir", default=None, help="control state and logs (default $GRIDRL_STORAGE/serve)")
     p.add_argument("--token-file", default=None, help="admin token file, created if missing")
-    p.add_argument("--replicas", type=int, default=None, help="replicas of the server (default 1)")
+    p.add_argument(
+        "--replicas", type=int_at_least(1), default=None, help="replicas of the server (default 1)"
+    )
     p.add_argument("--address", default=None, help="Ray cluster address (default: embedded local Ray)")
     p.add_argument(
         "--ingress",
@@ -63,15 +70,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="HTTP ingress: haproxy (default: HAProxy in front of the replicas' own HTTP servers) or proxy "
         "(Serve's Python proxy); see serve/launch.py",
     )
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (default 2)")
+    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded Ray (default 2)")
     p.add_argument(
         "--simulate-hours",
-        type=float,
+        type=float_in(0, lo_open=True),
         default=None,
         help="drive this many hours of simulated site traffic (1 request per simulated second), then stop",
     )
-    p.add_argument("--scenario", default="broken_clouds", help="weather of the simulated traffic")
-    p.add_argument("--start-hour", type=float, default=10.0, help="local start hour of the simulated traffic")
+    p.add_argument(
+        "--scenario",
+        default="broken_clouds",
+        choices=[*SCENARIOS, "random"],
+        help="weather of the simulated traffic (default broken_clouds)",
+    )
+    p.add_argument(
+        "--start-hour", type=START_H, default=10.0, help="local start hour of the simulated traffic"
+    )
     return p
 
 

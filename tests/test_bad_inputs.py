@@ -635,6 +635,40 @@ EVALUATE_MODEL: list[Case] = [
     ("split-unknown", lambda c: (_eval_model(c, "--split", "holdout"), ["--split", "holdout"])),
 ]
 
+def _serve(ctx, *extra, bundle=None):
+    bundle = bundle or ctx.copy("bundle")
+    return ["serve", "--bundle", str(bundle), "--log-dir", str(ctx.home / "log"), *extra]
+
+
+SERVE: list[Case] = [  # refused before Ray starts
+    ("bundle-missing", lambda c: (_serve(c, bundle=c.home / "nope"), [str(Path("nope") / "manifest.json")])),
+    ("bundle-tampered", lambda c: (_serve(c, bundle=_tampered_bundle(c)), ["manifest"])),
+    ("mode-unknown", lambda c: (_serve(c, "--mode", "live"), ["--mode", "live"])),
+    ("rollout-pct-150", lambda c: (_serve(c, "--rollout-pct", "150"), ["--rollout-pct", "150"])),
+    ("port-70000", lambda c: (_serve(c, "--port", "70000"), ["--port", "70000"])),
+    ("replicas-zero", lambda c: (_serve(c, "--replicas", "0"), ["--replicas"])),
+    ("num-cpus-zero", lambda c: (_serve(c, "--num-cpus", "0"), ["--num-cpus"])),
+    ("simulate-hours-zero", lambda c: (_serve(c, "--simulate-hours", "0"), ["--simulate-hours"])),
+    ("scenario-unknown", lambda c: (_serve(c, "--scenario", "foggy"), ["--scenario", "foggy"])),
+    ("start-hour-25", lambda c: (_serve(c, "--start-hour", "25"), ["--start-hour"])),
+    ("seed-negative", lambda c: (_serve(c, "--seed", "-1"), ["--seed"])),
+    (
+        "config-unknown-key",
+        lambda c: (_serve(c, "--config", str(c.file("s.yaml", "max_bundle: 3\n"))), ["s.yaml", "max_bundle"]),
+    ),
+    (
+        "config-max-bundles-zero",
+        lambda c: (_serve(c, "--config", str(c.file("s.yaml", "max_bundles: 0\n"))), ["max_bundles"]),
+    ),
+    (
+        "config-site-id-bad",
+        lambda c: (
+            _serve(c, "--config", str(c.file("s.yaml", "sites: {'bad site': {mode: shadow}}\n"))),
+            ["sites", "bad site"],
+        ),
+    ),
+]
+
 TABLE = [
     pytest.param(command, setup, id=f"{command}:{name}")
     for command, cases in (
@@ -646,6 +680,7 @@ TABLE = [
         ("train", TRAIN),
         ("evaluate", EVALUATE),
         ("evaluate-model", EVALUATE_MODEL),
+        ("serve", SERVE),
     )  # fmt: skip
     for name, setup in cases
 ]
@@ -671,6 +706,7 @@ def test_the_table_covers_every_command():
     commands = {p.values[0] for p in TABLE}
     assert commands == {
         "simulate", "data-generate", "data-build", "export", "edge", "train", "evaluate", "evaluate-model",
+        "serve",
     }  # fmt: skip
     assert len(TABLE) >= 100
 
