@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.utils import seeding
 
 from envs.actions import N_ACTIONS, to_watts
 from envs.config import from_mapping
@@ -183,7 +184,9 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
 
     All members share the window length, so they end together and are reset together (autoreset on the
     step after the end, gymnasium's NEXT_STEP mode). Observation, action and reward as in
-    :class:`ExportControlEnv`.
+    :class:`ExportControlEnv`. Seeding follows gymnasium's vector envs: ``reset(seed=s)`` gives member
+    ``i`` the draws of an :class:`ExportControlEnv` reset with ``seed=s + i``, so a vectorised run and
+    ``num_envs`` single envs see the same days and the same transitions (tests/test_export_env.py).
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
@@ -202,9 +205,8 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self._needs_reset = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        if seed is not None or not self._rngs:
-            root = np.random.SeedSequence(seed)
-            self._rngs = [np.random.default_rng(s) for s in root.spawn(self.num_envs)]
+        if seed is not None or not self._rngs:  # member i draws as ExportControlEnv reset with seed + i
+            self._rngs = [seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
         drawn = [self.config.draw_episode(rng, self.site) for rng in self._rngs]
         obs = self.sim.reset([d for d, _ in drawn], [w for _, w in drawn], self._rngs)
         self._needs_reset = False

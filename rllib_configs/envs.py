@@ -14,15 +14,33 @@ EXPORT_MODEL_ENV = "gridrl-export-model"
 
 
 def make_export_env(env_config: dict[str, Any]) -> Any:
-    """Env creator of ``gridrl-export`` (ExportControlEnv; env_config -> ExportEnvConfig here, once)."""
-    from envs.export_env import ExportControlEnv, ExportEnvConfig
-    from envs.normalization import NormalizeObservation, ObsNormalizer
+    """Env creator of ``gridrl-export`` (env_config -> ExportEnvConfig here, once).
 
-    config = ExportEnvConfig.from_dict(dict(env_config))
-    env = ExportControlEnv(config)
-    if config.normalization is not None:
-        return NormalizeObservation(env, ObsNormalizer.load(config.normalization))
-    return env
+    RLlib calls it with ``num_envs`` in the config when ``env_runners.gym_env_vectorize_mode`` is
+    ``vector_entry_point``: the creator then returns the batched simulator (ExportControlVectorEnv, one
+    kernel call steps every member) instead of one ExportControlEnv per member."""
+    from envs.export_env import ExportControlEnv, ExportControlVectorEnv, ExportEnvConfig
+    from envs.normalization import CLIP, NormalizeObservation, ObsNormalizer
+
+    env_config = dict(env_config)
+    num_envs = env_config.pop("num_envs", None)
+    config = ExportEnvConfig.from_dict(env_config)
+    if num_envs is None:
+        env = ExportControlEnv(config)
+        if config.normalization is not None:
+            return NormalizeObservation(env, ObsNormalizer.load(config.normalization))
+        return env
+    import gymnasium as gym
+    import numpy as np
+
+    venv = ExportControlVectorEnv(int(num_envs), config)
+    if config.normalization is None:
+        return venv
+    normalizer = ObsNormalizer.load(config.normalization)
+    space = gym.spaces.Box(-CLIP, CLIP, venv.single_observation_space.shape, np.float32)
+    return gym.wrappers.vector.TransformObservation(
+        venv, normalizer, gym.vector.utils.batch_space(space, venv.num_envs), single_observation_space=space
+    )
 
 
 def make_citylearn_env(env_config: dict[str, Any]) -> Any:

@@ -132,7 +132,8 @@ def builder_parameters(config_cls: type, method: str) -> tuple[dict[str, Any], s
 
 def _import_object(value: Any, annotation: Any) -> Any:
     """A dotted path given for a class- or callable-typed builder argument, imported."""
-    if not isinstance(value, str) or "." not in value or not any(t in str(annotation) for t in ("Type", "Callable")):
+    kinds = ("Type", "Callable", "[type]", "<class 'type'>")  # Type[X], Callable, Optional[type], type
+    if not isinstance(value, str) or "." not in value or not any(t in str(annotation) for t in kinds):
         return value
     import importlib
 

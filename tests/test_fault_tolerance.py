@@ -33,10 +33,10 @@ def has_checkpoint(storage: Path) -> bool:
 
 @pytest.mark.integration
 def test_killed_env_runner_is_restarted_and_training_reaches_target(tmp_path):
-    proc = start_train(tmp_path, 6)
+    proc = start_train(tmp_path, 6, "--num-env-runners", "1")  # ppo.yaml samples in-process by default
     try:
         def runner_pid():
-            pids = [p for p in descendants(proc.pid) if "SingleAgentEnvRunner" in cmdline(p)]
+            pids = [p for p in descendants(proc.pid) if "EnvRunner" in cmdline(p)]
             return pids[0] if pids and has_checkpoint(tmp_path) else None
 
         victim = wait_for(runner_pid, 240, "no env runner / first iteration", poll_s=0.5)

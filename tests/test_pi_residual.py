@@ -78,7 +78,9 @@ def test_bad_residual_settings_name_the_field(tmp_path):
     site = tmp_path / "site.yaml"  # the shipped site with a smaller action bound
     shipped = (REPO / "envs/sites/default.yaml").read_text()
     site.write_text(shipped.replace("max_power_per_phase_w: 7500.0", "max_power_per_phase_w: 5000.0"))
-    bad.write_text(CONFIG.read_text().replace("episode_s: 600\n", f"episode_s: 600\n    site: {site}\n"))
+    text = CONFIG.read_text()
+    assert "  env_config:\n" in text
+    bad.write_text(text.replace("  env_config:\n", f"  env_config:\n    site: {site}\n", 1))
     with pytest.raises(ConfigError, match="max_power_per_phase_w.*5000"):
         load_train_config(bad)
 

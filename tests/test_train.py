@@ -160,13 +160,14 @@ def test_same_seed_same_first_iteration(tmp_path, ray_session):
 
     def first_iteration(seed):
         config = configure(spec, RunOptions(storage_path=tmp_path, seed=seed, num_env_runners=0))
+        config.env_runners(num_envs_per_env_runner=8, rollout_fragment_length=75)
         config.training(train_batch_size_per_learner=600, minibatch_size=200, num_epochs=2)
         algo = config.build_algo()
         try:
             r = algo.train()
         finally:
             algo.stop()
-        return r["env_runners"]["episode_return_mean"], r["learners"]["default_policy"]["total_loss"]
+        return r["env_runners"]["reward_per_step_mean"], r["learners"]["default_policy"]["total_loss"]
 
     a, b, c = first_iteration(5), first_iteration(5), first_iteration(6)
     assert a == b

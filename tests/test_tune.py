@@ -24,13 +24,13 @@ from tune.spec import load_sweep
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {
     "base": "rllib_configs/export/ppo.yaml",
-    "metric": "env_runners/episode_return_mean",
+    "metric": "env_runners/reward_per_step_mean",
     "mode": "max",
     "search_space": {"training.lr": {"loguniform": [1e-5, 1e-3]}, "training.gamma": {"uniform": [0.95, 0.99]}},
     "scheduler": {"type": "fifo"},
     "stop": {"training_iteration": 2},
     "overrides": {
-        "env_runners": {"num_env_runners": 0},
+        "env_runners": {"num_env_runners": 0, "num_envs_per_env_runner": 8, "rollout_fragment_length": 75},
         "training": {"train_batch_size_per_learner": 600, "minibatch_size": 200, "num_epochs": 2},
     },
 }
