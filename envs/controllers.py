@@ -1,4 +1,5 @@
 """Baseline controllers of the export domain: PI, zero (no control), random; the oracle is envs/oracle.py.
+A trained policy becomes a controller through :class:`PolicyController`.
 
 A controller maps a batch of state vectors (B, 30) to per-phase targets (B, 3) in W. It reads only the
 state vector (envs/state_spec.py), so the same code runs in the simulator, as the safety wrapper's
@@ -12,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from envs.actions import to_watts
 from envs.dispatch import allocate_to_phases
 from envs.state_spec import FEAT
 
@@ -148,3 +150,26 @@ class RuleBasedController:
         rule = np.clip(surplus - self.config.margin_w, 0.0, np.clip(obs[:, _AVAIL_L], 0.0, None))
         prev = obs[:, [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]]
         return np.where(np.abs(rule - prev) > self.config.hysteresis_w, rule, prev)
+
+
+class UnitPolicy(Protocol):
+    """A policy acting in the networks' units: e.g. rllib_configs/policy.py's ``Policy`` of a checkpoint."""
+
+    def act_unit(self, obs: np.ndarray) -> np.ndarray:
+        """Actions in [-1, 1] (B, 3) for raw state vectors (B, 30)."""
+
+
+class PolicyController:
+    """A policy in [-1, 1] (:class:`UnitPolicy`) as an export-domain controller (targets in W)."""
+
+    name = "policy"
+
+    def __init__(self, policy: UnitPolicy, max_power_per_phase_w: float):
+        self.policy = policy
+        self.max_w = max_power_per_phase_w
+
+    def reset(self, batch: int = 1) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return to_watts(self.policy.act_unit(obs), self.max_w)

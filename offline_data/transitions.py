@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from envs.actions import N_ACTIONS, to_unit
+from envs.arrow import fixed_list, to_numpy_2d
 from envs.reward import RewardWeights, reward_from_power
 from envs.state_spec import FEAT, FEATURE_NAMES, N_FEATURES, features_from_signals, spec_dict
 from offline_data.align import PH, SIGNAL_NAMES, Aligned
@@ -69,18 +70,6 @@ STEPS_SCHEMA = pa.schema(
         pa.field("rewards", pa.float64()),
     ]
 )
-
-
-def fixed_list(values: np.ndarray) -> pa.FixedSizeListArray:
-    """(N, K) array -> Arrow fixed-size-list array of K float32 values per row."""
-    v = np.ascontiguousarray(values, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
-
-
-def to_numpy_2d(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
-    """Arrow fixed-size-list column -> (N, width) numpy array (no copy per row)."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
 def day_steps(aligned: Aligned, max_power_per_phase_w: float, weights: RewardWeights) -> pa.Table:

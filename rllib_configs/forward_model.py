@@ -1,5 +1,8 @@
 """Training the forward model: a plain trainer, the Tune function trainable, and the runner's branch for it.
 
+The model itself (the network, its data windows, its evaluation) is envs/dynamics/'s, because the
+model-based env steps it; training it through Tune is training's, so it lives here beside the runner.
+
 ``gridrl train --config rllib_configs/export/forward_model.yaml --dataset DS`` reaches
 :func:`run_model_training` through rllib_configs/runner.py (``algorithm: forward_model``), with the same
 :class:`~rllib_configs.runner.RunOptions` as every algorithm: storage path, seed, stop criteria (iterations,
@@ -32,6 +35,7 @@ from envs.dynamics.evaluate import kstep_metrics, teacher_forced_loss
 from envs.dynamics.model import ForwardModel, ModelConfig, pick_device, train_step
 from envs.dynamics.rollout import HISTORY_S
 from envs.state_spec import FEAT, FEATURE_NAMES
+from rllib_configs.loader import REPO_ROOT, GridrlSettings, TrainSpec, substitute
 
 PV_L = [FEAT[f"pv_w_l{p}"] for p in (1, 2, 3)]
 
@@ -86,8 +90,6 @@ def load_model_spec(path: Path, data: dict[str, Any], raw: dict[str, Any], datas
 
     ``data`` is the YAML with ``${...}`` substituted, ``raw`` as read. Errors name the file and the key.
     """
-    from rllib_configs.loader import GridrlSettings, TrainSpec
-
     settings = from_mapping(GridrlSettings, data.get("gridrl", {}), source=path, path="gridrl")
     body = {k: v for k, v in data.items() if k not in ("algorithm", "gridrl")}
     spec = from_mapping(ForwardModelSpec, body, source=path)
@@ -293,7 +295,7 @@ def run_model_training(spec: Any, opts: Any) -> dict[str, Any]:
 
     from rllib_configs import storage
     from rllib_configs.policy import write_run_info
-    from rllib_configs.runner import _progress_callback, experiment_dir, summary_metrics
+    from rllib_configs.runner import experiment_dir, progress_callback, summary_metrics
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     exp_dir = experiment_dir(spec, opts)
@@ -335,7 +337,7 @@ def run_model_training(spec: Any, opts: Any) -> dict[str, Any]:
             stop=_stop(opts),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            callbacks=[_progress_callback()],
+            callbacks=[progress_callback()],
             verbose=0,
         )
         tuner = tune.Tuner(resources, param_space=param_space, run_config=run_config)
@@ -366,12 +368,10 @@ def run_model_training(spec: Any, opts: Any) -> dict[str, Any]:
 
 def load_spec_file(path: str | Path, dataset: str | None = None) -> Any:
     """Load forward_model.yaml directly (tests; the CLI goes through rllib_configs/loader.py)."""
-    from rllib_configs.loader import REPO_ROOT, _substitute
-
     p = Path(path)
     raw = load_yaml(p)
     variables = {"repo": str(REPO_ROOT), **({"dataset": str(Path(dataset).resolve())} if dataset else {})}
-    return load_model_spec(p, _substitute(raw, variables), raw, dataset)
+    return load_model_spec(p, substitute(raw, variables), raw, dataset)
 
 
 def pipeline_stage(
@@ -384,7 +384,7 @@ def pipeline_stage(
         The training summary with ``evaluation`` (the criteria rows and whether all passed) added.
     """
     from envs.dynamics.evaluate import evaluate_model, write_report
-    from rllib_configs.loader import REPO_ROOT, load_train_config
+    from rllib_configs.loader import load_train_config
     from rllib_configs.runner import RunOptions, run_training
 
     spec = load_train_config(REPO_ROOT / "rllib_configs/export/forward_model.yaml", dataset=str(dataset))

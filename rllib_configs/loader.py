@@ -162,15 +162,15 @@ def _module_spec(value: dict[str, Any], source: Path) -> Any:
     return RLModuleSpec(module_class=cls)
 
 
-def _substitute(value: Any, variables: dict[str, str]) -> Any:
+def substitute(value: Any, variables: dict[str, str]) -> Any:
     if isinstance(value, str):
         for k, v in variables.items():
             value = value.replace("${" + k + "}", v)
         return value
     if isinstance(value, list):
-        return [_substitute(v, variables) for v in value]
+        return [substitute(v, variables) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, variables) for k, v in value.items()}
+        return {k: substitute(v, variables) for k, v in value.items()}
     return value
 
 
@@ -191,12 +191,12 @@ def load_train_config(path: str | Path, dataset: str | None = None, model: str |
         variables["dataset"] = str(Path(dataset).resolve())
     if model is not None:
         variables["model"] = str(Path(model).resolve())
-    data = _substitute(raw, variables)
+    data = substitute(raw, variables)
     if "algorithm" not in data:
         raise ConfigError(p, "algorithm", "required (e.g. PPO, SAC, BC, CQL, A2C)")
     algorithm = str(data["algorithm"]).upper()
-    if algorithm == "FORWARD_MODEL":  # not an RLlib algorithm: envs/dynamics/train.py's typed sections
-        from envs.dynamics.train import load_model_spec
+    if algorithm == "FORWARD_MODEL":  # not an RLlib algorithm: see rllib_configs/forward_model.py
+        from rllib_configs.forward_model import load_model_spec
 
         return load_model_spec(p, data, raw, dataset)
     try:

@@ -3,7 +3,8 @@
 The runner writes ``gridrl_run.json`` beside the trials of every run (:func:`write_run_info`): the
 algorithm, the domain, the env config and the normalisation statistics the networks were trained
 with. :func:`load_policy` finds it by walking up from the checkpoint, so a checkpoint path is all the
-evaluator and the bundle exporter need.
+evaluator and the bundle exporter need. Evaluators (envs/) take the loaded :class:`Policy`; an export-domain
+controller is ``envs.controllers.PolicyController(policy, max_w)``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from envs.actions import to_watts
 from envs.normalization import ObsNormalizer
 
 RUN_INFO = "gridrl_run.json"
@@ -122,21 +122,9 @@ class Policy:
             a = self.net(torch.as_tensor(x, dtype=torch.float32)).cpu().numpy()
         return np.clip(a, -1.0, 1.0)
 
-
-class PolicyController:
-    """A :class:`Policy` as an export-domain controller (targets in W)."""
-
-    name = "policy"
-
-    def __init__(self, policy: Policy, max_power_per_phase_w: float):
-        self.policy = policy
-        self.max_w = max_power_per_phase_w
-
-    def reset(self, batch: int = 1) -> None:
-        pass
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return to_watts(self.policy.act_unit(obs), self.max_w)
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """The greedy action of one observation: a CityLearn controller (envs/citylearn/baselines.py)."""
+        return self.act_unit(obs)[0]
 
 
 def load_policy(checkpoint: str | Path) -> Policy:
@@ -151,3 +139,17 @@ def load_policy(checkpoint: str | Path) -> Policy:
     norm = info.get("normalization")
     normalizer = ObsNormalizer.from_dict(norm, source=f"{checkpoint}: {RUN_INFO}") if norm else None
     return Policy(module, normalizer, info, Path(checkpoint))
+
+
+def load_module_policy(checkpoint: str | Path) -> Policy:
+    """The greedy policy of an RLlib (new API stack) checkpoint without its run's info: an Algorithm
+    checkpoint folder or the RLModule folder inside it (``learner_group/learner/rl_module/default_policy``).
+
+    It acts on the observations it is given, unnormalised: for a CityLearn module on its training window
+    (envs/citylearn/evaluate.py's module docstring says when that is right).
+    """
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    module = RLModule.from_checkpoint(str(module_path(checkpoint)))
+    module.eval()
+    return Policy(module, None, {}, Path(checkpoint))

@@ -147,7 +147,8 @@ def run_info(spec: TrainSpec, config: Any, opts: RunOptions) -> dict[str, Any]:
     }
 
 
-def _progress_callback() -> Any:
+def progress_callback() -> Any:
+    """A Tune callback printing one progress line per training iteration on stderr (every trainable's)."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -172,7 +173,7 @@ def _progress_callback() -> Any:
 def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
     """Train through Tune; returns the summary (checkpoint path, final metrics, trial dir)."""
     if spec.algorithm == "FORWARD_MODEL":  # a Tune function trainable, same options and summary
-        from envs.dynamics.train import run_model_training
+        from rllib_configs.forward_model import run_model_training
 
         return run_model_training(spec, opts)
     from ray import tune
@@ -204,7 +205,7 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
                 checkpoint_frequency=opts.checkpoint_every, checkpoint_at_end=True, num_to_keep=3
             ),
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            callbacks=[_progress_callback()],
+            callbacks=[progress_callback()],
             verbose=0,
         )
         write_run_info(exp_dir, run_info(spec, config, opts))

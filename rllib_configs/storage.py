@@ -1,15 +1,27 @@
-"""Storage paths for runs and sweeps: a local directory or a URI every node can reach (s3://, gs://, ...).
+"""Storage paths: gridrl's default storage root, and runs and sweeps in a local directory or a URI every node
+can reach (s3://, gs://, ...).
 
-Tune writes trials to either natively. gridrl's own small files beside them (``gridrl_run.json``, sweep
-results, promotions) go through pyarrow's filesystems, so the same code serves both; local paths are
-made absolute so that Ray workers in other working directories find them.
+The default root of what gridrl keeps (raw logs, datasets, Serve's state and logs) is :func:`storage_path`:
+``$GRIDRL_STORAGE``, else ``~/gridrl``; every layer that needs it imports it from here.
+
+Runs and sweeps: Tune writes trials to a local path or a URI natively. gridrl's own small files beside them
+(``gridrl_run.json``, sweep results, promotions) go through pyarrow's filesystems, so the same code serves
+both; local paths are made absolute so that Ray workers in other working directories find them.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+STORAGE_ENV = "GRIDRL_STORAGE"
+
+
+def storage_path() -> Path:
+    """The one storage path: ``$GRIDRL_STORAGE`` or ``~/gridrl``."""
+    return Path(os.environ.get(STORAGE_ENV) or Path.home() / "gridrl").expanduser()
 
 
 def is_uri(path: str | Path) -> bool:

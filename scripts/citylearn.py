@@ -185,11 +185,12 @@ def _window(schema_path: Path, days: int | None, start_day: int) -> dict[str, in
 
 def _evaluate(args: argparse.Namespace) -> int:
     from envs.citylearn.env import resolve_schema
-    from envs.citylearn.evaluate import evaluate_controllers, load_rllib_policy
+    from envs.citylearn.evaluate import evaluate_controllers
+    from rllib_configs.policy import load_module_policy
 
     schema = resolve_schema(args.schema)
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
-    policies = {"policy": load_rllib_policy(args.policy)} if args.policy else None
+    policies = {"policy": load_module_policy(args.policy)} if args.policy else None
     env_config = {"schema": str(schema), **_window(schema, args.days, args.start_day)}
     try:
         results = evaluate_controllers(
@@ -286,10 +287,11 @@ def _train(args: argparse.Namespace) -> int:
         print(f"gridrl citylearn train: {exc}", file=sys.stderr)
         return 2
     if args.evaluate and spec.algo_config.env_config.get("holdout_weeks"):
-        from envs.citylearn.evaluate import evaluate_checkpoint, kpi_table
+        from envs.citylearn.evaluate import evaluate_policy, kpi_table
+        from rllib_configs.policy import load_policy
 
         out = Path(summary["trial_dir"]) / "heldout"
-        results = evaluate_checkpoint(summary["checkpoint"], out, seed=args.seed, progress=_say)
+        results = evaluate_policy(load_policy(summary["checkpoint"]), out, seed=args.seed, progress=_say)
         _say(kpi_table(results))
         summary["evaluation"] = {"out": str(out), "targets": json.loads((out / "targets.json").read_text())}
     print_summary(summary)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from envs.config import ConfigError, from_mapping, load_yaml, to_mapping
 from envs.outputs import OutputError
 from envs.profiles import SCENARIOS
+from rllib_configs.storage import storage_path
 from scripts.flags import HOURS, SEED, FlagError, flag_error, float_in, int_at_least
 
 # GenerateConfig field -> the flag it comes from (messages name what the user typed).
@@ -32,14 +32,6 @@ GENERATE_FLAGS = {
     "start_hour": "--start-hour",
     "scenario": "--scenario",
 }
-
-STORAGE_ENV = "GRIDRL_STORAGE"
-
-
-def storage_path() -> Path:
-    """The one storage path: ``$GRIDRL_STORAGE`` or ``~/gridrl``."""
-    return Path(os.environ.get(STORAGE_ENV) or Path.home() / "gridrl").expanduser()
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(

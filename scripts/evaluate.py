@@ -118,11 +118,12 @@ def evaluate_export(
     """Evaluate an export-domain checkpoint; writes metrics.json, criteria.json and plots under ``out``."""
     import polars as pl
 
+    from envs.controllers import PolicyController
     from envs.export_env import ExportEnvConfig
     from envs.metrics import add_gap_closed, metrics_of_record
     from envs.plots import plot_cumulative_export, plot_day
     from envs.rollout import make_controller, rollout
-    from rllib_configs.policy import PolicyController, load_policy
+    from rllib_configs.policy import load_policy
 
     policy = load_policy(checkpoint)
     trained_site = policy.info.get("env_config", {}).get("site")
@@ -187,13 +188,14 @@ def evaluate_run(spec: Any, exp_dir: Path, seed: int) -> int:
 def evaluate_model_based(args: argparse.Namespace) -> int:
     """``gridrl evaluate --model M --dataset D``: the policy's metrics estimated with the forward model."""
     from envs.dynamics.evaluator import evaluate_with_model, format_results
+    from rllib_configs.policy import load_policy
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip() and b.strip() != "oracle")
     try:
         with staged_output(args.out, EVALUATE_OUTPUT, force=args.force) as tmp:
             results = evaluate_with_model(
-                args.checkpoint, args.model, args.dataset, tmp, args.seed, args.windows, args.horizon_s,
-                baselines,
+                load_policy(args.checkpoint), args.model, args.dataset, tmp, args.seed, args.windows,
+                args.horizon_s, baselines,
             )  # fmt: skip
     except (FileNotFoundError, ValueError) as exc:  # OutputError too
         print(f"gridrl evaluate: {exc}", file=sys.stderr)
@@ -223,12 +225,13 @@ def run(args: argparse.Namespace) -> int:
         return evaluate_model_based(args)
     out = Path(args.out)
     if info.get("domain") == "citylearn":
-        from envs.citylearn.evaluate import evaluate_checkpoint, kpi_table
+        from envs.citylearn.evaluate import evaluate_policy, kpi_table
+        from rllib_configs.policy import load_policy
 
         try:
             with staged_output(out, EVALUATE_OUTPUT, force=args.force) as tmp:
-                results = evaluate_checkpoint(
-                    args.checkpoint, tmp, days=args.days, seed=args.seed,
+                results = evaluate_policy(
+                    load_policy(args.checkpoint), tmp, days=args.days, seed=args.seed,
                     progress=lambda msg: print(msg, file=sys.stderr, flush=True),
                 )  # fmt: skip
         except ValueError as exc:

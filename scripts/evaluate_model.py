@@ -151,11 +151,10 @@ def _evaluate(args: argparse.Namespace, ckpt: Path, split, out: Path) -> tuple[d
     write_report(report, out)
     if not args.rank_policies:
         return report, None
-    policies = [p.strip() for p in args.rank_policies.split(",") if p.strip()]
     rank = rank_check(
         str(ckpt),
         args.dataset,
-        policies,
+        rank_policies(args.rank_policies),
         out,
         args.seed,
         args.rank_windows,
@@ -166,6 +165,22 @@ def _evaluate(args: argparse.Namespace, ckpt: Path, split, out: Path) -> tuple[d
         gen_seed=args.sim_seed,
     )
     return report, rank
+
+
+def rank_policies(flag: str) -> dict:
+    """``--rank-policies``: baselines (pi, zero, rbc, random) or RLlib checkpoints, ``PATH`` or ``NAME=PATH``,
+    as rank_check's name -> baseline name or loaded policy."""
+    from envs.dynamics.evaluator import BASELINES
+    from rllib_configs.policy import load_policy
+
+    policies: dict = {}
+    for p in (p.strip() for p in flag.split(",")):
+        if p in BASELINES:
+            policies[p] = p
+        elif p:
+            name, _, path = p.rpartition("=") if "=" in p else (Path(p).name, "", p)
+            policies[name] = load_policy(path)
+    return policies
 
 
 def format_rank(rank: dict) -> str:

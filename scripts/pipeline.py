@@ -91,7 +91,8 @@ def _train(config: str, dataset: Path, runs: Path, name: str, iters: int, seed: 
 def run(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
     from envs.dynamics.evaluator import evaluate_with_model, format_results
-    from envs.dynamics.train import pipeline_stage as model_stage
+    from rllib_configs.forward_model import pipeline_stage as model_stage
+    from rllib_configs.policy import load_policy
     from rllib_configs.runner import print_summary
     from offline_data.build import BuildConfig, build
     from offline_data.generate import GenerateConfig, generate
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     )
     model_based = stages.run(
         "model-based estimate of CQL vs PI on the test split (no simulator)", evaluate_with_model,
-        cql["checkpoint"], fwd["checkpoint"], str(out / "dataset"), out / "evaluation_model", args.seed,
+        load_policy(cql["checkpoint"]), fwd["checkpoint"], str(out / "dataset"), out / "evaluation_model", args.seed,
         prof.model_windows, prof.model_horizon_s, ("pi", "zero"),
     )
     stages.run("export the CQL policy as a bundle (ONNX parity-checked)", export_checkpoint, cql["checkpoint"],

@@ -223,7 +223,7 @@ class ServeConfig:
             return Path(self.log_dir).expanduser()
         if os.environ.get(LOG_DIR_ENV):
             return Path(os.environ[LOG_DIR_ENV]).expanduser()
-        from scripts.data import storage_path
+        from rllib_configs.storage import storage_path
 
         return storage_path() / "serve"
 

@@ -245,11 +245,12 @@ def test_trained_policy_onnx_matches_torch_on_1000_states(trained_checkpoint, tm
 @pytest.mark.smoke
 def test_export_load_decide_on_the_simulator_for_an_hour(trained_checkpoint, tmp_path):
     """Export -> load -> the edge loop on one simulated hour: no violation, and the same hour as a rollout."""
+    from envs.controllers import PolicyController
     from envs.export_env import ExportEnvConfig
     from envs.metrics import metrics_of_record
     from envs.rollout import rollout
     from envs.site import load_site
-    from rllib_configs.policy import PolicyController, load_policy
+    from rllib_configs.policy import load_policy
     from serve.edge import EdgeController, SimulatedSite
     from serve.safety import VIOLATIONS
 

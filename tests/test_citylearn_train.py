@@ -18,15 +18,9 @@ import pytest
 
 from envs.citylearn.baselines import make_baseline
 from envs.citylearn.env import CityLearnEnvConfig, CityLearnRLlibEnv
-from envs.citylearn.evaluate import (
-    TrainedPolicy,
-    evaluate_checkpoint,
-    heldout_envs,
-    heldout_window,
-    load_rllib_policy,
-)
+from envs.citylearn.evaluate import TrainedPolicy, evaluate_policy, heldout_envs, heldout_window
 from rllib_configs.loader import TrainSpec, load_train_config
-from rllib_configs.policy import find_run_info, load_policy
+from rllib_configs.policy import find_run_info, load_module_policy, load_policy
 from rllib_configs.runner import RunOptions, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,14 +90,14 @@ def test_config_trains_one_iteration_then_evaluates(name, ray_session, tmp_path,
     obs, _ = env.reset(seed=0)
     trained = TrainedPolicy(load_policy(ckpt), CityLearnRLlibEnv(env_config), env)
     correction = trained.policy.act_unit(trained.observe())[0]
-    np.testing.assert_array_equal(load_rllib_policy(ckpt)(obs), correction)
+    np.testing.assert_array_equal(load_module_policy(ckpt)(obs), correction)
     action = trained(obs)
     low, high = trained.devices.action_bounds()
     assert action.shape == env.action_space.shape and np.all(action >= low) and np.all(action <= high)
     expected = np.clip(make_baseline("rbc", env)(obs) + env_config["residual_scale"] * correction, low, high)
     np.testing.assert_allclose(action, expected, atol=1e-6)
 
-    results = evaluate_checkpoint(ckpt, tmp_path / "eval", days=1, seed=0)
+    results = evaluate_policy(load_policy(ckpt), tmp_path / "eval", days=1, seed=0)
     kpis = json.loads((tmp_path / "eval" / "kpis.json").read_text())
     assert kpis == json.loads(json.dumps(results)) and set(kpis) == {"no_control", "rbc", "policy"}
     assert math.isfinite(kpis["policy"]["cost_total"]) and math.isfinite(kpis["policy"]["episode_return"])

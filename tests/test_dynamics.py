@@ -19,8 +19,8 @@ from envs.dynamics.data import load_split, lookahead
 from envs.dynamics.evaluate import kstep_metrics
 from envs.dynamics.model import ForwardModel, ModelConfig
 from envs.dynamics.rollout import HISTORY_S, LoggedContext, ModelStepper, _features_batch, kernel_state
-from envs.dynamics.train import ForwardModelSpec, Trainer, TrainingConfig
 from envs.state_spec import FEAT, FEATURE_NAMES, N_SIGNALS, SIG
+from rllib_configs.forward_model import ForwardModelSpec, Trainer, TrainingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(hidden=32, members=2, context=6)
@@ -66,7 +66,7 @@ def test_windows_are_the_datasets_lookahead(dataset):
     """A k-second window of the split is the row's lookahead_actions and lookahead_obs (the data contract)."""
     import pyarrow.parquet as pq
 
-    from offline_data.transitions import to_numpy_2d
+    from envs.arrow import to_numpy_2d
 
     split = load_split(dataset, "train")
     k = lookahead(dataset)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from envs.actions import to_unit
+from envs.arrow import fixed_list, to_numpy_2d
 from envs.controllers import PIController
 from envs.export_env import ExportEnvConfig
 from envs.reward import RewardWeights, reward_from_power
@@ -24,7 +25,7 @@ from envs.state_spec import FEATURE_NAMES, N_FEATURES
 from offline_data.audit import audit
 from offline_data.build import BuildConfig, build
 from offline_data.generate import GenerateConfig, generate, simulate_day
-from offline_data.transitions import TRANSITION_SCHEMA, fixed_list, to_numpy_2d, transitions
+from offline_data.transitions import TRANSITION_SCHEMA, transitions
 
 FORMATS = ("csv", "jsonl", "parquet")
 DATE = dt.date(2025, 6, 1)

@@ -5,8 +5,8 @@ a policy under ``policy`` (or the name given). Every controller runs on the same
 (reset with the same seed and episode index, so CityLearn's EV SoC noise is the same too). KPI names and
 units are documented in :mod:`envs.citylearn.kpis`.
 
-:func:`evaluate_checkpoint` is ``gridrl evaluate`` for this domain: a training run's policy against both
-baselines on days the run never trained on:
+:func:`evaluate_policy` is ``gridrl evaluate`` for this domain: a training run's policy (loaded from its
+checkpoint by rllib_configs/policy.py ``load_policy``) against both baselines on days it never trained on:
 
 - a run with ``holdout_weeks`` is evaluated on those weeks (:func:`evaluate_weeks`), one episode each, in
   an env built with the training config itself, so observations and reward are scaled exactly as in
@@ -138,23 +138,6 @@ def run_episode(
     return ret, steps
 
 
-def load_rllib_policy(checkpoint: str | Path) -> Controller:
-    """A greedy controller from an RLlib (new API stack) checkpoint: an Algorithm checkpoint folder or the
-    RLModule folder inside it (``learner_group/learner/rl_module/default_policy``).
-
-    It acts on the observations it is given: right when the env's simulation window is the training one.
-    For a training run's checkpoint on other days, use :func:`evaluate_checkpoint` (see the module docstring).
-    """
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    from rllib_configs.policy import Policy, module_path
-
-    module = RLModule.from_checkpoint(str(module_path(checkpoint)))
-    module.eval()
-    policy = Policy(module, None, {}, Path(checkpoint))
-    return lambda obs: policy.act_unit(obs)[0]
-
-
 def _clean(v: float) -> float | None:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
@@ -209,7 +192,9 @@ def evaluate_controllers(
             evaluation quick).
         out_dir: Output folder (created).
         controllers: Baseline names (see :data:`envs.citylearn.baselines.BASELINES`).
-        policies: Extra controllers by name, e.g. ``{"policy": load_rllib_policy(ckpt)}``.
+        policies: Extra controllers by name, e.g. ``{"policy": load_module_policy(ckpt)}`` (from
+            rllib_configs/policy.py; it acts on the observations as given: right when the env simulates the
+            run's training window; for a training run on other days use :func:`evaluate_policy`).
         seed: Reset seed, the same for every controller.
         co2_factor: Grid CO2 factor of the seed's accounting.
         ev_factor: CO2 avoided per EV kWh.
@@ -347,8 +332,8 @@ def heldout_envs(train: CityLearnEnvConfig, days: int) -> tuple[CityLearnRLlibEn
     return reference, CityLearnRLlibEnv(config)
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path,
+def evaluate_policy(
+    policy: Any,
     out: str | Path,
     days: int | None = None,
     seed: int | None = 0,
@@ -361,7 +346,8 @@ def evaluate_checkpoint(
     (the first week) and ``out/evaluation.json`` (checkpoint, schema, window, seed).
 
     Args:
-        checkpoint: A checkpoint of a ``gridrl train`` run of the citylearn domain.
+        policy: The policy of a ``gridrl train`` run of the citylearn domain (rllib_configs/policy.py
+            ``load_policy``: its ``info`` is the run's ``gridrl_run.json``).
         out: Output folder.
         days: Held-out days (None: the run's ``gridrl.eval_days``, else 7).
         seed: Reset seed, the same for every controller.
@@ -373,13 +359,12 @@ def evaluate_checkpoint(
     Raises:
         ValueError: Not a citylearn run, or no held-out days left in the schema.
     """
-    from rllib_configs.policy import RUN_INFO, load_policy
-
     say = progress or (lambda _: None)
-    policy = load_policy(checkpoint)
+    checkpoint = policy.checkpoint
     if policy.info.get("domain") != "citylearn":
         raise ValueError(f"{checkpoint}: a {policy.info.get('domain')!r} run, not a citylearn one")
-    train = from_mapping(CityLearnEnvConfig, policy.info["env_config"], source=RUN_INFO, path="env_config")
+    source = f"{checkpoint}: gridrl_run.json"
+    train = from_mapping(CityLearnEnvConfig, policy.info["env_config"], source=source, path="env_config")
     if days is None:
         days = int(
             (policy.info.get("config_yaml") or {}).get("gridrl", {}).get("eval_days", DEFAULT_EVAL_DAYS)

@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from envs.actions import N_ACTIONS
+from envs.arrow import to_numpy_2d
 from envs.normalization import ObsNormalizer
 from envs.state_spec import FEATURE_NAMES, N_FEATURES
-from offline_data.transitions import to_numpy_2d
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("obs", "actions", "new_obs", "eps_id", "t", "time_s")

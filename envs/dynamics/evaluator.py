@@ -1,6 +1,7 @@
 """Model-based policy evaluation: a policy's export estimated with the forward model, without a simulator.
 
-``gridrl evaluate --checkpoint POLICY --model MODEL --dataset D`` calls :func:`evaluate_with_model`. The
+``gridrl evaluate --checkpoint POLICY --model MODEL --dataset D`` loads the policy (rllib_configs/policy.py)
+and calls :func:`evaluate_with_model`. The
 policy, the PI and the other baselines each run from the same logged start states of the **test** split
 (daylight windows drawn with the seed), through the model in log-replay mode (envs/dynamics/rollout.py:
 PV, availability, missing readings and setpoint follow the logged day; export and acknowledged power come
@@ -27,7 +28,15 @@ import numpy as np
 import polars as pl
 
 from envs.actions import to_unit
-from envs.controllers import Controller, PIController, RandomController, RuleBasedController, ZeroController
+from envs.controllers import (
+    Controller,
+    PIController,
+    PolicyController,
+    RandomController,
+    RuleBasedController,
+    UnitPolicy,
+    ZeroController,
+)
 from envs.dynamics.data import SplitData, load_split, site_path
 from envs.dynamics.model import ForwardModel
 from envs.dynamics.model_env import (
@@ -175,7 +184,7 @@ def site_limits_of(dataset: str | Path) -> tuple[float, float]:
 
 
 def evaluate_with_model(
-    policy_checkpoint: str | None,
+    policy: UnitPolicy | None,
     model_checkpoint: str,
     dataset: str,
     out: str | Path,
@@ -188,7 +197,7 @@ def evaluate_with_model(
     """Estimate a policy's metrics of record with the forward model on the test split (DIR/model_based.json).
 
     Args:
-        policy_checkpoint: An RLlib checkpoint (rllib_configs/policy.py load_policy); None = baselines only.
+        policy: A loaded policy (rllib_configs/policy.py ``load_policy``); None = baselines only.
         model_checkpoint: A forward-model checkpoint directory.
         dataset: The dataset folder (its test split gives the start states and the replayed log).
         out: Output directory.
@@ -205,10 +214,8 @@ def evaluate_with_model(
     split = load_split(dataset, "test")
     starts = daylight_starts(split, windows, horizon_s, seed)
     controllers: dict[str, Controller] = {}
-    if policy_checkpoint is not None:
-        from rllib_configs.policy import PolicyController, load_policy
-
-        controllers["policy"] = PolicyController(load_policy(policy_checkpoint), max_w)
+    if policy is not None:
+        controllers["policy"] = PolicyController(policy, max_w)
     controllers.update({b: make_baseline(b, max_w, seed) for b in baselines})
     results, _ = estimate_controllers(
         model, split, controllers, starts, horizon_s, max_w, deadband, threshold
@@ -301,7 +308,7 @@ def simulate_logged_windows(
 def rank_check(
     model_checkpoint: str,
     dataset: str,
-    policies: list[str],
+    policies: dict[str, str | UnitPolicy],
     out: str | Path,
     seed: int = 0,
     windows: int = 32,
@@ -314,21 +321,17 @@ def rank_check(
 ) -> dict[str, Any]:
     """Model-based estimates vs the simulator's results for the same controllers: Spearman's rho.
 
-    ``policies``: baselines (pi, zero, rbc, random) or RLlib checkpoints, ``PATH`` or ``NAME=PATH``. With
+    ``policies``: name -> a baseline's name (pi, zero, rbc, random) or a loaded policy
+    (rllib_configs/policy.py ``load_policy``). With
     ``gen_seed`` (the seed the dataset's logs were generated with) the simulator replays the test split's own
     days and scores the same windows (:func:`simulate_logged_windows`); without it, ``sim_days`` held-out
     days of ``sim_hours`` from ``sim_start_h``. Writes DIR/rank_check.json.
     """
     max_w, deadband = site_limits_of(dataset)
     controllers: dict[str, Controller] = {}
-    for p in policies:
-        if p in BASELINES:
-            controllers[p] = make_baseline(p, max_w, seed)
-        else:
-            from rllib_configs.policy import PolicyController, load_policy
-
-            name, _, path = p.rpartition("=") if "=" in p else (Path(p).name, "", p)
-            controllers[name] = PolicyController(load_policy(path), max_w)
+    for name, p in policies.items():
+        baseline = isinstance(p, str)
+        controllers[name] = make_baseline(p, max_w, seed) if baseline else PolicyController(p, max_w)
     model = ForwardModel.load(resolve_model_checkpoint(model_checkpoint))
     split = load_split(dataset, "test")
     starts = daylight_starts(split, windows, horizon_s, seed)
