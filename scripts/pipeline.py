@@ -88,6 +88,15 @@ def _train(config: str, dataset: Path, runs: Path, name: str, iters: int, seed: 
     return run_training(spec, RunOptions(storage_path=runs, seed=seed, stop_iters=iters, name=name, init_from=init_from))
 
 
+def dataset_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The report's ``dataset``: rows read, used and quarantined per stream, and transitions per split.
+
+    From the keys ``gridrl data build`` writes (offline_data/build.py): ``counts`` and
+    ``stages.transitions`` (``rows`` per split, ``dropped_at_split_cuts``).
+    """
+    return {"counts": manifest["counts"], "transitions": manifest["stages"]["transitions"]}
+
+
 def run(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
     from envs.dynamics.evaluator import evaluate_with_model, format_results
@@ -145,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "profile": args.profile, "settings": asdict(prof), "seed": args.seed, "out": str(out),
         "wall_s": round(time.perf_counter() - t_all, 1), "stage_s": stages.timings,
-        "dataset": {"counts": manifest.get("counts"), "transitions": manifest.get("transitions")},
+        "dataset": dataset_summary(manifest),
         "forward_model": fwd, "model_based": model_based, "bc": bc, "cql": cql, "bundle": str(out / "bundle"), "shadow": shadow,
         "metrics": results, "criteria": criteria,
     }
