@@ -43,12 +43,13 @@ ALGOS = ("bc", "cql", "iql")
 
 # ----------------------------------------------------------------------------------------------- dataset
 def make_dataset(work: Path, days: int, hours: float, seed: int) -> Path:
-    """The PI's simulated logs, built into a dataset (reused when ``work`` already holds it)."""
-    from offline_data.build import BuildConfig, build
-    from offline_data.generate import GenerateConfig, generate
-
+    """The PI's simulated logs, built into a dataset (reused when ``work`` already holds it: a machine without
+    polars, such as the lent GPU machine, runs on a dataset built elsewhere and copied into ``work``)."""
     ds = work / f"dataset_d{days}_h{hours:g}_s{seed}"
     if not (ds / "manifest.json").is_file():
+        from offline_data.build import BuildConfig, build
+        from offline_data.generate import GenerateConfig, generate
+
         raw = work / f"raw_d{days}_h{hours:g}_s{seed}"
         if not raw.exists():
             generate(
