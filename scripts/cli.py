@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("scripts.train", "train an RLlib algorithm from a YAML config (rllib_configs/...)"),
     "tune": ("scripts.tune", "run a Tune sweep (tune/<domain>/<algo>.yaml) and promote the best checkpoint"),
     "evaluate": ("scripts.evaluate", "evaluate a trained policy against the baselines on held-out days"),
+    "benchmark": ("scripts.benchmark", "a policy against PI and oracle: whole days, every weather, unseen sites"),
     "evaluate-model": ("scripts.evaluate_model", "evaluate a forward dynamics model on a dataset's test split"),
     "simulate": ("scripts.simulate", "run controllers (PI, oracle, zero, random) on the export simulator"),
     "data": ("scripts.data", "simulated raw logs and the offline RLlib dataset (generate, build)"),

@@ -610,6 +610,27 @@ EVALUATE: list[Case] = [
 ]
 
 
+def _bench(ctx, *extra, out=None):
+    ckpt = ctx.home / "no-checkpoint"
+    return ["benchmark", "--checkpoint", str(ckpt), "--out", str(out or ctx.home / "bench"), *extra]
+
+
+BENCHMARK: list[Case] = [
+    ("out-is-a-file", lambda c: (_bench(c, out=c.file("b.txt")), ["--out", "b.txt", "is a file"])),
+    ("out-is-my-folder", lambda c: (_bench(c, out=c.folder_of_mine("mine")), ["mine", "does not hold"])),
+    (
+        "out-is-a-result-no-force",
+        lambda c: (_bench(c, out=fake_output(c, "old", ("benchmark.json",))), ["--force"]),
+    ),
+    ("checkpoint-missing", lambda c: (_bench(c), ["no-checkpoint"])),
+    ("sites-negative", lambda c: (_bench(c, "--sites", "-1"), ["--sites"])),
+    ("days-zero", lambda c: (_bench(c, "--days", "0"), ["--days"])),
+    ("window-past-midnight", lambda c: (_bench(c, "--start-h", "20", "--hours", "6"), ["--start-h", "--hours"])),
+    ("unknown-scenario", lambda c: (_bench(c, "--scenarios", "clear,foggy"), ["--scenarios", "foggy"])),
+    ("seed-negative", lambda c: (_bench(c, "--seed", "-1"), ["--seed"])),
+]
+
+
 def _eval_model(ctx, *extra, out=None):
     ds, ckpt = str(ctx.home / "no-dataset"), str(ctx.home / "no-model")
     out = out or ctx.home / "em"
@@ -680,6 +701,7 @@ TABLE = [
         ("train", TRAIN),
         ("evaluate", EVALUATE),
         ("evaluate-model", EVALUATE_MODEL),
+        ("benchmark", BENCHMARK),
         ("serve", SERVE),
     )  # fmt: skip
     for name, setup in cases
@@ -706,7 +728,7 @@ def test_the_table_covers_every_command():
     commands = {p.values[0] for p in TABLE}
     assert commands == {
         "simulate", "data-generate", "data-build", "export", "edge", "train", "evaluate", "evaluate-model",
-        "serve",
+        "benchmark", "serve",
     }  # fmt: skip
     assert len(TABLE) >= 100
 

@@ -157,3 +157,33 @@ def test_vectorised_ppo_trains_checkpoints_resumes_and_evaluates(tmp_path, ray_s
     assert results["policy"]["safety_violations"] == 0
     # a residual of 75 W per phase on top of the PI, barely trained: within 20 % of the PI's export
     assert results["policy"]["export_kwh"] == pytest.approx(results["pi"]["export_kwh"], rel=0.2, abs=0.02)
+    # gridrl benchmark on it: whole-day cases shrunk to 10 minutes, its site and one drawn site
+    from scripts.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--checkpoint", resumed, "--sites", "1", "--scenarios", "clear,overcast",
+            "--hours", "0.17", "--start-h", "12", "--seed", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert [(c["site"], c["scenario"]) for c in report["cases"]] == [
+        ("default", "clear"), ("default", "overcast"), ("site_2_0", "clear"), ("site_2_0", "overcast")]
+    assert (out / "benchmark.png").is_file() and (out / "sites" / "site_2_0.yaml").is_file()
+    assert report["summary"]["cases"] == 4 and report["summary"]["safety_violations"] == 0
+
+
+def test_benchmark_summary_takes_the_worst_case_and_skips_cases_without_export():
+    from scripts.benchmark import summarise
+
+    def case(site, scenario, pol, pi):
+        red = 100 * (pi - pol) / pi if pi > 0 else float("nan")
+        return {"site": site, "scenario": scenario, "export_kwh": {"policy": pol, "pi": pi, "oracle": 0.0},
+                "export_reduction_pct": red, "controlled_import_kwh": {"policy": 1.0, "pi": 1.0},
+                "safety_violations": 0}  # fmt: skip
+
+    s = summarise([case("a", "clear", 1.0, 2.0), case("a", "winter", 0.0, 0.0), case("b", "clear", 3.0, 2.0)])
+    assert s["cases"] == 3 and s["cases_scored"] == 2 and s["cases_beating_pi"] == 1
+    assert s["mean_export_reduction_pct"] == pytest.approx(0.0)  # +50 % and -50 %
+    assert s["worst_case"] == {"site": "b", "scenario": "clear", "export_reduction_pct": -50.0}
+    assert s["beats_pi_everywhere"] is False
+    assert summarise([case("a", "clear", 1.0, 2.0)])["beats_pi_everywhere"] is True
+
