@@ -87,6 +87,7 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
         TRAINING_ITERATION,
         TIME_TOTAL_S,
         f"{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}",
+        f"{ENV_RUNNER_RESULTS}/reward_per_step_mean",  # rllib_configs/vector_runner.py: every iteration has it
         f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}",
         f"{EVALUATION_RESULTS}/{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}",
     ]
@@ -162,8 +163,10 @@ def progress_callback() -> Any:
             steps = m.get(f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}")
             if steps is not None:
                 parts.append(f"env steps {int(steps)}")
-            if ret is not None:
+            if ret is not None and ret == ret:  # RLlib reports NaN in an iteration where no episode ended
                 parts.append(f"return {ret:.3f}")
+            if (per_step := m.get(f"{ENV_RUNNER_RESULTS}/reward_per_step_mean")) is not None:
+                parts.append(f"reward/step {per_step:.4f}")
             parts += [f"{k.split('/')[-1]} {v:.4g}" for k, v in m.items() if k.startswith(LEARNER_RESULTS)][:3]
             print(f"[train] {trial.trial_id}: " + ", ".join(parts), file=sys.stderr, flush=True)
 
