@@ -54,6 +54,11 @@ class ExportEnvConfig:
     day_of_year: int | None = None
     """Simulate this calendar day of 2025 (1..365); None = drawn near the scenario's day. The raw-log
     generator (offline_data/generate.py) sets it so that simulated days follow each other."""
+    site_draws: int = 0
+    """0: every episode on ``site``. N > 0: every episode on a site drawn around ``site`` by
+    envs/site_sampler.py (PV, latitude, devices' phases and sizes, loads, link; same devices and action
+    bound), so a policy learns sites, not one site. The vector env splits its members into N groups, one
+    drawn site each (one simulator kernel call per group and step)."""
 
     def __post_init__(self) -> None:
         if not 60 <= self.episode_s <= DAY_S:
@@ -64,6 +69,8 @@ class ExportEnvConfig:
             raise ValueError(f"start_s: window [{self.start_s}, +{self.episode_s}] does not fit in a day")
         if self.day_of_year is not None and not 1 <= self.day_of_year <= 365:
             raise ValueError(f"day_of_year: must be within [1, 365], got {self.day_of_year}")
+        if self.site_draws < 0:
+            raise ValueError(f"site_draws: must be >= 0, got {self.site_draws}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, source: str = "env_config") -> ExportEnvConfig:
@@ -72,6 +79,15 @@ class ExportEnvConfig:
 
     def load_site(self) -> Site:
         return load_site(self.site)
+
+    def draw_site(self, rng: np.random.Generator, base: Site) -> Site:
+        """The site of the next episode: ``base``, or one drawn around it when ``site_draws`` > 0."""
+        if not self.site_draws:
+            return base
+        from envs.config import from_mapping
+        from envs.site_sampler import random_site
+
+        return from_mapping(Site, random_site(rng, "drawn", self.site), source="envs/site_sampler.py")
 
     def draw_episode(self, rng: np.random.Generator, site: Site) -> tuple[DayProfile, Window]:
         """Draw a day (scenario) and a window in it from ``rng``."""
@@ -141,7 +157,7 @@ class ExportControlEnv(gym.Env):
         physics_site: Site | None = None,
     ):
         self.config = config if isinstance(config, ExportEnvConfig) else ExportEnvConfig.from_dict(config)
-        self.site = self.config.load_site()
+        self.site = self._base_site = self.config.load_site()
         self.max_power_w = self.site.control.max_power_per_phase_w
         self.observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (N_ACTIONS,), np.float32)
@@ -155,6 +171,10 @@ class ExportControlEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        if self.config.site_draws:
+            self.site = self.config.draw_site(self.np_random, self._base_site)
+            self.sim = Simulator(self.site, self.config.reward.as_array(), self.config.perfect_link,
+                                 self.config.record_events)  # fmt: skip
         self.day, self.window = self.config.draw_episode(self.np_random, self.site)
         obs = self.sim.reset([self.day], [self.window], [self.np_random])
         info = {"scenario": self.day.scenario, "day_of_year": self.day.day_of_year, "start_s": self.window.start_s}
@@ -201,27 +221,47 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.sim = Simulator(self.site, self.config.reward.as_array(), self.config.perfect_link, False)
+        # members in groups, one simulator (one site) per group: one group unless sites are drawn
+        n_groups = min(self.config.site_draws, num_envs) if self.config.site_draws else 1
+        self._groups = np.array_split(np.arange(num_envs), n_groups)
+        self._sims = [self.sim] * n_groups
         self._rngs: list[np.random.Generator] = []
         self._needs_reset = False
+        self._obs = np.zeros((num_envs, N_FEATURES), np.float32)
+        self._rewards = np.zeros(num_envs)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None or not self._rngs:  # member i draws as ExportControlEnv reset with seed + i
             self._rngs = [seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
-        drawn = [self.config.draw_episode(rng, self.site) for rng in self._rngs]
-        obs = self.sim.reset([d for d, _ in drawn], [w for _, w in drawn], self._rngs)
+        for g, idx in enumerate(self._groups):
+            if self.config.site_draws:  # the group's site, drawn from its first member's generator
+                site = self.config.draw_site(self._rngs[idx[0]], self.site)
+                self._sims[g] = Simulator(site, self.config.reward.as_array(), self.config.perfect_link, False)
+            sim = self._sims[g]
+            rngs = [self._rngs[i] for i in idx]
+            drawn = [self.config.draw_episode(rng, sim.site) for rng in rngs]
+            self._obs[idx] = sim.reset([d for d, _ in drawn], [w for _, w in drawn], rngs)
         self._needs_reset = False
-        return obs.astype(np.float32), {}
+        return self._obs.copy(), {}
 
     def step(self, actions):
         if self._needs_reset:
             obs, info = self.reset()
             zeros = np.zeros(self.num_envs)
             return obs, zeros, zeros.astype(bool), zeros.astype(bool), info
-        self.sim.step(to_watts(actions, self.max_power_w))
-        done = np.full(self.num_envs, self.sim.done)
-        self._needs_reset = self.sim.done
-        rewards = self.sim.out[:, O_REWARD].copy()
-        return self.sim.obs.astype(np.float32), rewards, np.zeros(self.num_envs, bool), done, {}
+        targets = to_watts(actions, self.max_power_w)
+        for sim, idx in zip(self._sims, self._groups):
+            if len(self._groups) == 1:
+                sim.step(targets)
+                self._obs[:] = sim.obs
+                self._rewards[:] = sim.out[:, O_REWARD]
+            else:
+                sim.step(targets[idx])
+                self._obs[idx] = sim.obs
+                self._rewards[idx] = sim.out[:, O_REWARD]
+        done = self._sims[0].done
+        self._needs_reset = done
+        return self._obs.copy(), self._rewards.copy(), np.zeros(self.num_envs, bool), np.full(self.num_envs, done), {}
 
 
 def register_envs() -> None:

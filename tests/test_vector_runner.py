@@ -40,6 +40,27 @@ def test_vector_env_members_are_the_single_envs_seeded_seed_plus_i():
     assert any(not np.array_equal(obs_v[0], obs_v[i]) for i in range(1, n)), "members must differ"
 
 
+def test_site_draws_give_each_group_and_episode_its_own_site():
+    from envs.export_env import ExportControlEnv, ExportControlVectorEnv
+
+    venv = ExportControlVectorEnv(4, {"episode_s": 60, "site_draws": 2})
+    venv.reset(seed=1)
+    first = [sim.site for sim in venv._sims]
+    assert len(first) == 2 and first[0] != first[1] and all(s != venv.site for s in first)
+    pv = [sum(a.kwp for a in s.pv) for s in first]
+    assert pv[0] != pv[1]
+    for _ in range(61):  # the episode ends, the autoreset draws new sites
+        venv.step(np.zeros((4, 3), np.float32))
+    assert [sim.site for sim in venv._sims] != first
+    venv.reset(seed=1)  # the same seed draws the same sites
+    assert [sim.site for sim in venv._sims] == first
+    single = ExportControlEnv({"episode_s": 60, "site_draws": 1})
+    single.reset(seed=4)
+    a = single.site
+    single.reset(seed=5)
+    assert a != single.site and a.control.max_power_per_phase_w == single.site.control.max_power_per_phase_w
+
+
 def _runner(cls, num_envs: int, mode: str, seed: int = 3):
     from ray.rllib.algorithms.ppo import PPOConfig
 
