@@ -3,9 +3,13 @@
 Stages: generate raw logs of the PI (with real-log defects) -> build the RLlib dataset -> the forward
 dynamics model (trained on the dataset, scored on its test split against persistence) -> behaviour cloning
 of the PI -> CQL initialised from BC -> evaluation of the CQL policy against the PI, the oracle and no
-control on held-out days -> the same policy estimated with the forward model on the test split -> export of the policy as a bundle (ONNX + manifest, parity-checked) ->
-a short shadow run of that bundle behind Ray Serve on loopback, with simulated site traffic (the PI acts,
-the policy is logged) -> a report. Each stage prints a progress line; the last stdout line is a JSON summary.
+control on held-out days -> the same policy estimated with the forward model on the test split -> export
+of the policy as a bundle (ONNX + manifest, parity-checked) -> a short shadow run of that bundle behind Ray
+Serve on loopback, with simulated site traffic (the PI acts, the policy is logged) -> a report.
+
+Each stage prints one progress line; then come the tables; the last stdout line is a JSON summary. What
+Ray, RLlib, Tune and Serve print goes to ``OUT/pipeline.log`` (scripts/quiet.py), their workers' logs to
+Ray's session folder; the summary names both.
 """
 
 from __future__ import annotations
@@ -65,18 +69,25 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 class Stages:
-    """Runs named stages with a progress line each and keeps their timings."""
+    """Runs named stages with one progress line each (to ``stream``) and keeps their timings."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, stream: Any = None) -> None:
         self.total, self.done, self.timings = total, 0, {}
+        self.stream = stream or sys.stderr
 
     def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self.done += 1
-        print(f"[pipeline] {self.done}/{self.total} {name} ...", file=sys.stderr, flush=True)
+        # the line's start now, its end when the stage ends: nothing else writes to this stream meanwhile
+        self.stream.write(f"[pipeline] {self.done}/{self.total} {name} ...")
+        self.stream.flush()
         t0 = time.perf_counter()
-        result = fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            self.stream.write(f" failed after {time.perf_counter() - t0:.1f} s\n")
+            raise
         self.timings[name] = round(time.perf_counter() - t0, 1)
-        print(f"[pipeline] {self.done}/{self.total} {name}: done in {self.timings[name]} s", file=sys.stderr, flush=True)
+        self.stream.write(f" {self.timings[name]} s\n")
         return result
 
 
@@ -98,17 +109,7 @@ def dataset_summary(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.local import init_ray
-    from envs.dynamics.evaluator import evaluate_with_model, format_results
-    from rllib_configs.forward_model import pipeline_stage as model_stage
-    from rllib_configs.policy import load_policy
-    from rllib_configs.runner import print_summary
-    from offline_data.build import BuildConfig, build
-    from offline_data.generate import GenerateConfig, generate
-    from scripts.evaluate import evaluate_export, format_criteria, success_criteria
-    from scripts.simulate import format_table
-    from scripts.serve import serve_and_drive
-    from serve.bundle import export_checkpoint
+    from scripts.quiet import quiet_console, ray_logs_dir
 
     prof = PROFILES[args.profile]
     out = Path(args.out).resolve()
@@ -116,8 +117,57 @@ def run(args: argparse.Namespace) -> int:
         print(f"gridrl pipeline: {out} is not empty: choose another --out", file=sys.stderr)
         return 2
     t_all = time.perf_counter()
-    stages = Stages(total=9)
-    init_ray(args.address, num_cpus=args.num_cpus)
+    log = out / "pipeline.log"
+    # Ray, RLlib, Tune, Ray Data and Serve write to this process's stdout and stderr: to pipeline.log; the
+    # workers' own output stays in Ray's session folder (log_to_driver=False); the user sees the stages.
+    with quiet_console(log) as console:
+        import ray  # importing Ray, RLlib and torch can warn too: inside
+
+        from cluster.local import init_ray
+        from envs.dynamics.evaluator import format_results
+        from rllib_configs.runner import print_summary
+        from scripts.evaluate import format_criteria
+        from scripts.simulate import format_table
+
+        try:
+            stages = Stages(total=9, stream=console.err)
+            init_ray(args.address, num_cpus=args.num_cpus, log_to_driver=False)
+            ray_logs = ray_logs_dir()
+            report = _stages(args, prof, out, stages)
+        except BaseException:
+            console.err.write(f"[pipeline] the log of this run: {log}\n")
+            raise
+        finally:
+            ray.shutdown()
+    results, criteria = report["metrics"], report["criteria"]
+    fwd, model_based = report["forward_model"], report["model_based"]
+    print(format_table(results))
+    print(format_criteria(criteria))
+    fm = fwd["evaluation"]["criteria"]
+    print("forward model on the test split: " + ", ".join(
+        f"{r['criterion']} {r['value']:.4g} ({'ok' if r['passed'] else 'NOT met'})" for r in fm))
+    print("model-based estimate (test split, no simulator; an estimate: the simulator's table above is the reference)")
+    print(format_results(model_based))
+    report["wall_s"] = round(time.perf_counter() - t_all, 1)
+    report["logs"] = {"pipeline": str(log), "ray": ray_logs}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print_summary({"report": str(out / "report.json"), "wall_s": report["wall_s"],
+                   "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()},
+                   "logs": report["logs"]})
+    return 0
+
+
+def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) -> dict[str, Any]:
+    """The nine stages; returns the report (without the wall time and the logs)."""
+    from envs.dynamics.evaluator import evaluate_with_model
+    from offline_data.build import BuildConfig, build
+    from offline_data.generate import GenerateConfig, generate
+    from rllib_configs.forward_model import pipeline_stage as model_stage
+    from rllib_configs.policy import load_policy
+    from scripts.evaluate import evaluate_export, success_criteria
+    from scripts.serve import serve_and_drive
+    from serve.bundle import export_checkpoint
+
     gen = GenerateConfig(days=prof.log_days, hours=prof.log_hours, start_hour=prof.log_start_hour, seed=args.seed,
                          defects=0.02, scenario="random")
     stages.run("generate raw logs of the PI", generate, gen, out / "raw")
@@ -135,30 +185,20 @@ def run(args: argparse.Namespace) -> int:
         int(prof.eval_hours * 3600), int(prof.eval_start_hour * 3600),
     )
     model_based = stages.run(
-        "model-based estimate of CQL vs PI on the test split (no simulator)", evaluate_with_model,
-        load_policy(cql["checkpoint"]), fwd["checkpoint"], str(out / "dataset"), out / "evaluation_model", args.seed,
-        prof.model_windows, prof.model_horizon_s, ("pi", "zero"),
+        "model-based estimate of CQL vs PI on the test split (no simulator)",
+        lambda: evaluate_with_model(
+            load_policy(cql["checkpoint"]), fwd["checkpoint"], str(out / "dataset"), out / "evaluation_model",
+            args.seed, prof.model_windows, prof.model_horizon_s, ("pi", "zero"),
+        ),
     )
     stages.run("export the CQL policy as a bundle (ONNX parity-checked)", export_checkpoint, cql["checkpoint"],
                out / "bundle", evaluation=results["policy"], seed=args.seed)
     shadow = stages.run("shadow run behind Ray Serve (simulated traffic)", serve_and_drive, str(out / "bundle"),
                         out / "serve", prof.shadow_hours, args.seed, address=args.address, num_cpus=args.num_cpus)
     criteria = success_criteria(results)
-    print(format_table(results))
-    print(format_criteria(criteria))
-    fm = fwd["evaluation"]["criteria"]
-    print("forward model on the test split: " + ", ".join(
-        f"{r['criterion']} {r['value']:.4g} ({'ok' if r['passed'] else 'NOT met'})" for r in fm))
-    print("model-based estimate (test split, no simulator; an estimate: the simulator's table above is the reference)")
-    print(format_results(model_based))
-    report = {
+    return {
         "profile": args.profile, "settings": asdict(prof), "seed": args.seed, "out": str(out),
-        "wall_s": round(time.perf_counter() - t_all, 1), "stage_s": stages.timings,
-        "dataset": dataset_summary(manifest),
-        "forward_model": fwd, "model_based": model_based, "bc": bc, "cql": cql, "bundle": str(out / "bundle"), "shadow": shadow,
-        "metrics": results, "criteria": criteria,
+        "stage_s": stages.timings, "dataset": dataset_summary(manifest),
+        "forward_model": fwd, "model_based": model_based, "bc": bc, "cql": cql, "bundle": str(out / "bundle"),
+        "shadow": shadow, "metrics": results, "criteria": criteria,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print_summary({"report": str(out / "report.json"), "wall_s": report["wall_s"],
-                   "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()}})
-    return 0
