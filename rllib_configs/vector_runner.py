@@ -38,11 +38,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.wrappers.vector import DictInfoToList
 from ray.rllib.callbacks.callbacks import RLlibCallback
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
-from gymnasium.wrappers.vector import DictInfoToList
 from ray.rllib.utils.metrics import ENV_STEP_TIMER, RLMODULE_INFERENCE_TIMER, WEIGHTS_SEQ_NO
 from ray.rllib.utils.spaces.space_utils import clip_action, unsquash_action
 
@@ -79,7 +79,9 @@ class VectorEnvRunner(SingleAgentEnvRunner):
             if any(getattr(type(cb), hook) is not getattr(RLlibCallback, hook) for hook in _EPISODE_HOOKS):
                 return False
         space = self.env.single_action_space
-        return isinstance(space, gym.spaces.Box) and isinstance(self.env.single_observation_space, gym.spaces.Box)
+        return isinstance(space, gym.spaces.Box) and isinstance(
+            self.env.single_observation_space, gym.spaces.Box
+        )
 
     def _sample(
         self,
@@ -149,7 +151,9 @@ class VectorEnvRunner(SingleAgentEnvRunner):
             return clip_action(actions, space)
         return actions
 
-    def _sample_arrays(self, num_timesteps: int, explore: bool, force_reset: bool) -> list[SingleAgentEpisode]:
+    def _sample_arrays(
+        self, num_timesteps: int, explore: bool, force_reset: bool
+    ) -> list[SingleAgentEpisode]:
         if force_reset or self._fast is None or self._needs_initial_reset:
             self._reset_arrays()
         st = self._fast
@@ -174,18 +178,18 @@ class VectorEnvRunner(SingleAgentEnvRunner):
             st["resetting"] = stepped & (term[-1] | trunc[-1])
             st["obs"] = np.asarray(next_obs)
         # (T, N, ...) arrays; next observations are the following step's observations, the last one st["obs"]
-        O = np.stack(obs_buf + [st["obs"]])
+        OBS = np.stack(obs_buf + [st["obs"]])
         A, R = np.stack(act_buf), np.stack(rew)
         TE, TR, V = np.stack(term), np.stack(trunc), np.stack(valid)
         X = {k: np.stack(v) for k, v in extra_buf.items()}
-        done_eps, ongoing_eps = self._cut_episodes(O, A, R, TE, TR, V, X)
+        done_eps, ongoing_eps = self._cut_episodes(OBS, A, R, TE, TR, V, X)
         if ts:
             self.metrics.log_value(REWARD_PER_STEP, float(R[V].mean()), window=REWARD_WINDOW)
         self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=ts)
         self._increase_sampled_metrics(ts, len(done_eps))
         return done_eps + ongoing_eps
 
-    def _cut_episodes(self, O, A, R, TE, TR, V, X) -> tuple[list, list]:  # noqa: N803 (array names)
+    def _cut_episodes(self, OBS, A, R, TE, TR, V, X) -> tuple[list, list]:  # noqa: N803 (array names)
         st = self._fast
         seq_no = self._weights_seq_no
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
@@ -203,12 +207,13 @@ class VectorEnvRunner(SingleAgentEnvRunner):
                     continue
                 finished = j < len(ends)
                 last = seg[-1]
-                obs = np.concatenate([O[seg, i], O[last + 1, i][None]])
+                obs = np.concatenate([OBS[seg, i], OBS[last + 1, i][None]])
                 ep = SingleAgentEpisode(
                     st["ids"][i],
                     observations=obs,
                     observation_space=obs_space,
-                    infos=[_NO_INFO] * len(obs),  # the env's infos are not kept (RLlib's learners ignore them)
+                    infos=[_NO_INFO]
+                    * len(obs),  # the env's infos are not kept (RLlib's learners ignore them)
                     actions=A[seg, i],
                     action_space=act_space,
                     rewards=R[seg, i],

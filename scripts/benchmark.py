@@ -40,21 +40,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir (a trial's checkpoint_NNNNNN or best/)")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint dir (a trial's checkpoint_NNNNNN or best/)"
+    )
     p.add_argument("--site", default=None, help="site YAML (default: the site the policy was trained on)")
     p.add_argument(
         "--sites", type=int_at_least(0), default=4,
         help="unseen sites drawn around --site (envs/site_sampler.py; default 4, 0 = its own site only)",
     )  # fmt: skip
     p.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated weathers (default {','.join(SCENARIOS)})"
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated weathers (default {','.join(SCENARIOS)})",
     )
     p.add_argument("--days", type=int_at_least(1), default=1, help="held-out days per case (default 1)")
     p.add_argument("--hours", type=HOURS, default=24.0, help="hours per day from --start-h (default 24)")
     p.add_argument("--start-h", type=START_H, default=0.0, help="start of each day's window (default 0)")
     p.add_argument("--seed", type=SEED, default=0, help="selects the held-out days and the drawn sites")
     p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
-    p.add_argument("--force", action="store_true", help="replace an earlier `gridrl benchmark` result at --out")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier `gridrl benchmark` result at --out"
+    )
     return p
 
 
@@ -151,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
 
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if unknown := [s for s in scenarios if s not in SCENARIOS]:
-        print(f"gridrl benchmark: --scenarios: unknown {unknown}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        print(
+            f"gridrl benchmark: --scenarios: unknown {unknown}; known: {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
         return 2
     if problem := check_window(args.hours, args.start_h):
         print(f"gridrl benchmark: {problem}", file=sys.stderr)
@@ -160,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.out, BENCHMARK_OUTPUT, force=args.force)  # before anything is loaded
         info = find_run_info(args.checkpoint)
         if info.get("domain", "export") != "export":
-            raise ValueError(f"{args.checkpoint}: a {info.get('domain')} policy; gridrl benchmark takes export ones")
+            raise ValueError(
+                f"{args.checkpoint}: a {info.get('domain')} policy; gridrl benchmark takes export ones"
+            )
         base = args.site or info.get("env_config", {}).get("site")
         out = Path(args.out)
         with staged_output(out, BENCHMARK_OUTPUT, force=args.force) as tmp:
@@ -170,9 +181,19 @@ def run(args: argparse.Namespace) -> int:
                               int(round(args.hours * 3600)), int(round(args.start_h * 3600)))  # fmt: skip
             summary = summarise(cases)
             (tmp / "benchmark.json").write_text(
-                json.dumps({"checkpoint": str(args.checkpoint), "seed": args.seed, "days": args.days,
-                            "hours": args.hours, "start_h": args.start_h, "summary": summary, "cases": cases},
-                           indent=2, default=str)  # fmt: skip
+                json.dumps(
+                    {
+                        "checkpoint": str(args.checkpoint),
+                        "seed": args.seed,
+                        "days": args.days,
+                        "hours": args.hours,
+                        "start_h": args.start_h,
+                        "summary": summary,
+                        "cases": cases,
+                    },
+                    indent=2,
+                    default=str,
+                )  # fmt: skip
             )
             plot(cases, tmp / "benchmark.png")
     except (FileNotFoundError, ValueError) as exc:  # OutputError, ConfigError name the file

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from scripts.flags import SEED, int_at_least
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,9 +64,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="demo (default, minutes) or full")
     p.add_argument("--out", default="runs/pipeline", help="output directory (default runs/pipeline)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every stage")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of every stage")
     p.add_argument("--address", default=None, help="Ray cluster address (default: embedded local Ray)")
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray (default 2)")
+    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded Ray (default 2)")
     return p
 
 

@@ -7,6 +7,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from scripts.flags import SEED, int_at_least
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -19,30 +21,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--config", required=True, help="sweep file, e.g. tune/export/ppo.yaml")
-    p.add_argument("--num-samples", type=int, default=None, help="trials to sample (default: the file's, 50)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="at most N trials at once (default: what fits)")
+    p.add_argument("--num-samples", type=int_at_least(1), default=None, help="trials to sample (default: the file's, 50)")
+    p.add_argument("--max-concurrent", type=int_at_least(1), default=None, help="at most N trials at once (default: what fits)")
     p.add_argument("--storage-path", default="runs", help="root of the sweep and of best/ (default ./runs)")
     p.add_argument("--name", default=None, help="sweep name (default sweep-<domain>-<file stem>)")
     p.add_argument("--dataset", default=None, help="dataset directory (offline sweeps)")
-    p.add_argument("--stop-iters", type=int, default=None,
+    p.add_argument("--stop-iters", type=int_at_least(1), default=None,
                    help="per-trial budget: stop each trial after N training iterations (replaces the file's "
                         "stop.training_iteration, and ASHA's max_t with it)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep without rerunning finished trials")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search and of every trial")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the search and of every trial")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
-    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded local Ray (default 2)")
+    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded local Ray (default 2)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from cluster.local import init_ray
-    from rllib_configs.runner import print_summary
     from envs.config import ConfigError
+    from rllib_configs import storage
+    from rllib_configs.runner import print_summary
     from tune.results import plot_sweep, promote, write_table
     from tune.spec import load_sweep
     from tune.sweep import SweepOptions, param_space, run_sweep
-
-    from rllib_configs import storage
 
     if storage.is_uri(args.storage_path):
         print("gridrl tune: --storage-path must be a directory every node mounts (NFS, EFS, a KubeRay volume); "

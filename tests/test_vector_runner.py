@@ -26,7 +26,7 @@ def test_vector_env_members_are_the_single_envs_seeded_seed_plus_i():
     np.testing.assert_array_equal(obs_v, obs_s)
     rng = np.random.default_rng(0)
     # two episodes: the second starts from the autoreset (NEXT_STEP), the singles from reset()
-    for episode in range(2):
+    for _episode in range(2):
         for t in range(90):
             a = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
             o_v, r_v, te_v, tr_v, _ = venv.step(a)
@@ -102,7 +102,7 @@ def test_vector_runner_returns_the_episodes_of_rllibs_loop(explore):
         b = _by_first_obs(ours.sample(num_timesteps=100, explore=explore))
         assert [(len(e), e.t_started, e.is_done) for e in a] == [(len(e), e.t_started, e.is_done) for e in b]
         seen += [(e.is_truncated, e.t_started > 0) for e in b]
-        for e1, e2 in zip(a, b):
+        for e1, e2 in zip(a, b, strict=True):
             np.testing.assert_allclose(e2.get_observations(), e1.get_observations(), atol=1e-6)
             np.testing.assert_allclose(e2.get_actions(), e1.get_actions(), atol=1e-6)
             np.testing.assert_allclose(e2.get_rewards(), e1.get_rewards(), atol=1e-9)
@@ -169,7 +169,9 @@ def test_vectorised_ppo_trains_checkpoints_resumes_and_evaluates(tmp_path, ray_s
         result = algo.train()
         assert result["training_iteration"] == 3
         assert result["env_runners"]["num_env_steps_sampled_lifetime"] == 768  # counted on from 512
-        resumed = algo.save(str(tmp_path / "vec" / "resumed")).checkpoint.path  # beside the run's gridrl_run.json
+        resumed = algo.save(
+            str(tmp_path / "vec" / "resumed")
+        ).checkpoint.path  # beside the run's gridrl_run.json
     finally:
         algo.stop()
     results = evaluate_export(resumed, tmp_path / "eval", days=1, seed=0, baselines=["pi"],
@@ -187,7 +189,11 @@ def test_vectorised_ppo_trains_checkpoints_resumes_and_evaluates(tmp_path, ray_s
     assert main(argv) == 0
     report = json.loads((out / "benchmark.json").read_text())
     assert [(c["site"], c["scenario"]) for c in report["cases"]] == [
-        ("default", "clear"), ("default", "overcast"), ("site_2_0", "clear"), ("site_2_0", "overcast")]
+        ("default", "clear"),
+        ("default", "overcast"),
+        ("site_2_0", "clear"),
+        ("site_2_0", "overcast"),
+    ]
     assert (out / "benchmark.png").is_file() and (out / "sites" / "site_2_0.yaml").is_file()
     assert report["summary"]["cases"] == 4 and report["summary"]["safety_violations"] == 0
 
@@ -207,4 +213,3 @@ def test_benchmark_summary_takes_the_worst_case_and_skips_cases_without_export()
     assert s["worst_case"] == {"site": "b", "scenario": "clear", "export_reduction_pct": -50.0}
     assert s["beats_pi_everywhere"] is False
     assert summarise([case("a", "clear", 1.0, 2.0)])["beats_pi_everywhere"] is True
-

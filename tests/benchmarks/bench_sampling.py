@@ -118,8 +118,12 @@ def train_rate(config: Any, iters: int, runners: int = 0, gpu: bool = False) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated YAMLs (default {DEFAULT_CONFIGS})")
-    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per raw and sampling figure (default 5)")
+    ap.add_argument(
+        "--configs", default=DEFAULT_CONFIGS, help=f"comma-separated YAMLs (default {DEFAULT_CONFIGS})"
+    )
+    ap.add_argument(
+        "--seconds", type=float, default=5.0, help="seconds per raw and sampling figure (default 5)"
+    )
     ap.add_argument("--iters", type=int, default=5, help="timed training iterations per config (default 5)")
     ap.add_argument("--num-envs", type=int, default=None, help="envs per runner (default: each config's)")
     ap.add_argument("--skip-train", action="store_true", help="sampling figures only")
@@ -145,7 +149,9 @@ def main() -> None:
     from rllib_configs.loader import load_train_config
 
     load0 = os.getloadavg()
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False, configure_logging=False
+    )
     register_rllib_envs()
     rows: list[dict[str, Any]] = []
     for path in [p.strip() for p in args.configs.split(",") if p.strip()]:
