@@ -52,7 +52,8 @@ def test_killed_env_runner_is_restarted_and_training_reaches_target(tmp_path):
 
 @pytest.mark.integration
 def test_killed_driver_resumes_from_its_last_checkpoint(tmp_path):
-    proc = start_train(tmp_path, 5)
+    iters = 30  # vectorised PPO trains an iteration in about a second: enough of them to kill mid-run
+    proc = start_train(tmp_path, iters)
     try:
         wait_for(lambda: len(list(tmp_path.glob("ft/*/checkpoint_000001"))) > 0, 300, "no second checkpoint",
                  poll_s=0.5)
@@ -62,16 +63,16 @@ def test_killed_driver_resumes_from_its_last_checkpoint(tmp_path):
         proc.wait(30)
     last_ckpt = max(int(p.name.split("_")[1]) for p in tmp_path.glob("ft/*/checkpoint_*"))
     res = subprocess.run(
-        [sys.executable, "-m", "scripts", "train", "--config", "rllib_configs/export/ppo.yaml", "--stop-iters", "5",
+        [sys.executable, "-m", "scripts", "train", "--config", "rllib_configs/export/ppo.yaml", "--stop-iters", str(iters),
          "--storage-path", str(tmp_path), "--name", "ft", "--seed", "3", "--resume"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     summary = last_json(res.stdout)
-    assert summary["metrics"]["training_iteration"] == 5
+    assert summary["metrics"]["training_iteration"] == iters
     # The resumed run's progress lines: it continued after the checkpoint (checkpoint_00000k holds
     # iteration k + 1), and did not start over at iteration 1.
     resumed = [int(m) for m in re.findall(r"\[train\] \S+: iter (\d+)", res.stderr)]
-    assert last_ckpt + 1 < 5, "the driver was killed too late to test anything"
+    assert last_ckpt + 1 < iters, "the driver was killed too late to test anything"
     # at least checkpoint_000001 (iteration 2) was recorded before the kill: resume starts at >= 3
     assert resumed and 3 <= resumed[0] <= last_ckpt + 2 and 1 not in resumed, (resumed, last_ckpt)
