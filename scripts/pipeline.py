@@ -115,8 +115,15 @@ def run(args: argparse.Namespace) -> int:
 
     prof = PROFILES[args.profile]
     out = Path(args.out).resolve()
-    if out.exists() and any(out.iterdir()):
+    if out.is_dir() and any(out.iterdir()):
         print(f"gridrl pipeline: {out} is not empty: choose another --out", file=sys.stderr)
+        return 2
+    from envs.outputs import OutputError, OutputKind, check_output
+
+    try:  # a file, a path under a file, an unwritable place: named before anything starts
+        check_output(out, OutputKind("the results of gridrl pipeline", ("report.json",)))
+    except OutputError as exc:
+        print(f"gridrl pipeline: {exc}", file=sys.stderr)
         return 2
     t_all = time.perf_counter()
     log = out / "pipeline.log"

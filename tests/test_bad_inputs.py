@@ -610,6 +610,37 @@ EVALUATE: list[Case] = [
 ]
 
 
+TUNE_SWEEP = Path(__file__).resolve().parents[1] / "tune" / "export" / "ppo.yaml"
+
+
+def _tune(ctx, *extra, config=TUNE_SWEEP):
+    return ["tune", "--config", str(config), "--storage-path", str(ctx.home / "sweeps"), *extra]
+
+
+TUNE: list[Case] = [
+    ("num-samples-zero", lambda c: (_tune(c, "--num-samples", "0"), ["--num-samples"])),
+    ("max-concurrent-zero", lambda c: (_tune(c, "--max-concurrent", "0"), ["--max-concurrent"])),
+    ("stop-iters-zero", lambda c: (_tune(c, "--stop-iters", "0"), ["--stop-iters"])),
+    ("seed-negative", lambda c: (_tune(c, "--seed", "-1"), ["--seed"])),
+    ("num-cpus-zero", lambda c: (_tune(c, "--num-cpus", "0"), ["--num-cpus"])),
+    ("sweep-missing", lambda c: (_tune(c, config=c.home / "nope.yaml"), ["nope.yaml", "not found"])),
+]
+
+
+def _pipeline(ctx, *extra, out=None):
+    return ["pipeline", "--out", str(out or ctx.home / "pipe"), *extra]
+
+
+PIPELINE: list[Case] = [
+    ("out-is-a-file", lambda c: (_pipeline(c, out=c.file("p.txt")), ["--out", "p.txt", "is a file"])),
+    ("out-under-a-file", lambda c: (_pipeline(c, out=c.file("q.txt") / "run"), ["q.txt", "is a file"])),
+    ("out-not-empty", lambda c: (_pipeline(c, out=c.folder_of_mine("mine")), ["mine", "not empty"])),
+    ("seed-negative", lambda c: (_pipeline(c, "--seed", "-1"), ["--seed"])),
+    ("num-cpus-zero", lambda c: (_pipeline(c, "--num-cpus", "0"), ["--num-cpus"])),
+    ("profile-unknown", lambda c: (_pipeline(c, "--profile", "huge"), ["--profile", "huge"])),
+]
+
+
 def _bench(ctx, *extra, out=None):
     ckpt = ctx.home / "no-checkpoint"
     return ["benchmark", "--checkpoint", str(ckpt), "--out", str(out or ctx.home / "bench"), *extra]
@@ -702,6 +733,8 @@ TABLE = [
         ("evaluate", EVALUATE),
         ("evaluate-model", EVALUATE_MODEL),
         ("benchmark", BENCHMARK),
+        ("tune", TUNE),
+        ("pipeline", PIPELINE),
         ("serve", SERVE),
     )  # fmt: skip
     for name, setup in cases
@@ -728,7 +761,7 @@ def test_the_table_covers_every_command():
     commands = {p.values[0] for p in TABLE}
     assert commands == {
         "simulate", "data-generate", "data-build", "export", "edge", "train", "evaluate", "evaluate-model",
-        "benchmark", "serve",
+        "benchmark", "tune", "pipeline", "serve",
     }  # fmt: skip
     assert len(TABLE) >= 100
 
