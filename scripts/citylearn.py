@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.config import ConfigError
+from envs.outputs import OutputError, OutputKind, check_output
 
 SUMMARY_KPIS = (
     "cost_total",
@@ -149,10 +150,15 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+CITYLEARN_EVALUATE_OUTPUT = OutputKind("the results of gridrl citylearn evaluate", ("kpis.json",))
+CITYLEARN_SCHEMA_OUTPUT = OutputKind("a schema of gridrl citylearn build-schema", ("schema.json",))
+
+
 def _build(args: argparse.Namespace) -> int:
     from envs.citylearn.schema import build_schema
     from envs.citylearn.site import DEFAULT_MALL_SITE_PATH, load_site
 
+    check_output(args.out, CITYLEARN_SCHEMA_OUTPUT, update=True)  # a file, unwritable: named first
     site_path = Path(args.site) if args.site else DEFAULT_MALL_SITE_PATH
     site = load_site(site_path)
     t0 = time.perf_counter()
@@ -188,6 +194,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from envs.citylearn.evaluate import evaluate_controllers
     from rllib_configs.policy import load_module_policy
 
+    check_output(args.out, CITYLEARN_EVALUATE_OUTPUT, update=True)  # a file, unwritable: named first
     schema = resolve_schema(args.schema)
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
     policies = {"policy": load_module_policy(args.policy)} if args.policy else None
@@ -319,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         if args.citylearn_command == "train":
             return _train(args)
         return _evaluate(args)
-    except ConfigError as exc:
+    except (ConfigError, OutputError) as exc:
         print(f"gridrl citylearn: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -641,6 +641,29 @@ PIPELINE: list[Case] = [
 ]
 
 
+CITYLEARN: list[Case] = [
+    (
+        "evaluate-out-is-a-file",
+        lambda c: (["citylearn", "evaluate", "--schema", str(c.home / "nope"), "--out", str(c.file("k.txt"))],
+                   ["--out", "k.txt", "is a file"]),
+    ),
+    (
+        "build-schema-out-is-a-file",
+        lambda c: (["citylearn", "build-schema", "--out", str(c.file("s.txt"))], ["--out", "s.txt", "is a file"]),
+    ),
+    (
+        "evaluate-schema-missing",
+        lambda c: (["citylearn", "evaluate", "--schema", str(c.home / "nope"), "--out", str(c.home / "ev")],
+                   ["schema", "nope"]),
+    ),
+    (
+        "build-schema-site-missing",
+        lambda c: (["citylearn", "build-schema", "--site", str(c.home / "no.yaml"), "--out", str(c.home / "s")],
+                   ["no.yaml", "not found"]),
+    ),
+]  # fmt: skip
+
+
 def _bench(ctx, *extra, out=None):
     ckpt = ctx.home / "no-checkpoint"
     return ["benchmark", "--checkpoint", str(ckpt), "--out", str(out or ctx.home / "bench"), *extra]
@@ -735,6 +758,7 @@ TABLE = [
         ("benchmark", BENCHMARK),
         ("tune", TUNE),
         ("pipeline", PIPELINE),
+        ("citylearn", CITYLEARN),
         ("serve", SERVE),
     )  # fmt: skip
     for name, setup in cases
@@ -761,7 +785,7 @@ def test_the_table_covers_every_command():
     commands = {p.values[0] for p in TABLE}
     assert commands == {
         "simulate", "data-generate", "data-build", "export", "edge", "train", "evaluate", "evaluate-model",
-        "benchmark", "tune", "pipeline", "serve",
+        "benchmark", "tune", "pipeline", "citylearn", "serve",
     }  # fmt: skip
     assert len(TABLE) >= 100
 
