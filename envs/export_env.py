@@ -80,11 +80,8 @@ class ExportEnvConfig:
     def load_site(self) -> Site:
         return load_site(self.site)
 
-    def draw_site(self, rng: np.random.Generator, base: Site) -> Site:
-        """The site of the next episode: ``base``, or one drawn around it when ``site_draws`` > 0."""
-        if not self.site_draws:
-            return base
-        from envs.config import from_mapping
+    def draw_site(self, rng: np.random.Generator) -> Site:
+        """A site drawn around ``site`` for the next episode (used when ``site_draws`` > 0)."""
         from envs.site_sampler import random_site
 
         return from_mapping(Site, random_site(rng, "drawn", self.site), source="envs/site_sampler.py")
@@ -157,7 +154,7 @@ class ExportControlEnv(gym.Env):
         physics_site: Site | None = None,
     ):
         self.config = config if isinstance(config, ExportEnvConfig) else ExportEnvConfig.from_dict(config)
-        self.site = self._base_site = self.config.load_site()
+        self.site = self.config.load_site()
         self.max_power_w = self.site.control.max_power_per_phase_w
         self.observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (N_ACTIONS,), np.float32)
@@ -172,7 +169,7 @@ class ExportControlEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if self.config.site_draws:
-            self.site = self.config.draw_site(self.np_random, self._base_site)
+            self.site = self.config.draw_site(self.np_random)
             self.sim = Simulator(self.site, self.config.reward.as_array(), self.config.perfect_link,
                                  self.config.record_events)  # fmt: skip
         self.day, self.window = self.config.draw_episode(self.np_random, self.site)
@@ -206,7 +203,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
     step after the end, gymnasium's NEXT_STEP mode). Observation, action and reward as in
     :class:`ExportControlEnv`. Seeding follows gymnasium's vector envs: ``reset(seed=s)`` gives member
     ``i`` the draws of an :class:`ExportControlEnv` reset with ``seed=s + i``, so a vectorised run and
-    ``num_envs`` single envs see the same days and the same transitions (tests/test_export_env.py).
+    ``num_envs`` single envs see the same days and the same transitions (tests/test_vector_runner.py).
     """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
@@ -221,9 +218,10 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.sim = Simulator(self.site, self.config.reward.as_array(), self.config.perfect_link, False)
-        # members in groups, one simulator (one site) per group: one group unless sites are drawn
+        # members in contiguous groups, one simulator (one site) per group: one group unless sites are drawn
         n_groups = min(self.config.site_draws, num_envs) if self.config.site_draws else 1
-        self._groups = np.array_split(np.arange(num_envs), n_groups)
+        chunks = np.array_split(np.arange(num_envs), n_groups)
+        self._groups = [slice(int(a[0]), int(a[-1]) + 1) for a in chunks]
         self._sims = [self.sim] * n_groups
         self._rngs: list[np.random.Generator] = []
         self._needs_reset = False
@@ -232,15 +230,17 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None or not self._rngs:  # member i draws as ExportControlEnv reset with seed + i
-            self._rngs = [seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
-        for g, idx in enumerate(self._groups):
+            seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        for g, members in enumerate(self._groups):
+            rngs = self._rngs[members]
             if self.config.site_draws:  # the group's site, drawn from its first member's generator
-                site = self.config.draw_site(self._rngs[idx[0]], self.site)
-                self._sims[g] = Simulator(site, self.config.reward.as_array(), self.config.perfect_link, False)
+                site = self.config.draw_site(rngs[0])
+                weights = self.config.reward.as_array()
+                self._sims[g] = Simulator(site, weights, self.config.perfect_link, False)
             sim = self._sims[g]
-            rngs = [self._rngs[i] for i in idx]
             drawn = [self.config.draw_episode(rng, sim.site) for rng in rngs]
-            self._obs[idx] = sim.reset([d for d, _ in drawn], [w for _, w in drawn], rngs)
+            self._obs[members] = sim.reset([d for d, _ in drawn], [w for _, w in drawn], rngs)
         self._needs_reset = False
         return self._obs.copy(), {}
 
@@ -250,18 +250,14 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
             zeros = np.zeros(self.num_envs)
             return obs, zeros, zeros.astype(bool), zeros.astype(bool), info
         targets = to_watts(actions, self.max_power_w)
-        for sim, idx in zip(self._sims, self._groups):
-            if len(self._groups) == 1:
-                sim.step(targets)
-                self._obs[:] = sim.obs
-                self._rewards[:] = sim.out[:, O_REWARD]
-            else:
-                sim.step(targets[idx])
-                self._obs[idx] = sim.obs
-                self._rewards[idx] = sim.out[:, O_REWARD]
+        for sim, members in zip(self._sims, self._groups, strict=True):
+            sim.step(targets[members])  # a slice: a view, no copy
+            self._obs[members] = sim.obs
+            self._rewards[members] = sim.out[:, O_REWARD]
         done = self._sims[0].done
         self._needs_reset = done
-        return self._obs.copy(), self._rewards.copy(), np.zeros(self.num_envs, bool), np.full(self.num_envs, done), {}
+        truncated = np.full(self.num_envs, done)
+        return self._obs.copy(), self._rewards.copy(), np.zeros(self.num_envs, bool), truncated, {}
 
 
 def register_envs() -> None:
