@@ -3,7 +3,8 @@
 All randomness comes from the ``np.random.Generator`` passed in (the env's ``self.np_random``), so a
 seed fixes the day. Times are local clock seconds from midnight.
 
-PV: clear-sky global horizontal irradiance by latitude and day of year (Haurwitz model) times a cloud
+PV: clear-sky global horizontal irradiance by latitude, day of year and solar time (Haurwitz model,
+envs/solar.py) times a cloud
 transmission process. Broken clouds are a two-state (sun / shade) renewal process with exponential
 durations; cloud edges pass in a few seconds, so PV ramps by tens of percent within seconds, with a
 short overshoot at cloud edges (cloud enhancement). These ramps are what cause export spikes.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from envs.site import N_PHASES, Site
+from envs.solar import clear_sky_ghi
 
 DAY_S = 86_400
 PV_DERATE = 0.86
@@ -68,18 +70,6 @@ def moving_average(x: np.ndarray, w: int) -> np.ndarray:
     hi = np.clip(np.arange(n) + w - w // 2, 0, n)
     width = (hi - lo).reshape(-1, *([1] * (x.ndim - 1)))
     return (c[hi] - c[lo]) / width
-
-
-def clear_sky_ghi(latitude_deg: float, day_of_year: int, solar_hour: np.ndarray) -> np.ndarray:
-    """Clear-sky global horizontal irradiance (W/m2), Haurwitz model."""
-    decl = np.deg2rad(23.45) * np.sin(2 * np.pi * (284 + day_of_year) / 365.0)
-    lat = np.deg2rad(latitude_deg)
-    hour_angle = np.deg2rad(15.0 * (solar_hour - 12.0))
-    cos_z = np.sin(lat) * np.sin(decl) + np.cos(lat) * np.cos(decl) * np.cos(hour_angle)
-    cos_z = np.clip(cos_z, 0.0, None)
-    with np.errstate(divide="ignore", over="ignore"):
-        ghi = 1098.0 * cos_z * np.exp(-0.057 / np.where(cos_z > 0, cos_z, np.inf))
-    return np.where(cos_z > 0.01, ghi, 0.0)
 
 
 def cloud_transmission(rng: np.random.Generator, sc: Scenario, n: int) -> np.ndarray:
@@ -170,7 +160,7 @@ def day_profile(
     doy = int(np.clip(sc.day_of_year + rng.integers(-10, 11), 1, 365))
     if day_of_year is not None:
         doy = day_of_year
-    solar_hour = np.arange(n) / 3600.0 - site.timezone_offset_h + 1.0  # local clock -> solar time
+    solar_hour = np.arange(n) / 3600.0 - site.timezone_offset_h + site.longitude_deg / 15.0  # local clock -> solar
     ghi = clear_sky_ghi(site.latitude_deg, doy, solar_hour) * cloud_transmission(rng, sc, n)
     pv = np.zeros((n, N_PHASES))
     for arr in site.pv:

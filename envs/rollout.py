@@ -30,7 +30,7 @@ class Trace:
     seed: int
     frame: pl.DataFrame
     events: np.ndarray  # (n, EV_SIZE) rows from the simulator, see envs/simulator.py
-    obs: np.ndarray  # (T + 1, 30) state vectors, obs[k] seen before step k
+    obs: np.ndarray  # (T + 1, F) state vectors, obs[k] seen before step k
     scenario: str
     day_of_year: int
     start_s: int

@@ -43,7 +43,7 @@ from envs.dispatch import (
 from envs.jit import kernel
 from envs.profiles import DAY_S, DayProfile
 from envs.site import Site
-from envs.state_spec import KS_SIZE, N_FEATURES, N_SIGNALS, RING, feature_row
+from envs.state_spec import N_FEATURES, N_SIGNALS, feature_row, new_kernel_state
 
 # Slave state columns (B, S, SS_SIZE).
 SS_SETPOINT, SS_APPLIED, SS_APPLIED_SEQ, SS_IS_ON, SS_TIS, SS_FILL = range(6)
@@ -331,8 +331,7 @@ class Simulator:
         self.ss = np.zeros((b, n_s, SS_SIZE))
         self.queue = np.zeros((b, n_s, QUEUE, 4))
         self.queue[..., Q_ARRIVAL] = -1.0
-        self.kstate = np.zeros((b, KS_SIZE))
-        self.ring = np.zeros((b, 2, RING))
+        self.kstate, self.ring = new_kernel_state(b, site.latitude_deg, site.longitude_deg)
         n_ev = (length + 1) * n_s if self.record_events else 1
         self.events = np.zeros((b, n_ev, EV_SIZE))
         self.n_events = np.zeros(b, dtype=np.int64)

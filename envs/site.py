@@ -178,7 +178,9 @@ class Site:
     slaves: tuple[Slave, ...]
     pv: tuple[PVArray, ...]
     timezone_offset_h: float = 0.0
-    """Local clock minus solar time at the reference meridian (h); shifts solar noon."""
+    """Local clock minus UTC (h): the simulated day runs on the local clock."""
+    longitude_deg: float = 15.0
+    """East positive. Solar time is UTC + longitude / 15 h (envs/solar.py): it places the sun in the day."""
     phases: int = N_PHASES
     """Always 3: the simulator models three-phase sites."""
     base_load: BaseLoad = field(default_factory=BaseLoad)
@@ -189,6 +191,7 @@ class Site:
     def __post_init__(self) -> None:
         _require(self.phases == N_PHASES, "phases", f"only 3-phase sites are modelled, got {self.phases}")
         _require(-66 <= self.latitude_deg <= 66, "latitude_deg", "must be within [-66, 66] (sun rises daily)")
+        _require(-180 <= self.longitude_deg <= 180, "longitude_deg", "must be within [-180, 180]")
         _require(len(self.slaves) > 0, "slaves", "a site needs at least one controllable load")
         ids = [s.id for s in self.slaves]
         _require(len(set(ids)) == len(ids), "slaves", f"slave ids must be unique, got {ids}")

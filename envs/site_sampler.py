@@ -3,11 +3,11 @@ more than one site).
 
 A drawn site keeps the base site's devices (a water heater, an EV charger, a heat pump: the kinds the
 dispatcher and the PI know) and its action bound (``control.max_power_per_phase_w``: a policy's actions
-are fractions of it), and changes what differs from house to house: where it is (latitude), its PV
-(size, and a single-phase inverter on a random phase or none), its base load per phase, which phase each
-device is on, their sizes (heater power and tank, EV energy and times, heat-pump power, tank, draw),
-and the Zigbee link (delay, loss). The ranges are those of detached houses in Europe with 3-15 kWp of
-PV; ``random_site`` draws from them uniformly, so every site is a plausible one, not an extreme one.
+are fractions of it), and changes what differs from house to house: where it is (latitude, and longitude
+within its time zone), its PV (size, and a single-phase inverter on a random phase or none), its base load
+per phase, which phase each device is on, their sizes (heater power and tank, EV energy and times,
+heat-pump power, tank, draw), and the Zigbee link (delay, loss). The ranges are those of detached houses in
+Europe with 3-15 kWp of PV; ``random_site`` draws from them uniformly, so every site is a plausible one, not an extreme one.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ def random_site(rng: np.random.Generator, name: str, base: str | Path | None = N
     link.update(delay_median_s=_u(rng, 1.0, 3.5), delay_sigma=_u(rng, 0.3, 0.7, 2),
                 ack_rate=_u(rng, 0.88, 0.99, 2))  # fmt: skip
     link["delay_max_s"] = max(float(link["delay_max_s"]), round(link["delay_median_s"] * 3, 1))
+    # Where in its time zone the house is: solar noon moves by up to +-30 min on the local clock.
+    site["longitude_deg"] = _u(rng, -7.5, 7.5) + 15.0 * float(data.get("timezone_offset_h", 0.0))
     return site
 
 

@@ -15,6 +15,18 @@ Two layers:
 
 A missing meter reading is NaN in the signals; the feature kernel holds the last reading and counts its
 age (``meter_age_s``).
+
+Two site constants reach the kernel through its state (:func:`new_kernel_state`), not through the
+signals: the site's latitude and longitude, which place the sun (envs/solar.py). With them and the clock
+the kernel derives local solar time and the clear-sky irradiance now, over the next hour and over the rest
+of the solar day: what a master controller knows of the day's PV before any cloud. The storage headroom
+the master can observe is per phase: how long the phase's controllable power has been available without
+a break, and the acknowledged energy commanded to it in that time (a tank that has taken a lot is nearly
+full; an EV plugged for hours has taken much of its charge).
+
+Version history: ``export-state-v1`` (30 features) had the UTC hour and no clear-sky or headroom features;
+``export-state-v2`` has solar time, clear-sky irradiance and per-phase headroom (issue 16). A runtime
+refuses a bundle of another version (serve/bundle.py).
 """
 
 from __future__ import annotations
@@ -27,8 +39,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from envs.jit import kernel
+from envs.solar import DAY_S, day_of_year, ghi_at, solar_seconds
 
-SPEC_VERSION = "export-state-v1"
+SPEC_VERSION = "export-state-v2"
 
 
 @dataclass(frozen=True)
@@ -73,12 +86,24 @@ FEATURES: tuple[Feature, ...] = (
     Feature("setpoint_w", "W", "export setpoint"),
     Feature("export_error_w", "W", "export_w - setpoint_w (positive: exporting too much)"),
     Feature("phase_imbalance_w", "W", "standard deviation of export_w_l1..l3 across phases", 0.0, 1e6),
-    Feature("hour_sin", "1", "sin(2 pi * UTC second of day / 86400)", -1.0, 1.0),
-    Feature("hour_cos", "1", "cos(2 pi * UTC second of day / 86400)", -1.0, 1.0),
-    Feature("doy_sin", "1", "sin(2 pi * day of year / 365.25)", -1.0, 1.0),
-    Feature("doy_cos", "1", "cos(2 pi * day of year / 365.25)", -1.0, 1.0),
+    Feature("solar_time_sin", "1", "sin(2 pi * local solar second of day / 86400); solar noon = 0", -1.0, 1.0),
+    Feature("solar_time_cos", "1", "cos(2 pi * local solar second of day / 86400); solar noon = -1", -1.0, 1.0),
+    Feature("doy_sin", "1", "sin(2 pi * (solar day of year - 1) / 365)", -1.0, 1.0),
+    Feature("doy_cos", "1", "cos(2 pi * (solar day of year - 1) / 365)", -1.0, 1.0),
+    Feature("clear_sky_w_m2", "W/m2", "clear-sky irradiance now (at the start of the minute)", 0.0, 1200.0),
+    Feature("clear_sky_next_1h_w_m2", "W/m2", "mean clear-sky irradiance over the next hour", 0.0, 1200.0),
+    Feature("clear_sky_rest_kwh_m2", "kWh/m2", "clear-sky irradiation left in the solar day", 0.0, 20.0),
+    *(Feature(f"available_for_s_l{p}", "s", f"seconds phase {p} has had controllable power available without a "
+              "break (0 = none available; counted from the episode start)", 0.0, 1e7) for p in _PHASES),
+    *(Feature(f"acked_kwh_since_available_l{p}", "kWh", f"acknowledged energy commanded to phase {p} since its "
+              "power became available (0 = none available)", 0.0, 1e4) for p in _PHASES),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+CLOCK_FEATURES: tuple[str, ...] = (
+    "solar_time_sin", "solar_time_cos", "doy_sin", "doy_cos",
+    "clear_sky_w_m2", "clear_sky_next_1h_w_m2", "clear_sky_rest_kwh_m2",
+)
+"""Features that are functions of the clock and the site's place alone (no control changes them)."""
 FEAT = {name: i for i, name in enumerate(FEATURE_NAMES)}
 N_FEATURES = len(FEATURES)
 FEATURE_LOW = np.array([f.low for f in FEATURES], dtype=np.float32)
@@ -90,12 +115,50 @@ KS_HELD = 0  # 6 entries: held export l1..l3, pv l1..l3
 KS_AGE = 6
 KS_COUNT = 7  # rows seen in this episode
 KS_POS = 8  # next write position in the ring
-KS_SIZE = 9
+KS_LAT = 9  # site latitude (deg), set by new_kernel_state
+KS_LON = 10  # site longitude (deg, east positive)
+KS_AVAIL_FOR = 11  # 3 entries: seconds each phase has had power available without a break
+KS_KWH = 14  # 3 entries: acknowledged kWh commanded to each phase since then
+KS_SKY_MIN = 17  # solar minute of the cached clear-sky values (-1 = none yet)
+KS_SKY = 18  # 3 entries: clear-sky now, mean over the next hour, rest of the day
+KS_SIZE = 21
+SKY_NEXT_POINTS = 6  # midpoints of 10-min slices of the next hour
+SKY_REST_POINTS = 24  # midpoints of equal slices of the rest of the solar day
 
 
-def new_kernel_state(batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh streaming state for ``batch`` episodes: (kstate (B, KS_SIZE), ring (B, 2, RING))."""
-    return np.zeros((batch, KS_SIZE)), np.zeros((batch, 2, RING))
+def new_kernel_state(batch: int, latitude_deg: float, longitude_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh streaming state for ``batch`` episodes of a site at ``latitude_deg``/``longitude_deg``:
+    (kstate (B, KS_SIZE), ring (B, 2, RING))."""
+    kstate = np.zeros((batch, KS_SIZE))
+    kstate[:, KS_LAT] = latitude_deg
+    kstate[:, KS_LON] = longitude_deg
+    kstate[:, KS_SKY_MIN] = -1.0
+    return kstate, np.zeros((batch, 2, RING))
+
+
+@kernel
+def _clear_sky(kstate: np.ndarray, tsec: float) -> None:
+    """Refresh the cached clear-sky values when the solar minute changes (a function of the minute alone)."""
+    solar = solar_seconds(tsec, kstate[KS_LON])
+    minute = solar // 60.0
+    if minute == kstate[KS_SKY_MIN]:
+        return
+    kstate[KS_SKY_MIN] = minute
+    t0 = minute * 60.0
+    day = math.floor(t0 / DAY_S)
+    doy = float(day_of_year(int(day)))
+    hour = (t0 - day * DAY_S) / 3600.0
+    lat = kstate[KS_LAT]
+    kstate[KS_SKY] = ghi_at(lat, doy, hour)
+    s = 0.0
+    for k in range(SKY_NEXT_POINTS):
+        s += ghi_at(lat, doy, hour + (k + 0.5) / SKY_NEXT_POINTS)
+    kstate[KS_SKY + 1] = s / SKY_NEXT_POINTS
+    step = (24.0 - hour) / SKY_REST_POINTS
+    s = 0.0
+    for k in range(SKY_REST_POINTS):
+        s += ghi_at(lat, doy, hour + (k + 0.5) * step)
+    kstate[KS_SKY + 2] = s * step / 1000.0
 
 
 @kernel
@@ -141,8 +204,11 @@ def feature_row(sig: np.ndarray, kstate: np.ndarray, ring: np.ndarray, out: np.n
     imb = math.sqrt(((e1 - mean_e) ** 2 + (e2 - mean_e) ** 2 + (e3 - mean_e) ** 2) / 3.0)
     setpoint = sig[15]
     tsec = sig[16]
-    day_frac = (tsec % 86400.0) / 86400.0
-    doy = ((tsec // 86400.0) % 365.25) / 365.25
+    solar = solar_seconds(tsec, kstate[KS_LON])
+    day = math.floor(solar / DAY_S)
+    day_frac = (solar - day * DAY_S) / DAY_S
+    doy = (day_of_year(int(day)) - 1) / 365.0
+    _clear_sky(kstate, tsec)
     out[0] = e1
     out[1] = e2
     out[2] = e3
@@ -166,18 +232,29 @@ def feature_row(sig: np.ndarray, kstate: np.ndarray, ring: np.ndarray, out: np.n
     out[27] = math.cos(2.0 * math.pi * day_frac)
     out[28] = math.sin(2.0 * math.pi * doy)
     out[29] = math.cos(2.0 * math.pi * doy)
+    out[30] = kstate[KS_SKY]
+    out[31] = kstate[KS_SKY + 1]
+    out[32] = kstate[KS_SKY + 2]
+    for j in range(3):  # headroom: a break in availability (0 W available) restarts both counters
+        if sig[12 + j] > 0.0:
+            kstate[KS_AVAIL_FOR + j] += 1.0
+            kstate[KS_KWH + j] += max(sig[9 + j], 0.0) / 3.6e6
+        else:
+            kstate[KS_AVAIL_FOR + j] = 0.0
+            kstate[KS_KWH + j] = 0.0
+        out[33 + j] = kstate[KS_AVAIL_FOR + j]
+        out[36 + j] = kstate[KS_KWH + j]
 
 
 @kernel
-def _features_loop(signals: np.ndarray, out: np.ndarray) -> None:
-    kstate = np.zeros(KS_SIZE)
-    ring = np.zeros((2, RING))
+def _features_loop(signals: np.ndarray, kstate: np.ndarray, ring: np.ndarray, out: np.ndarray) -> None:
     for t in range(signals.shape[0]):
         feature_row(signals[t], kstate, ring, out[t])
 
 
-def features_from_signals(signals: np.ndarray) -> np.ndarray:
-    """State vectors (T, N_FEATURES) of one episode from its aligned signals (T, N_SIGNALS).
+def features_from_signals(signals: np.ndarray, latitude_deg: float, longitude_deg: float) -> np.ndarray:
+    """State vectors (T, N_FEATURES) of one episode from its aligned signals (T, N_SIGNALS), for a site at
+    ``latitude_deg``/``longitude_deg``.
 
     Runs :func:`feature_row` over the rows, from a fresh state: the same code the env runs per step.
     """
@@ -185,7 +262,8 @@ def features_from_signals(signals: np.ndarray) -> np.ndarray:
     if sig.ndim != 2 or sig.shape[1] != N_SIGNALS:
         raise ValueError(f"signals must have shape (T, {N_SIGNALS}), got {sig.shape}")
     out = np.empty((sig.shape[0], N_FEATURES))
-    _features_loop(sig, out)
+    kstate, ring = new_kernel_state(1, latitude_deg, longitude_deg)
+    _features_loop(sig, kstate[0], ring[0], out)
     return out
 
 
@@ -200,5 +278,5 @@ def spec_dict() -> dict:
     return {**body, "sha256": digest}
 
 
-assert N_FEATURES == 30 and N_SIGNALS == 17, "update feature_row's indices with the spec"
+assert N_FEATURES == 39 and N_SIGNALS == 17, "update feature_row's indices with the spec"
 assert FEAT["target_w_l1"] == 14 and FEAT["setpoint_w"] == 23 and SIG["setpoint_w"] == 15

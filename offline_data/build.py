@@ -226,6 +226,8 @@ def build(
         "align": asdict(cfg.align),
         "reward": asdict(cfg.reward),
         "max_power_per_phase_w": max_w,
+        "latitude_deg": site.latitude_deg,  # the state's solar and clear-sky features depend on the place
+        "longitude_deg": site.longitude_deg,
     }
     with staged_output(out, DATASET_OUTPUT, update=True) as tmp:
         manifest = _build_into(tmp, raw, out, days, old, cfg, settings, max_w, progress, workers)
@@ -293,7 +295,12 @@ def _build_into(
         )
         a_counts = run_stage("align", align_one, todo, lambda d: (scratch, cfg.align), pool, progress)
         f_counts = run_stage(
-            "features", features_one, todo, lambda d: (scratch, tmp, max_w, cfg.reward), pool, progress
+            "features",
+            features_one,
+            todo,
+            lambda d: (scratch, tmp, max_w, cfg.reward, settings["latitude_deg"], settings["longitude_deg"]),
+            pool,
+            progress,
         )
     finally:
         if pool is not None:

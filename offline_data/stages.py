@@ -61,9 +61,11 @@ def align_one(date: str, scratch: Path, cfg: AlignConfig) -> dict:
     return a.counts
 
 
-def features_one(date: str, scratch: Path, root: Path, max_w: float, reward: RewardWeights) -> dict:
+def features_one(
+    date: str, scratch: Path, root: Path, max_w: float, reward: RewardWeights, latitude_deg: float, longitude_deg: float
+) -> dict:
     frame = pl.read_ipc(scratch / f"date={date}" / "aligned.arrow", memory_map=False)
-    steps = day_steps(Aligned(frame), max_w, reward)
+    steps = day_steps(Aligned(frame), max_w, reward, latitude_deg, longitude_deg)
     out = root / "cache" / f"date={date}"
     out.mkdir(parents=True)
     pq.write_table(steps, out / "steps.parquet", use_dictionary=False, write_statistics=["second"])

@@ -72,8 +72,15 @@ STEPS_SCHEMA = pa.schema(
 )
 
 
-def day_steps(aligned: Aligned, max_power_per_phase_w: float, weights: RewardWeights) -> pa.Table:
-    """State vector, action and reward for every second of the day's episodes (STEPS_SCHEMA).
+def day_steps(
+    aligned: Aligned,
+    max_power_per_phase_w: float,
+    weights: RewardWeights,
+    latitude_deg: float,
+    longitude_deg: float,
+) -> pa.Table:
+    """State vector, action and reward for every second of the day's episodes (STEPS_SCHEMA), for a site
+    at ``latitude_deg``/``longitude_deg`` (the state's solar features).
 
     The last second of an episode has NaN action and reward (no step follows it).
     """
@@ -92,7 +99,7 @@ def day_steps(aligned: Aligned, max_power_per_phase_w: float, weights: RewardWei
     export_idx = [FEAT[f"export_w_l{q}"] for q in PH]
     bounds = np.flatnonzero(np.diff(episode)) + 1
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n], strict=True):
-        obs[lo:hi] = features_from_signals(sig[lo:hi])
+        obs[lo:hi] = features_from_signals(sig[lo:hi], latitude_deg, longitude_deg)
         actions[lo : hi - 1] = to_unit(target[lo + 1 : hi], max_power_per_phase_w)
         rewards[lo : hi - 1] = reward_from_power(
             obs[lo + 1 : hi][:, export_idx], ctrl[lo + 1 : hi], changes[lo : hi - 1], weights

@@ -91,7 +91,7 @@ def allocate_to_phases(total: torch.Tensor, export_l: torch.Tensor, avail_l: tor
 
 
 def pi_targets(obs: torch.Tensor, kp: float, ki: float) -> torch.Tensor:
-    """The PI's next per-phase targets (B, 3) in W from raw state vectors (B, 30), statelessly."""
+    """The PI's next per-phase targets (B, 3) in W from raw state vectors (B, F), statelessly."""
     avail = obs[..., _AVAIL]
     u_prev = obs[..., _TARGET].sum(-1)
     u = u_prev + kp * obs[..., FEAT["export_w_delta_1s"]] + ki * obs[..., FEAT["export_error_w"]]

@@ -63,7 +63,7 @@ def module_path(checkpoint: str | Path) -> Path:
 
 
 def deterministic_module(module: Any) -> Any:
-    """A ``torch.nn.Module``: normalised state (B, 30) -> the RLModule's greedy action (B, 3) in [-1, 1].
+    """A ``torch.nn.Module``: normalised state (B, F) -> the RLModule's greedy action (B, 3) in [-1, 1].
 
     PPO/A2C (diagonal Gaussian): the mean half of ``action_dist_inputs``. SAC/CQL (squashed Gaussian):
     ``tanh`` of the mean, scaled to the action space's bounds. Then clipped to [-1, 1].
@@ -112,7 +112,7 @@ class Policy:
             self.net = deterministic_module(self.module)
 
     def act_unit(self, obs: np.ndarray) -> np.ndarray:
-        """Greedy actions in [-1, 1] (B, 3) for raw state vectors (B, 30)."""
+        """Greedy actions in [-1, 1] (B, 3) for raw state vectors (B, F)."""
         import torch
 
         x = np.atleast_2d(obs)

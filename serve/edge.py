@@ -186,7 +186,7 @@ class EdgeController:
 
     def reset(self) -> None:
         """Start afresh: feature kernel, previous targets, the wrapper's timers."""
-        kstate, ring = new_kernel_state(1)
+        kstate, ring = new_kernel_state(1, self.site.latitude_deg, self.site.longitude_deg)
         self.kstate, self.ring = kstate[0], ring[0]
         self.sig = np.zeros(N_SIGNALS)
         self.features = np.zeros(N_FEATURES)

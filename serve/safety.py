@@ -22,7 +22,7 @@ Checks (the names in ``Decision.checks_fired``), in the order they run:
 ===============  =======================================================================  ============
 check            fires when                                                               effect
 ===============  =======================================================================  ============
-state_invalid    state not (30,) or (1, 30), non-finite, or outside FEATURE_LOW..HIGH     safe; 24 h
+state_invalid    state not (F,) or (1, F), non-finite, or outside FEATURE_LOW..HIGH       safe; 24 h
 anomaly          ``|z| > anomaly_z`` on a monitored feature for anomaly_persist_s         fallback 24 h
 policy_error     the policy raised                                                        fallback 1 h
 policy_late      the policy answered after policy_deadline_s: the answer is discarded     PI, one step
@@ -250,7 +250,7 @@ class SafetyWrapper:
         return self.clock() < self.timers.fallback_until
 
     def decide(self, state: Any) -> Decision:
-        """The targets to send for ``state`` (raw state vector, (30,) or (1, 30)), with their provenance."""
+        """The targets to send for ``state`` (raw state vector, (F,) or (1, F)), with their provenance."""
         now = float(self.clock())
         x = self._valid_state(state)
         if x is None:

@@ -128,6 +128,13 @@ def _rename_feature(m: dict) -> None:
     m["state_spec"]["sha256"] = "0" * 64
 
 
+def _spec_v1(m: dict) -> None:
+    """The manifest of a bundle exported before state spec v2: 30 features, UTC hour, no headroom."""
+    feats = m["state_spec"]["features"][:30]
+    feats[26]["name"], feats[27]["name"] = "hour_sin", "hour_cos"
+    m["state_spec"].update(version="export-state-v1", features=feats, sha256="c2bcd2cdc94e" + "0" * 52)
+
+
 def _weaker_limit(m: dict) -> None:
     m["safety"]["max_rate_w_per_s"] = 1e9
 
@@ -137,6 +144,12 @@ TAMPERING = {
     "truncated onnx": (_truncate, None, "policy.onnx: sha256 mismatch.*truncated"),
     "truncated onnx, resealed": (_truncate, lambda m: None, "policy.onnx: not a loadable ONNX model"),
     "wrong spec": (None, _rename_feature, "state spec mismatch.*#3: 'export_total_w' vs 'export_w'"),
+    "spec v1 bundle": (
+        None,
+        _spec_v1,
+        "state spec mismatch: bundle has 'export-state-v1'.*this runtime has 'export-state-v2'.*30 vs 39 features"
+        ".*'hour_sin' vs 'solar_time_sin'.*Re-export it",
+    ),
     "edited manifest": (None, "no-reseal", "manifest_sha256 mismatch"),
     "missing onnx": (
         lambda b: (b / ONNX_FILE).unlink(),

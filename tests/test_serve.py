@@ -320,7 +320,7 @@ def _malformed(server: Server) -> list[tuple[str, dict, bytes | None, str | None
             "meter_age_s = -1 is outside the spec's bounds",
         ),
         ("export beyond the bounds", J, with_state([1e300, *vec[1:]]), 422, "export_w_l1"),
-        ("hour_sin above 1", J, with_state([*vec[:26], 1.5, *vec[27:]]), 422, "hour_sin"),
+        ("solar_time_sin above 1", J, with_state([*vec[:26], 1.5, *vec[27:]]), 422, "solar_time_sin"),
         ("an extra field", J, js({**good, "priority": "high"}), 422, "priority: Extra inputs"),
         ("site_id with a path", J, js({**good, "site_id": "../../etc"}), 422, "site_id"),
         ("site_id too long", J, js({**good, "site_id": "s" * 100}), 422, "site_id"),

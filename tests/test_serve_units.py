@@ -16,7 +16,7 @@ from envs.config import ConfigError
 from envs.controllers import PIController
 from envs.export_env import ExportEnvConfig
 from envs.rollout import rollout
-from envs.state_spec import FEAT, FEATURE_NAMES, SPEC_VERSION
+from envs.state_spec import FEAT, FEATURE_NAMES, N_FEATURES, SPEC_VERSION
 from serve.api import ActRequest, parse_state
 from serve.bundle import export_baseline, load_bundle
 from serve.config import ABSchedule, RollbackConfig, ServeConfig
@@ -279,5 +279,5 @@ def test_a_shadow_decision_logs_both_proposals(tmp_path, trace, pi_bundle):
     pi = np.array(df["pi_action_w"].to_list())
     assert np.array_equal(sent, pi) and not np.array_equal(sent, pol), "the policy's proposals are logged"
     assert set(df["mode"]) == {"shadow"} and not df["policy_acted"].any()
-    assert df["state"].list.len().unique().to_list() == [30]
+    assert df["state"].list.len().unique().to_list() == [N_FEATURES]
     assert np.allclose(np.array(df["state"].to_list())[:, FEAT["pv_w"]], trace.obs[:120, FEAT["pv_w"]])

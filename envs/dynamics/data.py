@@ -31,11 +31,11 @@ class SplitData:
     """One split in memory, rows sorted by (episode, t)."""
 
     obs: np.ndarray
-    """(N, 30) float32 raw state vectors."""
+    """(N, F) float32 raw state vectors."""
     actions: np.ndarray
     """(N, 3) float32 actions in [-1, 1]."""
     new_obs: np.ndarray
-    """(N, 30) float32 state after the action."""
+    """(N, F) float32 state after the action."""
     episode: np.ndarray
     """(N,) int64 episode code (index into ``episode_ids``)."""
     t: np.ndarray
@@ -70,12 +70,12 @@ class SplitData:
         return np.flatnonzero(self.run_left() >= length)
 
     def window(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(states (B, L, 30), actions (B, L, 3), states 1 s later (B, L, 30)) of windows from ``starts``."""
+        """(states (B, L, F), actions (B, L, 3), states 1 s later (B, L, F)) of windows from ``starts``."""
         idx = np.asarray(starts)[:, None] + np.arange(length)
         return self.obs[idx], self.actions[idx], self.new_obs[idx]
 
     def states(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """(B, L + 1, 30): the state at each start and the ``length`` logged states after it."""
+        """(B, L + 1, F): the state at each start and the ``length`` logged states after it."""
         idx = np.asarray(starts)[:, None] + np.arange(length)
         return np.concatenate([self.obs[starts][:, None], self.new_obs[idx]], axis=1)
 

@@ -31,12 +31,15 @@ from envs.dynamics.data import SplitData
 from envs.dynamics.model import ForwardModel
 from envs.jit import kernel
 from envs.state_spec import (
+    CLOCK_FEATURES,
     FEAT,
     FEATURE_HIGH,
     FEATURE_LOW,
     KS_AGE,
+    KS_AVAIL_FOR,
     KS_COUNT,
     KS_HELD,
+    KS_KWH,
     KS_POS,
     N_SIGNALS,
     RING,
@@ -58,6 +61,7 @@ _TARGET_SIG = [SIG[f"target_w_l{p}"] for p in _PH]
 _NONNEG = [SIG[f"{n}_w_l{p}"] for n in ("acked", "available") for p in _PH]
 _PV_L = [FEAT[f"pv_w_l{p}"] for p in _PH]
 _AVAIL_L = [FEAT[f"available_w_l{p}"] for p in _PH]
+_CLOCK = [FEAT[n] for n in CLOCK_FEATURES]
 
 
 @kernel
@@ -71,8 +75,8 @@ class LoggedContext:
     """Where a batch of rollouts starts: logged history before each start and the logged episode after it.
 
     Attributes:
-        states: (B, T + 1, 30) logged states from each start on (index 0 = the start state).
-        history: (B, HISTORY_S + 1, 30) logged states of the ``HISTORY_S`` s up to the start (last = start).
+        states: (B, T + 1, F) logged states from each start on (index 0 = the start state).
+        history: (B, HISTORY_S + 1, F) logged states of the ``HISTORY_S`` s up to the start (last = start).
         actions: (B, HISTORY_S, 3) logged actions of those seconds before the start.
         time_s: (B,) UTC second of the start state.
     """
@@ -96,10 +100,14 @@ class LoggedContext:
 
 
 def kernel_state(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The feature kernel's streaming state after the logged ``history`` (B, HISTORY_S + 1, 30)."""
+    """The feature kernel's streaming state after the logged ``history`` (B, HISTORY_S + 1, F)."""
     b = history.shape[0]
-    kstate, ring = new_kernel_state(b)
+    # The site's place is not in the logged states: the clock features are replayed from the log instead
+    # (ModelStepper.step), so the kernel's own (at 0 deg, 0 deg) are overwritten.
+    kstate, ring = new_kernel_state(b, 0.0, 0.0)
     last = history[:, -1]
+    kstate[:, KS_AVAIL_FOR : KS_AVAIL_FOR + 3] = last[:, [FEAT[f"available_for_s_l{p}"] for p in _PH]]
+    kstate[:, KS_KWH : KS_KWH + 3] = last[:, [FEAT[f"acked_kwh_since_available_l{p}"] for p in _PH]]
     kstate[:, KS_HELD : KS_HELD + 3] = last[:, [FEAT[f"export_w_l{p}"] for p in _PH]]
     kstate[:, KS_HELD + 3 : KS_HELD + 6] = last[:, _PV_L]
     kstate[:, KS_AGE] = last[:, FEAT["meter_age_s"]]
@@ -139,7 +147,7 @@ class ModelStepper:
         self._sig = np.zeros((0, N_SIGNALS))
 
     def reset(self, context: LoggedContext, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Start rollouts at the context's start states; returns them (B, 30) float64."""
+        """Start rollouts at the context's start states; returns them (B, F) float64."""
         h = self.model.context
         self.ctx, self.rng = context, rng or np.random.default_rng(0)
         self.kstate, self.ring = kernel_state(context.history)
@@ -183,7 +191,7 @@ class ModelStepper:
         return raw.cpu().numpy().astype(np.float64), dis
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Apply actions in [-1, 1] (B, 3) for 1 s; returns (states (B, 30) float64, disagreement (B,))."""
+        """Apply actions in [-1, 1] (B, 3) for 1 s; returns (states (B, F) float64, disagreement (B,))."""
         a = np.clip(np.nan_to_num(np.asarray(actions, np.float64), nan=-1.0), -1.0, 1.0)
         log = self.ctx.states[:, min(self.t + 1, self.ctx.states.shape[1] - 1)] if self.replay else None
         members, dis = self.predict_learned(a, None if log is None else log[:, _PV_L])
@@ -210,6 +218,7 @@ class ModelStepper:
         sig[:, _NONNEG] = np.maximum(sig[:, _NONNEG], 0.0)
         out = np.empty((len(sig), len(FEAT)))
         _features_batch(sig, self.kstate, self.ring, out)
+        out[:, _CLOCK] = self.ctx.states[:, min(self.t + 1, self.ctx.states.shape[1] - 1)][:, _CLOCK]
         self.state = np.clip(out, FEATURE_LOW, FEATURE_HIGH)
         self.z = torch.cat([self.z[:, 1:], self._norm(self.state)[:, None]], dim=1)
         self.a = torch.cat([self.a[:, 1:], torch.zeros_like(self.a[:, :1])], dim=1)
@@ -226,7 +235,7 @@ def rollout_logged_actions(
     replay: bool = False,
     member: str | int = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rollouts with the logged actions: (predicted states (B, horizon, 30), disagreement (B, horizon))."""
+    """Rollouts with the logged actions: (predicted states (B, horizon, F), disagreement (B, horizon))."""
     context = LoggedContext.from_split(split, starts, horizon)
     stepper = ModelStepper(model, max_power_per_phase_w, member, replay)
     stepper.reset(context)

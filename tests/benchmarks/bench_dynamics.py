@@ -33,7 +33,10 @@ FEATURES = (
     + ["pv_w", "meter_age_s"]
     + ["export_w_mean_10s", "export_w_mean_60s", "export_w_delta_1s", "export_w_delta_5s", "pv_w_delta_5s"]
     + [f"{n}_w_l{p}" for n in ("target", "acked", "available") for p in (1, 2, 3)]
-    + ["setpoint_w", "export_error_w", "phase_imbalance_w", "hour_sin", "hour_cos", "doy_sin", "doy_cos"]
+    + ["setpoint_w", "export_error_w", "phase_imbalance_w", "solar_time_sin", "solar_time_cos", "doy_sin", "doy_cos"]
+    + ["clear_sky_w_m2", "clear_sky_next_1h_w_m2", "clear_sky_rest_kwh_m2"]
+    + [f"available_for_s_l{p}" for p in (1, 2, 3)]
+    + [f"acked_kwh_since_available_l{p}" for p in (1, 2, 3)]
 )  # the names of envs/state_spec.py (tests/test_dynamics.py checks they agree)
 
 

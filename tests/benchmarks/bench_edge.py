@@ -102,7 +102,7 @@ def main() -> None:
     )
     sig = np.zeros(N_SIGNALS)
     sig[3:6] = 2000.0
-    kstate, ring = new_kernel_state(1)
+    kstate, ring = new_kernel_state(1, 48.1, 15.0)
     feat = np.zeros(N_FEATURES)
 
     def features(i: int) -> None:

@@ -269,13 +269,14 @@ def pandas_build(raw: Path, out: Path) -> dict:
     from envs.actions import to_unit
     from envs.reward import RewardWeights, reward_from_power
     from envs.site import load_site
-    from envs.state_spec import features_from_signals
+    from envs.state_spec import N_FEATURES, features_from_signals
     from offline_data.align import SIGNAL_NAMES, AlignConfig
     from offline_data.rawio import discover
     from offline_data.transitions import STEPS_SCHEMA, fixed_list, transitions
 
     cfg, weights = AlignConfig(), RewardWeights()
-    max_w = load_site(raw / "site.yaml").control.max_power_per_phase_w
+    site = load_site(raw / "site.yaml")
+    max_w = site.control.max_power_per_phase_w
     out.mkdir(parents=True)
     days = discover(raw)
     steps_all, quarantined = [], 0
@@ -289,13 +290,13 @@ def pandas_build(raw: Path, out: Path) -> dict:
         g = pandas_align(pd, v["meter_readings"][0], v["pi_state"][0], *v["zigbee_commands"], cfg)
         sig = g[list(SIGNAL_NAMES)].to_numpy(dtype=np.float64)
         ep = g["episode"].to_numpy()
-        obs = np.empty((len(g), 30))
+        obs = np.empty((len(g), N_FEATURES))
         act = np.full((len(g), 3), np.nan)
         rew = np.full(len(g), np.nan)
         ctrl = g[[f"controlled_w_l{q}" for q in (1, 2, 3)]].to_numpy()
         for idx in g.groupby("episode").indices.values():
             lo, hi = idx[0], idx[-1] + 1
-            obs[lo:hi] = features_from_signals(sig[lo:hi])
+            obs[lo:hi] = features_from_signals(sig[lo:hi], site.latitude_deg, site.longitude_deg)
             act[lo : hi - 1] = to_unit(sig[lo + 1 : hi, 6:9], max_w)
             rew[lo : hi - 1] = reward_from_power(
                 obs[lo + 1 : hi, 0:3], ctrl[lo + 1 : hi], g["changes"].to_numpy()[lo : hi - 1], weights
@@ -339,7 +340,7 @@ def child(impl: str, raw: Path, out: Path) -> None:
     from envs.state_spec import N_SIGNALS, features_from_signals
     from offline_data.build import BuildConfig, build
 
-    features_from_signals(np.zeros((2, N_SIGNALS)))
+    features_from_signals(np.zeros((2, N_SIGNALS)), 48.0, 15.0)
     startup = time.perf_counter() - t0
     from offline_data.stages import default_workers
 
