@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Train one config on the lent GPU machine (16 cores, one GPU) and bring back the checkpoint: the budget that
+# 2 cores cannot give in a session. Run there, from the working tree copied with .gpu/ carried
+# (bash cluster/gpu_machine.sh prepare, here, first):
+#
+#   bash cluster/gpu_train.sh CONFIG SECONDS [RUNNERS] [SEED]
+#
+# installs Ray (cluster/gpu_machine.sh install), trains `gridrl train --config CONFIG --time-budget SECONDS`
+# with RUNNERS env runners (default 14: 16 cores less the driver and the learner) and the learner on the GPU,
+# then copies the last checkpoint (as a trial folder: checkpoint_NNNNNN/ beside params.json and progress.csv)
+# to $OUT/<config stem>/ (default ./out/gpu_train), for gridrl benchmark / export here.
+set -euo pipefail
+config=${1:?usage: bash cluster/gpu_train.sh CONFIG SECONDS [RUNNERS] [SEED]}
+seconds=${2:?usage: bash cluster/gpu_train.sh CONFIG SECONDS [RUNNERS] [SEED]}
+runners=${3:-14}
+seed=${4:-0}
+out=${OUT:-out/gpu_train}/$(basename "$config" .yaml)
+bash "$(dirname "${BASH_SOURCE[0]}")/gpu_machine.sh" install
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+mkdir -p "$out"
+nproc > "$out/machine.txt"; uptime >> "$out/machine.txt"; nvidia-smi -L >> "$out/machine.txt" 2>&1 || true
+# The last stdout line is the JSON summary with the checkpoint (gridrl train's contract).
+python3 -m scripts train --config "$config" --time-budget "$seconds" --seed "$seed" \
+  --num-env-runners "$runners" --num-cpus "$(nproc)" --storage-path /tmp/gpu_runs --name gpu \
+  > "$out/train.out" 2> "$out/train.err" || echo "gridrl train exited $? (see train.err)" >&2
+ckpt=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])['checkpoint'])" \
+  "$out/train.out" 2>/dev/null || true)
+if [ -z "$ckpt" ]; then  # no summary line: take the newest checkpoint on disk
+  ckpt=$(ls -d /tmp/gpu_runs/gpu/*/checkpoint_* 2>/dev/null | sort | tail -1)
+fi
+cp -r "$ckpt" "$out/"
+cp "$(dirname "$ckpt")"/params.json "$(dirname "$ckpt")"/progress.csv "$out/" 2>/dev/null || true
+grep '^\[train\]' "$out/train.err" | tail -3
+du -sh "$out"
