@@ -73,7 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     e.add_argument(
         "--controllers",
         default="no_control,rbc",
-        help="comma-separated baselines: no_control, rbc, citylearn_rbc, zero (default no_control,rbc)",
+        help="comma-separated baselines: no_control (plug and charge), rbc, zero (charge nothing, battery "
+        "idle), rbc_no_ev (the RBC's battery, no EV charging), random (uniform actions, --seed), "
+        "citylearn_rbc (default no_control,rbc)",
     )
     e.add_argument("--policy", default=None, help="RLlib checkpoint folder; evaluated under 'policy'")
     e.add_argument(
@@ -92,6 +94,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--co2-factor", type=float, default=0.4521, help="kg CO2 per kWh imported (default 0.4521)"
     )
     e.add_argument("--plot-days", type=int, default=7, help="days shown in dispatch.png (default 7)")
+    e.add_argument(
+        "--reward",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a reward setting (envs/citylearn/reward.py RewardConfig), repeatable: e.g. co2=0.6, "
+        "ev_constraint=0 (the seed's five weights alone, without the EV constraint)",
+    )
 
     t = sub.add_parser(
         "train",
@@ -189,6 +199,22 @@ def _window(schema_path: Path, days: int | None, start_day: int) -> dict[str, in
     return {"start_time_step": start, "end_time_step": end}
 
 
+def _reward_kwargs(items: list[str]) -> dict[str, Any]:
+    """``--reward FIELD=VALUE`` settings as reward kwargs (values read as YAML scalars: 0.6, departure)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field.strip():
+            raise ConfigError(None, "--reward", f"expected FIELD=VALUE, got {item!r}")
+        try:
+            out[field.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[field.strip()] = value
+    return out
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from envs.citylearn.env import resolve_schema
     from envs.citylearn.evaluate import evaluate_controllers
@@ -198,7 +224,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     schema = resolve_schema(args.schema)
     controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
     policies = {"policy": load_module_policy(args.policy)} if args.policy else None
-    env_config = {"schema": str(schema), **_window(schema, args.days, args.start_day)}
+    env_config = {
+        "schema": str(schema),
+        **_window(schema, args.days, args.start_day),
+        "reward_kwargs": _reward_kwargs(args.reward),
+    }
     try:
         results = evaluate_controllers(
             env_config, args.out, controllers=controllers, policies=policies, seed=args.seed,

@@ -1,7 +1,10 @@
 """The CityLearn reward (envs/citylearn/reward.py): hand-computed terms, the EV constraint, and that it cannot
-be gamed by not charging: on real CityLearn, "charge nothing" and "the RBC's battery without the vehicles"
-score below the rule-based controller under the default weights (and above it without the constraint,
-which is the bug the constraint fixes).
+be gamed by not charging: on real CityLearn, "charge nothing" (``zero``), "the RBC's battery without the
+vehicles" (``rbc_no_ev``) and a random policy score below the rule-based controller under the default
+weights. Without the constraint (the seed's five weights alone, ``ev_constraint: 0``, which is also what
+the reward before the constraint computed) both ways of not charging beat the RBC on the 2022 district's
+first 48 h (zero -19.16, rbc_no_ev -15.41, rbc -20.72): that is the bug the constraint fixes, and the test
+fails on it.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -173,16 +177,41 @@ def mall2(tmp_path_factory) -> Path:
 
 def _returns(config: dict, names: tuple[str, ...]) -> dict[str, float]:
     env = CityLearnRLlibEnv(config)
-    return {n: run_episode(env, make_baseline(n, env), seed=0)[0] for n in names}
+    return {n: run_episode(env, make_baseline(n, env, seed=0), seed=0)[0] for n in names}
 
 
 @pytest.mark.parametrize("where", ["mall", "district_2022"])
 def test_charging_nothing_scores_below_the_rbc_under_the_default_weights(where, request):
     schema = str(request.getfixturevalue("mall2")) if where == "mall" else str(shared_2022_schema())
     config = {"schema": schema, "end_time_step": 47}
-    names = ("rbc", "zero", "rbc_no_ev")
+    names = ("rbc", "zero", "rbc_no_ev", "random")
     ours = _returns(config, names)
     assert ours["zero"] < ours["rbc"] and ours["rbc_no_ev"] < ours["rbc"], ours
+    assert ours["random"] < ours["rbc"], ours
     if where == "district_2022":  # the seed's reward alone (no constraint) is gamed there: the bug fixed
-        seed_only = _returns({**config, "reward_kwargs": {"ev_constraint": 0.0}}, names)
-        assert seed_only["rbc_no_ev"] > seed_only["rbc"], seed_only
+        seed_only = _returns({**config, "reward_kwargs": {"ev_constraint": 0.0}}, names[:3])
+        assert seed_only["zero"] > seed_only["rbc"] and seed_only["rbc_no_ev"] > seed_only["rbc"], seed_only
+
+
+def test_random_baseline_replays_its_seed():
+    env = CityLearnRLlibEnv({"schema": str(shared_2022_schema()), "end_time_step": 3})
+    obs = np.zeros(env.observation_space.shape, np.float32)
+    a, b, c = (make_baseline("random", env, seed=s) for s in (7, 7, 8))
+    first = [a(obs) for _ in range(3)]
+    a.reset()
+    assert all(np.array_equal(x, a(obs)) for x in first)  # reset replays
+    assert all(np.array_equal(x, b(obs)) for x in first)  # same seed, same actions
+    assert not np.array_equal(first[0], c(obs))
+    assert all(x.shape == env.action_space.shape and np.all(np.abs(x) <= 1) for x in first)
+
+
+def test_evaluate_reward_settings_parse_and_refuse_a_bad_one():
+    from scripts.citylearn import _reward_kwargs
+
+    assert _reward_kwargs(["co2=0.6", "ev_constraint=0", "ev_penalty_timing=departure"]) == {
+        "co2": 0.6,
+        "ev_constraint": 0,
+        "ev_penalty_timing": "departure",
+    }
+    with pytest.raises(ConfigError, match="--reward.*FIELD=VALUE"):
+        _reward_kwargs(["co2"])

@@ -23,6 +23,8 @@ observation vector; a policy sees only the vector.
 - ``zero``: every action 0 (battery idle, no EV charging): CityLearn's own "no control" action.
 - ``rbc_no_ev``: the rule-based battery with the EV sockets left off: how a reward that does not price EV
   satisfaction gets gamed (tests/test_citylearn_reward.py checks that ours scores it below ``rbc``).
+- ``random``: every action drawn uniformly in [-1, 1] each step (what an untrained policy does), from a
+  generator seeded with ``seed`` at each ``reset()``: the same seed gives the same actions.
 """
 
 from __future__ import annotations
@@ -92,6 +94,22 @@ class BatteryOnlyRBC(SelfConsumptionRBC):
         return rbc_action(self.table, state)
 
 
+class RandomAction(_EnvController):
+    """Every action uniform in [-1, 1], redrawn each step; the same ``seed`` replays the same actions."""
+
+    def __init__(self, env: CityLearnRLlibEnv, seed: int = 0) -> None:
+        super().__init__(env)
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart the action sequence from the seed."""
+        self.rng = np.random.default_rng(self.seed)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.uniform(-1.0, 1.0, self.n_actions).astype(np.float32)
+
+
 class CityLearnReferenceRBC(_EnvController):
     """CityLearn's ``BasicElectricVehicleRBC_ReferenceController`` on the raw CityLearn observations."""
 
@@ -111,15 +129,23 @@ BASELINES: dict[str, Callable[[CityLearnRLlibEnv], Controller]] = {
     "citylearn_rbc": CityLearnReferenceRBC,
     "zero": ZeroAction,
     "rbc_no_ev": BatteryOnlyRBC,
+    "random": RandomAction,
 }
 
 
-def make_baseline(name: str, env: CityLearnRLlibEnv) -> Controller:
+def make_baseline(name: str, env: CityLearnRLlibEnv, seed: int | None = None) -> Controller:
     """The baseline controller ``name`` (a key of :data:`BASELINES`) bound to ``env``.
+
+    Args:
+        name: A key of :data:`BASELINES`.
+        env: The env it acts on.
+        seed: Seed of ``random`` (None: 0); the other baselines are deterministic.
 
     Raises:
         ValueError: Unknown name; the message lists the known ones.
     """
     if name not in BASELINES:
         raise ValueError(f"controllers: unknown controller {name!r} (known: {', '.join(BASELINES)}, policy)")
+    if name == "random":
+        return RandomAction(env, seed=0 if seed is None else seed)
     return BASELINES[name](env)

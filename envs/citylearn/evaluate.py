@@ -211,7 +211,7 @@ def evaluate_controllers(
     env = env_config if isinstance(env_config, CityLearnRLlibEnv) else CityLearnRLlibEnv(env_config)
     say(f"loaded {env.config.schema} in {time.perf_counter() - t0:.1f} s: obs {env.observation_space.shape}, "
         f"actions {env.action_space.shape}")  # fmt: skip
-    runs: dict[str, Controller] = {name: make_baseline(name, env) for name in controllers}
+    runs: dict[str, Controller] = {name: make_baseline(name, env, seed=seed) for name in controllers}
     runs.update(policies or {})
     results: dict[str, dict[str, float | None]] = {}
     series = {}
