@@ -81,12 +81,14 @@ def run_cases(
                 scenario, episode_s, start_s,
             )  # fmt: skip
             pol, pi = results["policy"], results["pi"]
+            for m in results.values():
+                m["wasted_kwh"] = m["export_kwh"] + m["controlled_import_kwh"]
             case = {
                 "site": site_name, "scenario": scenario,
-                "export_kwh": {k: results[k]["export_kwh"] for k in ("policy", "pi", "oracle")},
+                **{key: {k: results[k][key] for k in ("policy", "pi", "oracle")} for key in PER_CASE},
                 "export_reduction_pct": reduction_pct(pol["export_kwh"], pi["export_kwh"]),
+                "wasted_reduction_pct": reduction_pct(pol["wasted_kwh"], pi["wasted_kwh"]),
                 "gap_closed": pol["gap_closed"],
-                "controlled_import_kwh": {k: results[k]["controlled_import_kwh"] for k in ("policy", "pi")},
                 "safety_violations": pol["safety_violations"],
                 "metrics": results,
             }  # fmt: skip
@@ -97,8 +99,63 @@ def run_cases(
     return cases
 
 
+PER_CASE = ("export_kwh", "peak_export_w", "controlled_import_kwh", "wasted_kwh", "oscillations_per_min",
+            "phase_imbalance_w", "safety_violations")  # fmt: skip
+"""Metrics of record reported per case for the policy, the PI and the oracle (envs/metrics.py); wasted
+energy is export plus the import the controlled loads caused."""
+
+
+def _total(cases: list[dict[str, Any]], key: str, who: str) -> float:
+    return sum(c[key][who] for c in cases)
+
+
+def _mean(cases: list[dict[str, Any]], key: str, who: str) -> float:
+    return _total(cases, key, who) / len(cases) if cases else math.nan
+
+
+def targets(cases: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Issue 16's targets, each with its measured value and whether it holds (a policy passes only if all do).
+
+    * export at least 10 % lower than the PI's on average over the scored cases, and at least 25 % of the
+      PI-to-oracle gap closed on average (cases where the oracle cannot beat the PI by 1 Wh are left out);
+    * in no case more than 2 % higher;
+    * controlled import at most 1.1 times the PI's, or wasted energy at least 10 % lower (totals);
+    * phase imbalance no worse than the PI's (mean over cases, 1 % tolerance for noise);
+    * fewer command changes per minute than the PI, and under 10 (mean over cases);
+    * zero safety violations.
+    """
+    gaps = [c["gap_closed"] for c in cases
+            if c["export_kwh"]["pi"] - c["export_kwh"]["oracle"] > 1e-3 and math.isfinite(c["gap_closed"])]  # fmt: skip
+    mean_gap = sum(gaps) / len(gaps) if gaps else math.nan
+    worst = summary["worst_case"]["export_reduction_pct"] if summary["worst_case"] else math.nan
+    imp = summary["total_controlled_import_ratio"]
+    wasted = reduction_pct(_total(cases, "wasted_kwh", "policy"), _total(cases, "wasted_kwh", "pi"))
+    imb = (_mean(cases, "phase_imbalance_w", "policy"), _mean(cases, "phase_imbalance_w", "pi"))
+    osc = (_mean(cases, "oscillations_per_min", "policy"), _mean(cases, "oscillations_per_min", "pi"))
+    red = summary["mean_export_reduction_pct"]
+    return {
+        "mean_export_reduction_pct >= 10": {"value": red, "ok": red >= 10.0},
+        "mean_gap_closed >= 0.25": {"value": mean_gap, "ok": mean_gap >= 0.25},
+        "worst_case_export_reduction_pct >= -2": {"value": worst, "ok": worst >= -2.0},
+        "controlled_import <= 1.1 x PI or wasted_energy >= 10 % lower": {
+            "value": {"import_ratio": imp, "wasted_reduction_pct": wasted}, "ok": imp <= 1.1 or wasted >= 10.0},
+        "phase_imbalance_w <= PI's": {"value": {"policy": imb[0], "pi": imb[1]}, "ok": imb[0] <= 1.01 * imb[1]},
+        "command_changes_per_min < PI's and < 10": {
+            "value": {"policy": osc[0], "pi": osc[1]}, "ok": osc[0] < osc[1] and osc[0] < 10.0},
+        "safety_violations == 0": {"value": summary["safety_violations"], "ok": summary["safety_violations"] == 0},
+    }  # fmt: skip
+
+
 def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and worst reduction over the cases where the PI exports anything (no export: nothing to cut)."""
+    """Mean and worst reduction over the cases where the PI exports anything (no export: nothing to cut), the
+    totals, and the verdict on issue 16's targets (:func:`targets`)."""
+    summary = _summary(cases)
+    summary["targets"] = targets(cases, summary) if cases else {}
+    summary["targets_met"] = bool(cases) and all(t["ok"] for t in summary["targets"].values())
+    return summary
+
+
+def _summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
     scored = [c for c in cases if c["export_kwh"]["pi"] > 1e-3]
     red = [c["export_reduction_pct"] for c in scored]
     worst = min(scored, key=lambda c: c["export_reduction_pct"]) if scored else None
@@ -121,15 +178,29 @@ def summarise(cases: list[dict[str, Any]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def format_table(cases: list[dict[str, Any]]) -> str:
+def format_table(cases: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
+    """Per case: export (policy, PI, oracle, kWh), its change against the PI, the gap closed, controlled import
+    and wasted energy against the PI's, peak export, command changes per minute, phase imbalance and
+    violations; then each target's verdict when ``summary`` is given."""
     lines = [f"{'site':16s}{'scenario':15s}{'policy kWh':>11s}{'PI kWh':>9s}{'oracle':>8s}{'vs PI':>9s}"
-             f"{'gap':>7s}{'import x PI':>12s}"]  # fmt: skip
+             f"{'gap':>7s}{'import x PI':>12s}{'wasted vs PI':>13s}{'peak kW':>8s}{'PI':>6s}"
+             f"{'chg/min':>8s}{'PI':>6s}{'imbal W':>8s}{'PI':>6s}{'viol':>5s}"]  # fmt: skip
     for c in cases:
         e, imp = c["export_kwh"], c["controlled_import_kwh"]
         ratio = imp["policy"] / imp["pi"] if imp["pi"] > 1e-9 else math.nan
+        pk, osc, imb = c["peak_export_w"], c["oscillations_per_min"], c["phase_imbalance_w"]
         lines.append(f"{c['site']:16s}{c['scenario']:15s}{e['policy']:11.3f}{e['pi']:9.3f}{e['oracle']:8.3f}"
-                     f"{c['export_reduction_pct']:+8.1f}%{c['gap_closed']:7.2f}{ratio:12.2f}")  # fmt: skip
+                     f"{c['export_reduction_pct']:+8.1f}%{c['gap_closed']:7.2f}{ratio:12.2f}"
+                     f"{c['wasted_reduction_pct']:+12.1f}%{pk['policy'] / 1e3:8.2f}{pk['pi'] / 1e3:6.2f}"
+                     f"{osc['policy']:8.2f}{osc['pi']:6.2f}{imb['policy']:8.0f}{imb['pi']:6.0f}"
+                     f"{c['safety_violations']:5d}")  # fmt: skip
+    for name, t in (summary or {}).get("targets", {}).items():
+        lines.append(f"{'met ' if t['ok'] else 'MISSED'}  {name}: {json.dumps(t['value'], default=_short)}")
     return "\n".join(lines)
+
+
+def _short(x: Any) -> str:
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
 def plot(cases: list[dict[str, Any]], path: Path) -> None:
@@ -199,6 +270,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:  # OutputError, ConfigError name the file
         print(f"gridrl benchmark: {exc}", file=sys.stderr)
         return 2
-    print(format_table(cases))
+    print(format_table(cases, summary))
     print(json.dumps({"out": str(out), **summary}, default=str))
     return 0

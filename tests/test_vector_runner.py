@@ -201,15 +201,23 @@ def test_vectorised_ppo_trains_checkpoints_resumes_and_evaluates(tmp_path, ray_s
 def test_benchmark_summary_takes_the_worst_case_and_skips_cases_without_export():
     from scripts.benchmark import summarise
 
-    def case(site, scenario, pol, pi):
+    def case(site, scenario, pol, pi, osc=2.0):
         red = 100 * (pi - pol) / pi if pi > 0 else float("nan")
         return {"site": site, "scenario": scenario, "export_kwh": {"policy": pol, "pi": pi, "oracle": 0.0},
                 "export_reduction_pct": red, "controlled_import_kwh": {"policy": 1.0, "pi": 1.0},
-                "safety_violations": 0}  # fmt: skip
+                "wasted_kwh": {"policy": pol + 1.0, "pi": pi + 1.0}, "gap_closed": (pi - pol) / pi if pi else 0.0,
+                "phase_imbalance_w": {"policy": 100.0, "pi": 100.0},
+                "oscillations_per_min": {"policy": osc, "pi": 3.0}, "safety_violations": 0}  # fmt: skip
 
     s = summarise([case("a", "clear", 1.0, 2.0), case("a", "winter", 0.0, 0.0), case("b", "clear", 3.0, 2.0)])
     assert s["cases"] == 3 and s["cases_scored"] == 2 and s["cases_beating_pi"] == 1
     assert s["mean_export_reduction_pct"] == pytest.approx(0.0)  # +50 % and -50 %
     assert s["worst_case"] == {"site": "b", "scenario": "clear", "export_reduction_pct": -50.0}
     assert s["beats_pi_everywhere"] is False
-    assert summarise([case("a", "clear", 1.0, 2.0)])["beats_pi_everywhere"] is True
+    assert s["targets_met"] is False and not s["targets"]["worst_case_export_reduction_pct >= -2"]["ok"]
+    good = summarise([case("a", "clear", 1.0, 2.0)])
+    assert good["beats_pi_everywhere"] is True and good["targets_met"] is True
+    # more command changes than the PI: one target missed, the verdict says no
+    busy = summarise([case("a", "clear", 1.0, 2.0, osc=4.0)])
+    assert busy["targets_met"] is False
+    assert [k for k, t in busy["targets"].items() if not t["ok"]] == ["command_changes_per_min < PI's and < 10"]
