@@ -2,10 +2,11 @@
 
 ``POST /act`` takes one state of the export domain (envs/state_spec.py), either
 
-* by feature name: ``{"state": {"export_w_l1": 812.0, ..., "doy_cos": -0.43}}``: all 30 names, no other,
-  ``spec_version`` optional (if given it must match), or
-* as the ordered vector: ``{"state": [812.0, ...], "spec_version": "export-state-v1"}``: exactly 30
-  values in FEATURE_NAMES order; the version is required, since the order means nothing without it;
+* by feature name: ``{"state": {"export_w_l1": 812.0, ..., "doy_cos": -0.43, ...}}``: all N_FEATURES
+  names, no other, ``spec_version`` optional (if given it must match), or
+* as the ordered vector: ``{"state": [812.0, ...], "spec_version": "export-state-v2"}``: exactly
+  N_FEATURES values in FEATURE_NAMES order; the version is required, since the order means nothing
+  without it;
 
 plus optional ``site_id`` (the rollout key and the log partition; default ``default``), ``request_id`` (the
 dedupe key of the log; a retried request should reuse it) and ``time_s`` (UTC Unix time of the meter

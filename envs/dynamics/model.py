@@ -71,7 +71,7 @@ EXPORT_PATTERN = re.compile(r"^export_w(_l[123])?$")
 PHASE_POWER_PATTERN = re.compile(r"_w_l[123]$")
 METER_PATTERN = re.compile(r"^(export|pv)_w_l[123]$")
 SIGNAL_INPUT = re.compile(
-    r"^((export|pv|target|acked|available)_w_l[123]|setpoint_w|meter_age_s|hour_sin|hour_cos)$"
+    r"^((export|pv|target|acked|available)_w_l[123]|setpoint_w|meter_age_s|solar_time_sin|solar_time_cos)$"
 )
 
 

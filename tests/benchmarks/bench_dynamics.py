@@ -1,8 +1,8 @@
 """Benchmark: forward-model training throughput (samples/s) and one-second stepping rate, CPU or GPU.
 
 Not a test. Needs torch and numpy only (no Ray, no gymnasium): it loads envs/dynamics/model.py by its file
-path, so it runs on a GPU box with torch alone. Data are synthetic with the real shapes (30 features, 3
-actions, ``--context`` seconds per window): throughput does not depend on the values.
+path, so it runs on a GPU box with torch alone. Data are synthetic with the real shapes (the spec's
+features, 3 actions, ``--context`` seconds per window): throughput does not depend on the values.
 
     python tests/benchmarks/bench_dynamics.py [--devices cpu,cuda] [--seconds 20] [--batch 256]
         [--members 3] [--hidden 128] [--rollout-steps 5] [--threads 2] [--out FILE.json]
