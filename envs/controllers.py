@@ -1,4 +1,5 @@
-"""Baseline controllers of the export domain: PI, zero (no control), random; the oracle is envs/oracle.py.
+"""Baseline controllers of the export domain: PI, the PI with bounded exploration (dithered, for logs),
+zero (no control), random; the oracle is envs/oracle.py.
 A trained policy becomes a controller through :class:`PolicyController`.
 
 A controller maps a batch of state vectors (B, 30) to per-phase targets (B, 3) in W. It reads only the
@@ -81,6 +82,131 @@ class PIController:
     def state(self) -> np.ndarray:
         """The integrator (total output, W) per batch member, for the PI-state log."""
         return self.u.copy()
+
+
+@dataclass(frozen=True)
+class DitherConfig:
+    """Bounds of :class:`DitheredPIController`'s exploration (``gridrl data generate --controller
+    dithered_pi``). :meth:`bound` states them in one sentence, for the logs' and the dataset's manifest."""
+
+    gain_low: float = 0.7
+    """Lowest factor on the PI's nominal kp and ki (each drawn on its own, once per gain period)."""
+    gain_high: float = 1.3
+    """Highest factor on the PI's nominal kp and ki."""
+    gain_period_s: int = 3600
+    """Control cycles (seconds) between two draws of the gain factors: gains vary per hour."""
+    residual_w: float = 300.0
+    """Largest residual added to the PI's per-phase target (W); drawn uniformly in +-residual_w."""
+    hold_s: tuple[int, int] = (5, 30)
+    """A residual is held for a whole number of seconds drawn uniformly in this range (both ends in),
+    so the logs show what a changed target does after the link's delay and the devices' ramps."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.gain_low <= 1 <= self.gain_high <= 3:
+            raise ValueError(
+                f"gain_low: need 0 < gain_low <= 1 <= gain_high <= 3, got {self.gain_low}, {self.gain_high}"
+            )
+        if self.gain_period_s < 1:
+            raise ValueError(f"gain_period_s: must be >= 1, got {self.gain_period_s}")
+        if not 0 <= self.residual_w <= 2000:
+            raise ValueError(f"residual_w: must be within [0, 2000] W, got {self.residual_w}")
+        if len(self.hold_s) != 2 or not 1 <= self.hold_s[0] <= self.hold_s[1] <= 3600:
+            raise ValueError(f"hold_s: need 1 <= low <= high <= 3600 s, got {list(self.hold_s)}")
+
+    def bound(self) -> str:
+        """The exploration's bound, in the words the --help, the manifests and the README use."""
+        return (
+            f"kp and ki are each within [{self.gain_low:g}, {self.gain_high:g}] x nominal, redrawn every "
+            f"{self.gain_period_s} s; the target never differs from that PI's target by more than "
+            f"{self.residual_w:g} W per phase (a residual held {self.hold_s[0]}-{self.hold_s[1]} s, only "
+            "while the PI commands power), and stays within [0, the phase's available power]"
+        )
+
+
+class DitheredPIController:
+    """The PI with bounded exploration, for logs that hold more than one action per state.
+
+    A site owner can accept it because it stays close to the controller they run (:class:`DitherConfig`
+    holds the numbers; :meth:`DitherConfig.bound` states them):
+
+    * **gains**: every ``gain_period_s`` control cycles, kp and ki are set to their nominal values times
+      factors drawn uniformly in ``[gain_low, gain_high]``, one for each;
+    * **residual**: a per-phase offset drawn uniformly in ``+-residual_w`` W, held for a number of seconds
+      drawn in ``hold_s``, is added to that PI's per-phase targets, and the sum is clipped to
+      ``[0, available_w_l]``. So ``|target_l - pi_target_l| <= residual_w`` at every second, where
+      ``pi_target_l`` is the target of the PI with this period's gains (:attr:`pi_target`). The residual
+      applies only while the PI's own output is above 0 W: at night, or whenever the PI commands nothing,
+      the target is the PI's (no import is provoked where there is nothing to control).
+
+    The PI's integrator runs on the readings alone (velocity form), so the residual does not wind it up:
+    replaying the same readings through a :class:`PIController` with the same gains gives
+    :attr:`pi_target` exactly. Every random draw comes from the controller's own generator, seeded by
+    ``seed`` at :meth:`reset`: the same seed gives the same gains and residuals.
+    """
+
+    name = "dithered_pi"
+
+    def __init__(
+        self, dither: DitherConfig | None = None, pi: PIConfig | None = None, seed: int | None = None
+    ):
+        self.dither = dither or DitherConfig()
+        self.nominal = pi or PIConfig()
+        self.seed = seed
+        self.pi = PIController(self.nominal)
+        self.reset()
+
+    def reset(self, batch: int = 1) -> None:
+        self.rng = np.random.default_rng(self.seed)
+        self.pi.reset(batch)
+        self.steps = 0
+        self.residual = np.zeros((batch, 3))
+        self.hold_left = np.zeros(batch, dtype=np.int64)
+        self.gains: list[tuple[float, float]] = []
+        """(kp factor, ki factor) of every gain period so far, in order."""
+        self.pi_target = np.zeros((batch, 3))
+        """The last targets of the PI with this period's gains, before the residual (W)."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.atleast_2d(obs)
+        if self.residual.shape[0] != obs.shape[0]:
+            self.reset(obs.shape[0])
+        d = self.dither
+        if self.steps % d.gain_period_s == 0:
+            g = self.rng.uniform(d.gain_low, d.gain_high, 2)
+            self.gains.append((float(g[0]), float(g[1])))
+            self.pi.config = PIConfig(kp=self.nominal.kp * g[0], ki=self.nominal.ki * g[1])
+        self.steps += 1
+        base = self.pi.act(obs)
+        new = self.hold_left <= 0
+        if new.any():
+            n = int(new.sum())
+            self.residual[new] = self.rng.uniform(-d.residual_w, d.residual_w, (n, 3))
+            self.hold_left[new] = self.rng.integers(d.hold_s[0], d.hold_s[1] + 1, n)
+        self.hold_left -= 1
+        active = (self.pi.u > 0)[:, None]
+        ceiling = np.maximum(np.clip(obs[:, _AVAIL_L], 0.0, None), base)
+        self.pi_target = base
+        return np.clip(base + np.where(active, self.residual, 0.0), 0.0, ceiling)
+
+    def state(self) -> np.ndarray:
+        """The PI's integrator (W) per batch member, for the PI-state log."""
+        return self.pi.state()
+
+
+def pi_target_from_state(obs: np.ndarray, config: PIConfig | None = None) -> np.ndarray:
+    """What the PI would command next from the state vector alone (B, 3) W: one step of
+    :class:`PIController` whose integrator is the total of the state's previous targets and whose
+    previous error is ``export_error_w - export_w_delta_1s``. On the PI's own logs it reproduces the
+    logged actions; on other logs, ``action - pi_target_from_state(obs)`` is how far the logged action
+    departs from the PI in that state (offline_data/coverage.py)."""
+    cfg = config or PIConfig()
+    obs = np.atleast_2d(obs).astype(np.float64)
+    e = obs[:, FEAT["export_error_w"]]
+    de = obs[:, FEAT["export_w_delta_1s"]]
+    prev = obs[:, [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]].sum(-1)
+    available = obs[:, _AVAIL_L]
+    u = np.clip(prev + cfg.kp * de + cfg.ki * e, 0.0, np.clip(available, 0.0, None).sum(-1))
+    return allocate_to_phases(u, obs[:, _EXPORT_L] + obs[:, _ACKED_L], available)
 
 
 class ZeroController:

@@ -22,6 +22,12 @@ rename at the end (envs/outputs.py); a failed build removes it and leaves the pr
 ``--out`` is checked first: a file, an unwritable path or a non-empty folder that is not a dataset is
 refused.
 
+**Several folders.** ``raw`` may be several raw-log folders (``--raw A B``): they are merged file by file
+so that every row counts once, whatever is given twice; two versions of one day's file, or folders of two
+sites, are refused by name (offline_data/sources.py). The manifest's ``merge`` lists the folders and the
+files taken once, and ``logging`` which controller logged each day and the bound of its exploration
+(``RAW/_logging``, written by ``gridrl data generate``).
+
 **One site.** The manifest records the site the dataset was built with (name, file, sha256 of its
 settings). A rebuild with another site is refused, naming both, unless ``force`` (``--force``) asks for a
 build from scratch: the actions of earlier days would otherwise be scaled by another power limit.
@@ -39,6 +45,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,12 +56,13 @@ import pyarrow.parquet as pq
 from envs.config import to_mapping
 from envs.outputs import OutputKind, check_output, staged_output
 from envs.reward import RewardWeights
-from envs.site import DEFAULT_SITE_PATH, Site, load_site
+from envs.site import Site, load_site
 from envs.state_spec import spec_dict
 from offline_data.align import AlignConfig
 from offline_data.progress import Progress
-from offline_data.rawio import RawFile, RawLogError, discover, sha256_file
+from offline_data.rawio import RawFile, RawLogError
 from offline_data.schemas import SCHEMA_VERSION, STREAMS
+from offline_data.sources import Folder, as_folders, discover_all, logging_summary, merge, resolve_site
 from offline_data.split import SPLITS, SplitWriter, Stats, boundaries
 from offline_data.stages import align_one, features_one, make_pool, run_stage, validate_day
 from offline_data.transitions import (
@@ -110,12 +118,6 @@ class BuildError(RuntimeError):
     """The build cannot proceed (the message says why); the previous dataset is untouched."""
 
 
-def _site_path(cfg: BuildConfig, raw: Path) -> Path:
-    if cfg.site:
-        return Path(cfg.site)
-    return raw / "site.yaml" if (raw / "site.yaml").is_file() else DEFAULT_SITE_PATH
-
-
 def site_record(site: Site, path: Path) -> dict:
     """What a dataset records of its site: name, file and the sha256 of its settings (not of the file's
     bytes: a comment does not change a site)."""
@@ -131,25 +133,6 @@ def _check_same_site(out: Path, old: dict, new: dict) -> None:
             f"{new['name']!r} ({new['path']}). Refusing to mix two sites in one dataset: build into another "
             "--out, or pass --force to rebuild this one from scratch with the new site"
         )
-
-
-def _hash_sources(days: dict, old: dict, enabled: bool) -> dict[str, dict]:
-    """sha256 per source file; reused from the previous manifest when size and mtime are unchanged."""
-    prev = {s["path"]: s for s in old.get("sources", [])}
-    files = [f for streams in days.values() for fs in streams.values() for f in fs]
-    out = {}
-    with Progress("scan", len(files), "files", enabled) as bar:
-        for f in files:
-            p = prev.get(f.rel)
-            same = p and p.get("bytes") == f.size and p.get("mtime_ns") == f.mtime_ns
-            out[f.rel] = {
-                "path": f.rel,
-                "bytes": f.size,
-                "mtime_ns": f.mtime_ns,
-                "sha256": p["sha256"] if same else sha256_file(f.path),
-            }
-            bar.update(1)
-    return out
 
 
 def _day_key(date: str, streams: dict[str, list[RawFile]], sources: dict, settings: dict) -> str:
@@ -186,7 +169,7 @@ def _iso(second: int | None) -> str | None:
 
 
 def build(
-    raw: Path,
+    raw: Path | Sequence[Path],
     out: Path,
     cfg: BuildConfig,
     seed: int = 0,
@@ -195,7 +178,8 @@ def build(
     workers: int = 1,
     force: bool = False,
 ) -> dict:
-    """Build ``out`` from ``raw`` (see the module docstring); returns the manifest.
+    """Build ``out`` from ``raw``, one raw-log folder or several (see the module docstring); returns the
+    manifest.
 
     ``workers`` > 1 runs the per-day stages in that many processes (offline_data/stages.py); the
     dataset is the same for any number of workers.
@@ -203,16 +187,17 @@ def build(
     ``force`` rebuilds from scratch (nothing reused) and may replace a dataset of another site.
 
     Raises:
-        RawLogError: a raw file cannot be used (the message names the file and the column).
+        RawLogError: a raw file cannot be used (the message names the file and the column); two raw
+            folders hold two versions of one file, or are of two sites (naming both).
         OutputError: ``out`` is a file, cannot be written, or is a non-empty folder that is not a dataset.
         BuildError: ``out`` is a dataset of another site, or there is nothing to split.
     """
-    raw, out = Path(raw), Path(out)
+    raws, out = as_folders(raw), Path(out)
     t_start = time.perf_counter()
-    days = discover(raw)
+    folders = discover_all(raws)
     out = check_output(out, DATASET_OUTPUT, update=True)
     old = _old_manifest(out)
-    site_path = _site_path(cfg, raw)
+    site_path = resolve_site(cfg.site, raws)
     site = load_site(site_path)
     site_info = site_record(site, site_path)
     if force:
@@ -230,7 +215,7 @@ def build(
         "longitude_deg": site.longitude_deg,
     }
     with staged_output(out, DATASET_OUTPUT, update=True) as tmp:
-        manifest = _build_into(tmp, raw, out, days, old, cfg, settings, max_w, progress, workers)
+        manifest = _build_into(tmp, folders, out, old, cfg, settings, max_w, progress, workers)
         manifest.update(
             {
                 "dataset_version": DATASET_VERSION,
@@ -264,9 +249,8 @@ def _old_manifest(out: Path) -> dict:
 
 def _build_into(
     tmp: Path,
-    raw: Path,
+    folders: list[Folder],
     out: Path,
-    days: dict,
     old: dict,
     cfg: BuildConfig,
     settings: dict,
@@ -274,7 +258,8 @@ def _build_into(
     progress: bool,
     workers: int,
 ) -> dict:
-    sources = _hash_sources(days, old, progress)
+    merged = merge(folders, old, progress)
+    days, sources = merged.days, merged.sources
     keys = {date: _day_key(date, streams, sources, settings) for date, streams in days.items()}
     old_days = old.get("days", {}).get("keys", {})
     reuse = [
@@ -310,7 +295,10 @@ def _build_into(
         day = {"key": keys[d], "validate": v_counts[d], "align": a_counts[d], "features": f_counts[d]}
         (tmp / "cache" / f"date={d}" / "day.json").write_text(json.dumps(day, indent=1))
     day_info = {d: json.loads((tmp / "cache" / f"date={d}" / "day.json").read_text()) for d in days}
-    return _split_and_write(tmp, days, day_info, keys, todo, reuse, sources, cfg, progress)
+    manifest = _split_and_write(tmp, days, day_info, keys, todo, reuse, sources, cfg, progress)
+    manifest["merge"] = merged.summary()
+    manifest["logging"] = logging_summary(folders, list(days))
+    return manifest
 
 
 def _split_and_write(

@@ -1,4 +1,5 @@
-"""Simulated raw logs: the PI controller runs in the export simulator and three devices log it.
+"""Simulated raw logs: the PI controller (or the PI with bounded exploration) runs in the export simulator
+and three devices log it.
 
 ``gridrl data generate`` runs one episode per calendar day (envs/rollout.py, with command events
 recorded) and writes the three streams of offline_data/schemas.py, each on its own clock:
@@ -10,11 +11,21 @@ recorded) and writes the three streams of offline_data/schemas.py, each on its o
   acknowledgement arrives within the second before the one from which the slave's new power shows in the
   state (the simulator's "applied" step); lost and superseded commands have no ``ack_ts``.
 
+**The logging controller** (``controller``): ``pi``, the site's PI as it runs (one action per state: the
+logs show what the PI does and nothing else), or ``dithered_pi``, :class:`envs.controllers.
+DitheredPIController`: the PI with its gains varied per hour and a small residual held for some seconds,
+within the bound that :meth:`envs.controllers.DitherConfig.bound` states (by default: kp and ki within
+[0.7, 1.3] x nominal; the target never more than 300 W per phase from that PI's). Its draws come from its
+own generator, seeded by ``(seed, day of year)``: the same seed gives the same logs. Each day's controller,
+its settings, the bound and the gains it drew are written to ``RAW/_logging/date=YYYY-MM-DD.json``; the
+build copies them into the dataset's manifest.
+
 Each simulated day is a fresh start of the site (controller cycle counter at 0, slaves at 0 W); the
 generator writes it into the partition of its local date. Defects are then injected at ``--defects``
 (offline_data/defects.py) and recorded in ``RAW/_defects/date=YYYY-MM-DD.jsonl``. A day depends only on
-``(seed, date, window, defect rate, format, site)``: generating more days into the same folder leaves the
-earlier days as they are (they would be the same bytes), so an incremental build sees them unchanged.
+``(seed, date, window, defect rate, format, site, controller and its dither settings)``: generating more
+days into the same folder leaves the earlier days as they are (they would be the same bytes), so an
+incremental build sees them unchanged.
 
 **Nothing the folder holds is overwritten.** ``RAW`` is checked first (envs/outputs.py: a file, an
 unwritable path or a non-empty folder that is not a raw-log folder is refused). A raw folder holds one
@@ -32,7 +43,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -41,7 +52,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from envs.config import to_mapping
-from envs.controllers import PIController
+from envs.controllers import DitherConfig, DitheredPIController, PIController
 from envs.export_env import ExportEnvConfig
 from envs.outputs import OutputError, check_output, staged_output, swap_in
 from envs.profiles import DAY_S, SCENARIOS
@@ -52,8 +63,10 @@ from envs.state_spec import FEAT
 from offline_data import defects
 from offline_data.rawio import RAW_OUTPUT
 from offline_data.schemas import COMMANDS, METER, PI_STATE, STREAMS, arrow_schema
+from offline_data.sources import LOGGING_DIR
 
 EXT = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl"}
+NO_DITHER = "none: the PI itself"
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,10 @@ class GenerateConfig:
     """Local start of the window (None = midnight for whole days, 10:00 otherwise)."""
     scenario: str = "random"
     """Weather scenario of every day ('random' = drawn per day)."""
+    controller: Literal["pi", "dithered_pi"] = "pi"
+    """The logging controller: the plain PI, or the PI with bounded exploration (module docstring)."""
+    dither: DitherConfig = field(default_factory=DitherConfig)
+    """Bounds of ``dithered_pi``'s exploration (ignored for ``pi``)."""
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -127,17 +144,53 @@ def _parse_date(text: str) -> dt.date:
         raise ValueError(f"start_date: expected YYYY-MM-DD, got {text!r}") from exc
 
 
-def simulate_day(cfg: GenerateConfig, site: Site, date: dt.date) -> tuple[Trace, dict[str, pl.DataFrame]]:
-    """Run the PI for one day (or window) and return the trace and the three clean streams.
+def logging_controller(cfg: GenerateConfig, date: dt.date) -> PIController | DitheredPIController:
+    """The controller that logs ``date``: a fresh PI, or a dithered PI seeded by (seed, day of year)."""
+    if cfg.controller == "pi":
+        return PIController()
+    seq = np.random.SeedSequence([cfg.seed, date.timetuple().tm_yday, 2])
+    return DitheredPIController(cfg.dither, seed=int(seq.generate_state(1)[0]))
+
+
+def logging_record(cfg: GenerateConfig, pi: PIController | DitheredPIController) -> dict:
+    """What ``RAW/_logging/date=*.json`` holds for a day that ``pi`` logged (after the day ran)."""
+    if isinstance(pi, DitheredPIController):
+        return {
+            "controller": pi.name,
+            "pi": to_mapping(pi.nominal),
+            "dither": to_mapping(pi.dither),
+            "bound": pi.dither.bound(),
+            "gain_factors": [list(g) for g in pi.gains],
+        }
+    return {"controller": pi.name, "pi": to_mapping(pi.config), "dither": None, "bound": NO_DITHER}
+
+
+def simulate_day(
+    cfg: GenerateConfig,
+    site: Site,
+    date: dt.date,
+    pi: PIController | DitheredPIController | None = None,
+) -> tuple[Trace, dict[str, pl.DataFrame]]:
+    """Run the logging controller for one day (or window); return the trace and the three clean streams.
 
     The streams are typed frames with timestamps as Int64 milliseconds (``ts_ms``, ``ack_ts_ms``) and the
-    helper column ``__s`` (the true UTC second each row belongs to).
+    helper column ``__s`` (the true UTC second each row belongs to). ``pi`` is the day's controller
+    (default :func:`logging_controller`'s); after a dithered PI's day, the trace's frame has
+    ``pi_target_w_l1..l3``, the targets of the PI before the residual, and ``pi.gains`` its gain factors.
     """
     doy = date.timetuple().tm_yday
     seq = np.random.SeedSequence([cfg.seed, doy])
     env_seed = int(seq.generate_state(1)[0])
     rng = np.random.default_rng(seq.spawn(1)[0])
-    pi = PIController()
+    if pi is None:
+        pi = logging_controller(cfg, date)
+
+    def extra(k: int, obs: np.ndarray, tw: np.ndarray) -> dict:
+        row = {"pi_integral_w": float(pi.state()[0])}
+        if isinstance(pi, DitheredPIController):
+            row |= {f"pi_target_w_l{p}": float(pi.pi_target[0, p - 1]) for p in (1, 2, 3)}
+        return row
+
     env_cfg = ExportEnvConfig(
         site=cfg.site,
         scenario=cfg.scenario,
@@ -146,9 +199,7 @@ def simulate_day(cfg: GenerateConfig, site: Site, date: dt.date) -> tuple[Trace,
         record_events=True,
         day_of_year=doy,
     )
-    trace = rollout(
-        pi, env_cfg, seed=env_seed, extra=lambda k, obs, tw: {"pi_integral_w": float(pi.state()[0])}
-    )
+    trace = rollout(pi, env_cfg, seed=env_seed, extra=extra)
     return trace, clean_streams(trace, site, rng)
 
 
@@ -318,7 +369,13 @@ def generate(
     site_path = Path(cfg.site) if cfg.site else DEFAULT_SITE_PATH
     site = load_site(cfg.site)
     check_raw_site(out, site, site_path)
-    summary: dict = {"days": [], "rows": {}, "defects": {}}
+    summary: dict = {
+        "controller": cfg.controller,
+        "bound": cfg.dither.bound() if cfg.controller == "dithered_pi" else NO_DITHER,
+        "days": [],
+        "rows": {},
+        "defects": {},
+    }
 
     def commit(tmp: Path, dst: Path) -> None:
         merge_raw(tmp, dst, force)
@@ -326,7 +383,8 @@ def generate(
     with staged_output(out, RAW_OUTPUT, update=True, commit=commit) as tmp:
         shutil.copyfile(site_path, tmp / "site.yaml")
         for i, date in enumerate(cfg.dates()):
-            trace, streams = simulate_day(cfg, site, date)
+            pi = logging_controller(cfg, date)
+            trace, streams = simulate_day(cfg, site, date, pi)
             rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, date.timetuple().tm_yday, 1]))
             jump = str(rng.choice(defects.JUMP_STREAMS)) if cfg.defects > 0 else None
             sidecar = write_day(cfg, tmp, date, streams, jump, rng)
@@ -335,6 +393,10 @@ def generate(
             (sdir / f"date={date.isoformat()}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in sidecar)
             )
+            ldir = tmp / LOGGING_DIR
+            ldir.mkdir(exist_ok=True)
+            record = json.dumps(logging_record(cfg, pi), indent=1)
+            (ldir / f"date={date.isoformat()}.json").write_text(record + "\n")
             summary["days"].append(
                 {"date": date.isoformat(), "scenario": trace.scenario, "time0": trace.time0}
             )
@@ -379,7 +441,7 @@ def merge_raw(tmp: Path, out: Path, force: bool = False) -> None:
 
     A file that ``out`` already holds with the same bytes is left alone; one with other bytes, or a day
     partition that holds other files (another format), is a conflict: refused, or with ``force`` the
-    conflicting days are replaced whole (every stream and the defect sidecar).
+    conflicting days are replaced whole (every stream, the defect sidecar and the logging record).
     """
     if not out.exists() or not any(out.iterdir()):
         swap_in(tmp, out)
@@ -395,19 +457,21 @@ def merge_raw(tmp: Path, out: Path, force: bool = False) -> None:
         if held.is_dir():
             extra = sorted({x.name for x in held.iterdir()} - {x.name for x in part.iterdir()})
             conflicts += [part.relative_to(tmp) / x for x in extra]
-    conflicts.sort(key=lambda rel: (rel.parts[0] == "_defects", str(rel)))  # name a log file first
+    conflicts.sort(key=lambda rel: (rel.parts[0] in ("_defects", LOGGING_DIR), str(rel)))  # a log file first
     days = sorted({m.group(1) for rel in conflicts if (m := _DATE.search(str(rel)))})
     if conflicts and not force:
         raise OutputError(
             out,
             f"{out / conflicts[0]} already holds other logs of {', '.join(days)} (generated with another "
-            "--seed, --hours, --start-hour, --defects, --scenario or --format, or real logs); refusing to "
-            "overwrite them: generate into another --out, or pass --force to replace those days",
+            "--seed, --hours, --start-hour, --defects, --scenario, --format, --controller or --dither-*, or "
+            "real logs); refusing to overwrite them: generate into another --out, or pass --force to replace "
+            "those days",
         )
     for day in days:
         for name in STREAMS:
             shutil.rmtree(out / name / f"date={day}", ignore_errors=True)
         (out / "_defects" / f"date={day}.jsonl").unlink(missing_ok=True)
+        (out / LOGGING_DIR / f"date={day}.json").unlink(missing_ok=True)
     for rel in files:
         target = out / rel
         if target.exists():

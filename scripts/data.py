@@ -1,7 +1,9 @@
 """``gridrl data``: simulated raw logs and the offline dataset RLlib reads.
 
     gridrl data generate --days 2 --defects 0.02          # simulated logs of the PI, with real-log defects
+    gridrl data generate --controller dithered_pi         # ... of the PI with bounded exploration
     gridrl data build                                     # validate, align, featurise, split -> Parquet
+    gridrl data build --raw RAW_A RAW_B                   # one dataset from several log folders
 
 Paths default to folders under the storage path, ``$GRIDRL_STORAGE`` (default ``~/gridrl``):
 ``raw/`` for the logs and ``dataset/`` for the build. See offline_data/ for what each step does.
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 from envs.config import ConfigError, from_mapping, load_yaml, to_mapping
+from envs.controllers import DitherConfig
 from envs.outputs import OutputError
 from envs.profiles import SCENARIOS
 from rllib_configs.storage import storage_path
@@ -31,7 +34,37 @@ GENERATE_FLAGS = {
     "hours": "--hours",
     "start_hour": "--start-hour",
     "scenario": "--scenario",
+    "controller": "--controller",
 }
+# DitherConfig field -> flag; the flags apply to --controller dithered_pi only.
+DITHER_FLAGS = {
+    "gain_low": "--dither-gains",
+    "gain_high": "--dither-gains",
+    "gain_period_s": "--dither-gain-period",
+    "residual_w": "--dither-residual",
+    "hold_s": "--dither-hold",
+}
+
+
+def _pair(kind: type, text: str) -> tuple:
+    """``LOW,HIGH`` as two numbers of ``kind``."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(kind(p) for p in parts)
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise argparse.ArgumentTypeError(f"expected two {what} LOW,HIGH, got {text!r}") from None
+
+
+def _float_pair(text: str) -> tuple:
+    return _pair(float, text)
+
+
+def _int_pair(text: str) -> tuple:
+    return _pair(int, text)
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -43,13 +76,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sub = parser.add_subparsers(dest="data_command", metavar="{generate,build}", required=True)
     store = storage_path()
 
+    dither = DitherConfig()
     g = sub.add_parser(
         "generate",
-        help="run the PI in the simulator and write raw logs with defects",
-        description="Run the PI controller in the export simulator, one episode per calendar "
-        "day, and write the three raw-log streams (meter_readings, zigbee_commands, pi_state) "
-        "partitioned by day, each on its own clock. Defects are injected at --defects and "
-        "recorded in RAW/_defects/date=YYYY-MM-DD.jsonl.",
+        help="run the PI (or a dithered PI) in the simulator and write raw logs with defects",
+        description="Run the PI controller (or, with --controller dithered_pi, the PI with bounded "
+        "exploration) in the export simulator, one episode per calendar day, and write the three raw-log "
+        "streams (meter_readings, zigbee_commands, pi_state) partitioned by day, each on its own clock. "
+        "Defects are injected at --defects and recorded in RAW/_defects/date=YYYY-MM-DD.jsonl; the "
+        "controller, its settings and its bound in RAW/_logging/date=YYYY-MM-DD.json. The dithered PI's "
+        f"bound, with the defaults: {dither.bound()}.",
     )
     g.add_argument("--site", default=None, help="site YAML (default: the shipped default site)")
     g.add_argument(
@@ -64,7 +100,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--seed",
         type=SEED,
         default=0,
-        help="root seed; a day's logs depend only on (seed, date, window, defects, format, site)",
+        help="root seed; a day's logs depend only on (seed, date, window, defects, format, site, "
+        "controller and its --dither-* settings)",
     )
     g.add_argument(
         "--defects",
@@ -99,6 +136,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="weather of every day (default random: drawn per day)",
     )
     g.add_argument(
+        "--controller",
+        choices=("pi", "dithered_pi"),
+        default="pi",
+        help="the logging controller: the plain PI (default; one action per state), or the PI with "
+        "bounded exploration, so that offline RL sees more than one action per state: "
+        f"{dither.bound()} (envs/controllers.py DitheredPIController; the --dither-* flags set the numbers)",
+    )
+    g.add_argument(
+        "--dither-gains",
+        type=_float_pair,
+        default=None,
+        metavar="LOW,HIGH",
+        help=f"dithered_pi: range of the factors on kp and ki, LOW <= 1 <= HIGH <= 3 "
+        f"(default {dither.gain_low:g},{dither.gain_high:g})",
+    )
+    g.add_argument(
+        "--dither-gain-period",
+        type=int_at_least(1),
+        default=None,
+        metavar="S",
+        help=f"dithered_pi: seconds between two draws of the gains (default {dither.gain_period_s})",
+    )
+    g.add_argument(
+        "--dither-residual",
+        type=float_in(0, 2000),
+        default=None,
+        metavar="W",
+        help="dithered_pi: the most the target may differ from the PI's, per phase, in W "
+        f"(default {dither.residual_w:g}; 0 = gains only)",
+    )
+    g.add_argument(
+        "--dither-hold",
+        type=_int_pair,
+        default=None,
+        metavar="LOW,HIGH",
+        help=f"dithered_pi: seconds a residual is held, drawn in [LOW, HIGH] "
+        f"(default {dither.hold_s[0]},{dither.hold_s[1]})",
+    )
+    g.add_argument(
         "--out",
         type=Path,
         default=store / "raw",
@@ -117,10 +193,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Turn raw logs into the offline dataset: validate (quarantine with reasons), "
         "align to 1 s, compute the state vector (envs/state_spec.py), build transitions with a "
         "k-step lookahead, split by time, write normalization.json and manifest.json. Only new "
-        "or changed day partitions are processed; the output is replaced atomically.",
+        "or changed day partitions are processed; the output is replaced atomically. Several raw folders "
+        "(--raw A B, e.g. new logs, or Serve's LOG_DIR/raw/<site_id>) merge into one dataset: every row "
+        "counts once (a file already taken, by its bytes, is skipped); two versions of one day's file, or "
+        "folders of two sites, are refused by name (offline_data/sources.py).",
     )
     b.add_argument(
-        "--raw", type=Path, default=store / "raw", help=f"raw-log folder (default {store / 'raw'})"
+        "--raw",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="RAW",
+        help=f"raw-log folder(s), merged in this order (default {store / 'raw'})",
     )
     b.add_argument(
         "--out",
@@ -213,15 +298,40 @@ def _build_config(args: argparse.Namespace):
     return from_mapping(BuildConfig, overrides, source=source)
 
 
+def _dither_mapping(args: argparse.Namespace) -> dict:
+    """The DitherConfig keys the --dither-* flags set; refuses them with --controller pi."""
+    given = {
+        "--dither-gains": args.dither_gains,
+        "--dither-gain-period": args.dither_gain_period,
+        "--dither-residual": args.dither_residual,
+        "--dither-hold": args.dither_hold,
+    }
+    named = [flag for flag, v in given.items() if v is not None]
+    if named and args.controller != "dithered_pi":
+        raise FlagError(
+            named[0], f"applies to --controller dithered_pi only (the controller is {args.controller})"
+        )
+    out: dict = {}
+    if args.dither_gains is not None:
+        out["gain_low"], out["gain_high"] = args.dither_gains
+    if args.dither_gain_period is not None:
+        out["gain_period_s"] = args.dither_gain_period
+    if args.dither_residual is not None:
+        out["residual_w"] = args.dither_residual
+    if args.dither_hold is not None:
+        out["hold_s"] = list(args.dither_hold)
+    return out
+
+
 def _generate(args: argparse.Namespace) -> int:
     from offline_data.generate import GenerateConfig, generate
 
+    data = {k: getattr(args, k) for k in GENERATE_FLAGS} | {"dither": _dither_mapping(args)}
     try:
-        cfg = from_mapping(
-            GenerateConfig, {k: getattr(args, k) for k in GENERATE_FLAGS}, source="command line"
-        )
+        cfg = from_mapping(GenerateConfig, data, source="command line")
     except ConfigError as exc:
-        raise flag_error(exc, GENERATE_FLAGS) or exc from exc
+        flags = GENERATE_FLAGS | {f"dither.{k}": v for k, v in DITHER_FLAGS.items()}
+        raise flag_error(exc, flags) or exc from exc
 
     def progress(i: int, n: int, date: str) -> None:
         if not args.quiet:
@@ -238,7 +348,7 @@ def _build(args: argparse.Namespace) -> int:
 
     cfg = _build_config(args)
     manifest = build(
-        args.raw,
+        args.raw or [storage_path() / "raw"],
         args.out,
         cfg,
         seed=args.seed,
@@ -251,6 +361,12 @@ def _build(args: argparse.Namespace) -> int:
         "out": str(args.out),
         "counts": manifest["counts"],
         "days": {k: manifest["days"][k] for k in ("processed", "reused")},
+        "raw": manifest["merge"]["raw"],
+        "same_content_skipped": len(manifest["merge"]["same_content"]),
+        "logging": {
+            k: {"bound": v["bound"], "days": len(v["days"])}
+            for k, v in manifest["logging"]["controllers"].items()
+        },
         "transitions": manifest["stages"]["transitions"]["rows"],
         "time_span": manifest["time_span"],
     }

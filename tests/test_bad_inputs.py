@@ -229,6 +229,30 @@ GENERATE: list[Case] = [
     ("days-zero", lambda c: (_gen(c, "--days", "0"), ["--days"])),
     ("format-xml", lambda c: (_gen(c, "--format", "xml"), ["--format", "xml"])),
     ("seed-negative", lambda c: (_gen(c, "--seed", "-1"), ["--seed"])),
+    ("unknown-controller", lambda c: (_gen(c, "--controller", "magic"), ["--controller", "magic"])),
+    (
+        "dither-flag-for-the-plain-pi",
+        lambda c: (_gen(c, "--dither-residual", "100"), ["--dither-residual", "dithered_pi"]),
+    ),
+    (
+        "dither-gains-above-one",
+        lambda c: (_gen(c, "--controller", "dithered_pi", "--dither-gains", "1.2,1.5"), ["--dither-gains"]),
+    ),
+    (
+        "dither-residual-too-large",
+        lambda c: (
+            _gen(c, "--controller", "dithered_pi", "--dither-residual", "5000"),
+            ["--dither-residual"],
+        ),
+    ),
+    (
+        "dither-hold-not-a-pair",
+        lambda c: (_gen(c, "--controller", "dithered_pi", "--dither-hold", "5"), ["--dither-hold", "'5'"]),
+    ),
+    (
+        "dither-hold-reversed",
+        lambda c: (_gen(c, "--controller", "dithered_pi", "--dither-hold", "30,5"), ["--dither-hold"]),
+    ),
     (
         "site-not-yaml",
         lambda c: (_gen(c, "--site", str(c.file("s.yaml", "name: [unclosed\n"))), ["s.yaml", "YAML"]),
@@ -257,6 +281,33 @@ def _every_row_too_long(raw: Path) -> None:
     path = raw / METER
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], *(line + ",1" for line in lines[1:])]) + "\n")
+
+
+def _builds(ctx, *raws: Path) -> list[str]:
+    """``gridrl data build`` of several raw folders."""
+    return ["data", "build", "--quiet", "--raw", *map(str, raws), "--out", str(ctx.home / "ds")]
+
+
+def _two_versions_of_a_day(c: Ctx) -> list[str]:
+    """A second folder holds the same day's meter file with one row less: another version of it."""
+    raw, raw2 = c.copy("raw"), c.copy("raw", "raw2")
+    lines = (raw2 / METER).read_text().splitlines(keepends=True)
+    (raw2 / METER).write_text("".join(lines[:-1]))
+    return _builds(c, raw, raw2)
+
+
+def _folders_of_two_sites(c: Ctx) -> list[str]:
+    raw, raw2 = c.copy("raw"), c.copy("raw", "raw2")
+    shutil.copyfile(c.t["other_site.yaml"], raw2 / "site.yaml")
+    return _builds(c, raw, raw2)
+
+
+def _serve_log_folder(c: Ctx) -> Path:
+    """The top of a Serve log folder (decisions/ and raw/<site>/), where its raw/<site> was meant."""
+    logs = c.home / "logs"
+    c.file("logs/decisions/date=2025-06-01/part-r1.parquet", "not read")
+    shutil.copytree(c.t["raw"], logs / "raw" / "sim-site")
+    return logs
 
 
 def _dataset_of_another_site(c: Ctx) -> list[str]:
@@ -299,6 +350,17 @@ BUILD: list[Case] = [
     ("raw-missing", lambda c: (_build(c, raw=c.home / "nope"), ["nope", "not found"])),
     ("raw-is-a-file", lambda c: (_build(c, raw=c.file("raw.txt")), ["raw.txt", "is a file"])),
     ("raw-is-empty", lambda c: (_build(c, raw=c.folder_of_mine("empty")), ["empty", "no partitions"])),
+    ("raw-second-missing", lambda c: (_builds(c, c.copy("raw"), c.home / "nope"), ["nope", "not found"])),
+    (
+        "raw-two-versions-of-a-day",
+        lambda c: (_two_versions_of_a_day(c), [f"raw2/{METER}", f"raw/{METER}", "another version"]),
+    ),
+    ("raw-folders-of-two-sites", lambda c: (_folders_of_two_sites(c), ["raw2", "'bigger'", "'default'"])),
+    ("raw-is-a-dataset", lambda c: (_build(c, raw=c.copy("dataset")), ["dataset", "is a gridrl dataset"])),
+    (
+        "raw-is-a-serve-log-folder",
+        lambda c: (_build(c, raw=_serve_log_folder(c)), ["logs", "Serve decision-log", "raw/sim-site"]),
+    ),
     (
         "partition-not-a-date",
         lambda c: (
