@@ -2,9 +2,9 @@
 zero (no control), random; the oracle is envs/oracle.py.
 A trained policy becomes a controller through :class:`PolicyController`.
 
-A controller maps a batch of state vectors (B, 30) to per-phase targets (B, 3) in W. It reads only the
-state vector (envs/state_spec.py), so the same code runs in the simulator, as the safety wrapper's
-fallback and on the edge.
+A controller maps a batch of state vectors (B, F; F = envs.state_spec.N_FEATURES) to per-phase targets
+(B, 3) in W. It reads only the state vector (envs/state_spec.py), so the same code runs in the simulator,
+as the safety wrapper's fallback and on the edge.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Controller(Protocol):
         """Forget internal state; ``batch`` episodes follow."""
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """Per-phase targets (B, 3) in W for state vectors ``obs`` (B, 30)."""
+        """Per-phase targets (B, 3) in W for state vectors ``obs`` (B, F)."""
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ class UnitPolicy(Protocol):
     """A policy acting in the networks' units: e.g. rllib_configs/policy.py's ``Policy`` of a checkpoint."""
 
     def act_unit(self, obs: np.ndarray) -> np.ndarray:
-        """Actions in [-1, 1] (B, 3) for raw state vectors (B, 30)."""
+        """Actions in [-1, 1] (B, 3) for raw state vectors (B, F)."""
 
 
 class PolicyController:
