@@ -185,17 +185,17 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _window(schema_path: Path, days: int | None, start_day: int) -> dict[str, int]:
-    from envs.citylearn.prepare import prepare_schema
+    from envs.citylearn.prepare import prepare_schema, simulation_window
 
-    schema = prepare_schema(schema_path)  # a ConfigError naming the entry if CityLearn cannot load it
-    per_day = int(round(86400 / float(schema.get("seconds_per_time_step") or 3600)))
-    first = int(schema.get("simulation_start_time_step") or 0)
-    last = int(schema["simulation_end_time_step"])
+    first, last, seconds = simulation_window(schema_path)
+    per_day = max(int(round(86400 / seconds)), 1)
     start = first + start_day * per_day
     end = last if days is None else start + days * per_day - 1
     if start_day < 0 or (days is not None and days < 1) or end > last or start >= end:
         problem = f"window steps [{start}, {end}] is outside the schema's [{first}, {last}]"
         raise ConfigError(schema_path, "--days/--start-day", problem)
+    # a ConfigError naming the entry if CityLearn cannot load the schema on that window (before anything runs)
+    prepare_schema(schema_path, start_time_step=start, end_time_step=end)
     return {"start_time_step": start, "end_time_step": end}
 
 

@@ -5,6 +5,7 @@ CityLearn on variants of the 2022 district written beside the test (their data f
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from envs.citylearn.env import CityLearnRLlibEnv
-from envs.citylearn.prepare import SchemaWarning, prepare_schema
+from envs.citylearn.prepare import REWARD_CLASS, SchemaWarning, prepare_schema
 from envs.citylearn.reward import MultiObjectiveReward
 from envs.config import ConfigError
 from tests.test_citylearn_domain import shared_2022_schema
@@ -51,17 +52,46 @@ def with_washing_machines(s: dict) -> None:
     }
 
 
-def test_their_reward_block_is_replaced_by_ours_without_error(tmp_path):
-    path = variant(tmp_path, "v2g_reward", with_their_reward)
-    with pytest.warns(
-        SchemaWarning, match=r"reward_function: citylearn.reward_function.V2GPenaltyReward replaced"
-    ):
+def with_a_reward_we_cannot_import(s: dict) -> None:
+    s["reward_function"] = {"type": "their_package.rewards.Mine", "attributes": {"alpha": 3, "beta": [1, 2]}}
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (with_their_reward, "citylearn.reward_function.V2GPenaltyReward replaced"),
+        (with_a_reward_we_cannot_import, r"their_package.rewards.Mine replaced .*\['alpha', 'beta'\]"),
+    ],
+    ids=["v2g_penalty", "not_importable"],
+)
+def test_their_reward_block_is_replaced_by_ours_without_error(tmp_path, edit, said):
+    path = variant(tmp_path, "their_reward", edit)
+    with pytest.warns(SchemaWarning, match=f"reward_function: {said}"):
         env = CityLearnRLlibEnv({"schema": str(path), "end_time_step": 23, "reward_kwargs": {"co2": 0.7}})
     reward = env.citylearn.reward_function
     assert isinstance(reward, MultiObjectiveReward) and reward.config.co2 == 0.7  # ours, with our settings
     env.reset(seed=0)
     _, r, *_ = env.step(np.zeros(env.action_space.shape, np.float32))
     assert np.isfinite(r) and r <= 0
+
+
+@pytest.mark.parametrize(
+    ("block", "said"),
+    [
+        (
+            {"type": {"Building_1": "citylearn.reward_function.SolarPenaltyReward"}, "attributes": {}},
+            "a per-building mapping of reward classes replaced",
+        ),
+        ({"attributes": {"alpha": 3}}, r"a block without a reward class replaced .*\['alpha'\]"),
+        ("citylearn.reward_function.RewardFunction", "'citylearn.reward_function.RewardFunction' replaced"),
+    ],
+    ids=["per_building", "no_type", "a_string"],
+)
+def test_any_reward_block_of_theirs_is_replaced_with_a_warning(tmp_path, block, said):
+    path = variant(tmp_path, "theirs", lambda s: s.update(reward_function=block))
+    with pytest.warns(SchemaWarning, match=f"reward_function: {said}"):
+        prepared = prepare_schema(path, {"ev": 0.2})
+    assert prepared["reward_function"] == {"type": REWARD_CLASS, "attributes": {"ev": 0.2}}
 
 
 def test_legacy_washing_machines_are_dropped_with_a_warning_naming_them(tmp_path):
@@ -100,8 +130,71 @@ def test_legacy_washing_machines_are_dropped_with_a_warning_naming_them(tmp_path
             "buildings.Building_1.chargers.charger_1_1.charger_simulation",
         ),
         (lambda s: s.pop("simulation_end_time_step"), "simulation_end_time_step"),
+        (lambda s: s.update(seconds_per_time_step="hour"), "seconds_per_time_step"),
+        (lambda s: s.update(simulation_start_time_step=40), "simulation_end_time_step"),  # [40, 23]
+        (lambda s: s["observations"].update(month=True), "observations.month"),
+        (lambda s: [b.update(include=False) for b in s["buildings"].values()], "buildings"),
+        (lambda s: s["buildings"]["Building_1"].pop("weather"), "buildings.Building_1.weather"),
+        (
+            lambda s: s["buildings"]["Building_1"].update(type="citylearn.building.NoSuchBuilding"),
+            "buildings.Building_1.type",
+        ),
+        (
+            lambda s: s["buildings"]["Building_1"]["electrical_storage"].update(type="their_pkg.Battery"),
+            "buildings.Building_1.electrical_storage.type",
+        ),
+        (
+            lambda s: s["buildings"]["Building_1"]["chargers"]["charger_1_1"].pop("type"),
+            "buildings.Building_1.chargers.charger_1_1.type",
+        ),
+        (
+            lambda s: s["electric_vehicles_def"]["Electric_Vehicle_1"].pop("battery"),
+            "electric_vehicles_def.Electric_Vehicle_1.battery",
+        ),
+        (
+            lambda s: s["buildings"]["Building_1"].update(
+                dynamics={"type": "citylearn.dynamics.LSTMDynamics", "attributes": {"filename": "no.pth"}}
+            ),
+            "buildings.Building_1.dynamics.attributes.filename",
+        ),
+        (
+            lambda s: s["buildings"]["Building_1"].update(
+                power_outage={"stochastic_power_outage_model": {"type": "their_pkg.Outages"}}
+            ),
+            "buildings.Building_1.power_outage.stochastic_power_outage_model.type",
+        ),
+        # what only CityLearn itself finds, while it builds the env
+        (
+            lambda s: s["buildings"]["Building_1"]["electrical_storage"]["attributes"].update(colour="red"),
+            "buildings.Building_1.electrical_storage.attributes.colour",
+        ),
+        (
+            lambda s: s["buildings"]["Building_1"]["electrical_storage"]["attributes"].update(capacity="big"),
+            "buildings.Building_1.electrical_storage",
+        ),
+        (lambda s: s["actions"].update(foo_storage={"active": True}), "actions.foo_storage"),
     ],
-    ids=["unknown_observation", "autosize", "missing_building_file", "missing_charger_file", "missing_key"],
+    ids=[
+        "unknown_observation",
+        "autosize",
+        "missing_building_file",
+        "missing_charger_file",
+        "missing_key",
+        "seconds_not_a_number",
+        "window_ends_before_it_starts",
+        "observation_not_a_mapping",
+        "no_building_included",
+        "no_weather",
+        "building_class_unknown",
+        "device_module_unknown",
+        "charger_without_type",
+        "vehicle_without_battery",
+        "dynamics_model_missing",
+        "outage_model_unknown",
+        "attribute_unknown",
+        "attribute_wrong_type",
+        "unknown_action",
+    ],
 )
 def test_what_cannot_load_is_a_clear_error_naming_the_entry(tmp_path, edit, entry):
     path = variant(tmp_path, "bad", edit)
@@ -109,6 +202,72 @@ def test_what_cannot_load_is_a_clear_error_naming_the_entry(tmp_path, edit, entr
         CityLearnRLlibEnv({"schema": str(path), "end_time_step": 23})
     assert str(path) in str(err.value) and f"field '{entry}'" in str(err.value)
     assert not isinstance(err.value.__cause__, KeyError) or "CityLearn 3.0.2 cannot load" in str(err.value)
+
+
+def _with_file(tmp_path: Path, name: str, edit_rows) -> str:
+    """A copy of one of the district's CSVs, edited by ``edit_rows(DataFrame)``, in ``tmp_path``."""
+    import pandas as pd
+
+    out = tmp_path / f"edited_{name}"
+    edit_rows(pd.read_csv(shared_2022_schema().parent / name)).to_csv(out, index=False)
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    ("where", "name", "edit_rows", "said"),
+    [
+        (("Building_2", "energy_simulation"), "Building_2.csv",
+         lambda d: d.drop(columns=["non_shiftable_load"]), r"has no column\(s\) \['non_shiftable_load'\]"),
+        (("Building_2", "energy_simulation"), "Building_2.csv", lambda d: d.assign(colour=1),
+         r"column\(s\) \['colour'\] that CityLearn 3.0.2 does not take"),
+        (("Building_2", "pricing"), "pricing.csv", lambda d: d.iloc[:10],
+         r"has 10 data rows; the simulated steps \[0, 23\] need 24"),
+        (("Building_1", "chargers", "charger_1_1", "charger_simulation"), "charger_1_1.csv",
+         lambda d: d.drop(columns=["electric_vehicle_id"]), r"no column\(s\) \['electric_vehicle_id'\]"),
+    ],
+    ids=["building_column_missing", "building_column_unknown", "too_few_rows", "charger_column_missing"],
+)  # fmt: skip
+def test_a_time_series_citylearn_cannot_use_is_named(tmp_path, where, name, edit_rows, said):
+    def edit(s: dict) -> None:
+        node = s["buildings"]
+        for key in where[:-1]:
+            node = node[key]
+        node[where[-1]] = _with_file(tmp_path, name, edit_rows)
+
+    path = variant(tmp_path, "series", edit)
+    with pytest.raises(ConfigError, match=said) as err:
+        CityLearnRLlibEnv({"schema": str(path), "end_time_step": 23})
+    assert f"field 'buildings.{'.'.join(where)}'" in str(err.value)
+
+
+def test_the_window_is_checked_against_the_data_it_simulates():
+    schema = str(shared_2022_schema())  # 8,760 rows: steps 0..8759
+    with pytest.raises(ConfigError, match=r"Building_1.energy_simulation'.*8760 data rows.*\[8750, 8770\]"):
+        CityLearnRLlibEnv({"schema": schema, "start_time_step": 8750, "end_time_step": 8770})
+    assert prepare_schema(schema, start_time_step=8740, end_time_step=8759)["buildings"]  # the last 20 steps
+
+
+def test_train_takes_any_schema_and_refuses_a_bad_one_before_ray_starts(tmp_path, capsys):
+    from scripts.citylearn import add_parser, train_spec
+    from scripts.cli import main
+
+    both = variant(tmp_path, "both", lambda s: (with_their_reward(s), with_washing_machines(s)))
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["citylearn", "train", "--schema", str(both), "--end-step", "95", "--episode-steps", "24",
+         "--holdout-weeks", "none"]
+    )  # fmt: skip
+    spec = train_spec(args)
+    env_config = spec.algo_config.env_config
+    assert env_config["schema"] == str(both) and env_config["end_time_step"] == 95
+    env = CityLearnRLlibEnv(env_config)
+    assert isinstance(env.citylearn.reward_function, MultiObjectiveReward) and len(env.windows) == 4
+    bad = variant(tmp_path, "bad", lambda s: s["buildings"]["Building_4"]["pv"].update(type="their.PV"))
+    assert main(["citylearn", "train", "--schema", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gridrl citylearn: error: ") and "buildings.Building_4.pv.type" in err[-1]
+    assert not any("Traceback" in line for line in err)
 
 
 def test_prepare_keeps_our_own_reward_attributes(tmp_path):

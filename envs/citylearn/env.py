@@ -124,12 +124,13 @@ def citylearn_kwargs(config: CityLearnEnvConfig) -> dict[str, Any]:
     from envs.citylearn.prepare import prepare_schema, read_schema
 
     path = resolve_schema(config.schema)
+    window = {"start_time_step": config.start_time_step, "end_time_step": config.end_time_step}
     if config.reward == "multi_objective":
-        schema = prepare_schema(path, config.reward_kwargs)
+        schema = prepare_schema(path, config.reward_kwargs, **window)
     elif config.reward_kwargs:
         raise ConfigError(None, "reward_kwargs", "only used with reward: multi_objective")
     else:
-        schema = prepare_schema(path)
+        schema = prepare_schema(path, **window)
         schema["reward_function"] = read_schema(path).get("reward_function")
     kwargs: dict[str, Any] = {"schema": schema, "central_agent": True}
     for key, name in (
