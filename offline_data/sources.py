@@ -26,7 +26,10 @@ Within one folder nothing changes: its files are taken as they are (a file's ``r
 never share it). The manifest's ``sources`` give each file's folder (``raw``).
 
 ``RAW/_logging/date=YYYY-MM-DD.json`` (written by ``gridrl data generate``) names the controller that
-logged a day and the bound of its exploration; :func:`logging_summary` gathers them for the manifest.
+logged a day and the bound of its exploration; for Serve's ``LOG_DIR/raw/<site_id>``, the decision log
+beside it (``LOG_DIR/decisions``) says how many decisions the PI, the policy and the fallback sent, per
+mode. :func:`logging_summary` gathers both for the manifest's ``logging``: a dataset says what behaviour
+its actions come from. (A transition itself does not say which controller sent its action.)
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import polars as pl
 
 from envs.site import DEFAULT_SITE_PATH, Site, load_site
 from offline_data.progress import Progress
@@ -215,18 +220,54 @@ def resolve_site(site: str | None, raws: Sequence[Path]) -> Path:
     return chosen
 
 
+SERVE_BOUND = "Serve's safety wrapper: every target within [0, the site's max_power_per_phase_w]"
+
+
+def _serve_day(fo: Folder, date: str) -> dict[str, dict[str, int]] | None:
+    """For Serve's raw folder ``LOG_DIR/raw/<site_id>``: who acted on ``date``, per mode, counted from
+    ``LOG_DIR/decisions`` (serve/decision_log.py; one row per request id). None for other folders."""
+    here = fo.given.resolve()
+    decisions = here.parent.parent / "decisions" / f"date={date}"
+    if here.parent.name != "raw" or not decisions.is_dir():
+        return None
+    files = sorted(decisions.glob("part-*.parquet"))
+    if not files:
+        return None
+    try:
+        rows = pl.concat([pl.read_parquet(f, columns=["key", "site_id", "mode", "source"]) for f in files])
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise RawLogError(decisions, None, f"Serve's decision log cannot be read ({exc})") from exc
+    rows = rows.filter(pl.col("site_id") == here.name).unique("key")
+    out: dict[str, dict[str, int]] = {}
+    for mode, source, n in rows.group_by("mode", "source").len().sort("mode", "source").iter_rows():
+        out.setdefault(str(mode), {})[str(source)] = int(n)
+    return out
+
+
 def logging_summary(folders: list[Folder], days: Sequence[str]) -> dict:
     """Which controller logged which day, with the bound of its exploration (``RAW/_logging``).
 
     Returns ``{"controllers": {name: {"bound": ..., "days": [...]}}, "unrecorded_days": [...]}``; a day
-    with no record (real logs, Serve's) is unrecorded. A day recorded with different settings in two
-    folders is listed under each.
+    with no record (an operator's own logs) is unrecorded. A day recorded with different settings in two
+    folders is listed under each. Serve's raw folders (``LOG_DIR/raw/<site_id>``) are recorded from its
+    decision log as ``serve_<mode>`` (shadow, ab, rollout, production) with ``acted``: how many decisions
+    each source (pi, policy, fallback) sent.
     """
     controllers: dict[str, dict] = {}
     recorded: set[str] = set()
     for fo in folders:
         for date in days:
             path = fo.given / LOGGING_DIR / f"date={date}.json"
+            served = _serve_day(fo, date) if date in fo.days and not path.is_file() else None
+            for mode, acted in (served or {}).items():
+                entry = controllers.setdefault(
+                    f"serve_{mode}", {"bound": SERVE_BOUND, "acted": {}, "days": []}
+                )
+                for source, n in acted.items():
+                    entry["acted"][source] = entry["acted"].get(source, 0) + n
+                if date not in entry["days"]:
+                    entry["days"].append(date)
+                recorded.add(date)
             if date not in fo.days or not path.is_file():
                 continue
             try:

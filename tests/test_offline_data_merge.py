@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -56,3 +58,33 @@ def test_merged_folders_count_every_row_once(folders):
     reverse = build([root / "B", root / "A"], root / "ds_ba", BuildConfig(), progress=False)
     assert reverse["counts"] == whole["counts"]
     assert _transitions(root / "ds_ba").equals(_transitions(root / "ds_all"))
+
+
+def test_serve_logs_merge_and_the_manifest_says_who_acted(folders, tmp_path):
+    """A Serve log folder's raw/<site_id> (here: a day of simulated logs in its place) merges with other
+    folders; the manifest counts, from LOG_DIR/decisions, the decisions each source sent per mode."""
+    logs = tmp_path / "logs"
+    served = logs / "raw" / "sim-site"
+    generate(GenerateConfig(days=1, start_date="2025-06-04", **dict(BASE, controller="dithered_pi")), served)
+    shutil.rmtree(served / "_logging")  # Serve writes none
+    decisions = pl.DataFrame(
+        {
+            "key": [f"r{i}" for i in range(300)] + ["r0", "x1"],  # r0 again: a retry logged twice
+            "site_id": ["sim-site"] * 301 + ["other-site"],
+            "mode": ["ab"] * 302,
+            "source": ["policy"] * 100 + ["pi"] * 198 + ["fallback"] * 2 + ["policy", "policy"],
+        }
+    )
+    part = logs / "decisions" / "date=2025-06-04" / "part-r1.parquet"
+    part.parent.mkdir(parents=True)
+    decisions.write_parquet(part)
+    m = build([folders / "A", served], tmp_path / "ds", BuildConfig(), progress=False)
+    assert m["days"]["all"] == ["2025-06-01", "2025-06-02", "2025-06-04"]
+    ab = m["logging"]["controllers"]["serve_ab"]
+    assert ab["days"] == ["2025-06-04"] and ab["acted"] == {"fallback": 2, "pi": 198, "policy": 100}
+    assert m["logging"]["controllers"]["dithered_pi"]["days"] == ["2025-06-01", "2025-06-02"]
+    assert m["logging"]["unrecorded_days"] == []
+    alone = build(folders / "A", tmp_path / "ds_a", BuildConfig(), progress=False)
+    day = build(served, tmp_path / "ds_s", BuildConfig(), progress=False)
+    for stream, c in m["counts"].items():
+        assert c["rows_in"] == alone["counts"][stream]["rows_in"] + day["counts"][stream]["rows_in"]
