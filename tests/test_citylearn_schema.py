@@ -270,6 +270,22 @@ def test_train_takes_any_schema_and_refuses_a_bad_one_before_ray_starts(tmp_path
     assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--end-step", "100"], "'episode_time_steps': 168 steps do not fit in the simulation [0, 100]"),
+        (["--end-step", "400", "--episode-steps", "24"], "hold out weeks 0-1 of this simulation, or none"),
+    ],
+    ids=["episode_longer_than_the_schema", "held_out_week_past_its_end"],
+)
+def test_train_on_a_short_schema_says_which_setting_to_change(capsys, extra, said):
+    from scripts.cli import main
+
+    assert main(["citylearn", "train", "--schema", str(shared_2022_schema()), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gridrl citylearn: error: ") and said in err[-1], err[-1]
+
+
 def test_prepare_keeps_our_own_reward_attributes(tmp_path):
     path = variant(
         tmp_path,

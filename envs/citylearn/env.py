@@ -165,6 +165,13 @@ def episode_windows(config: CityLearnEnvConfig, first: int, last: int, seconds_p
             )
         return [(start, end)]
     n = config.episode_time_steps or (last - first + 1)
+    if n > last - first + 1:
+        raise ConfigError(
+            None,
+            "episode_time_steps",
+            f"{n} steps do not fit in the simulation [{first}, {last}] ({last - first + 1} steps): use "
+            "shorter episodes (gridrl citylearn train --episode-steps) or a longer simulation",
+        )
     week = week_steps(seconds_per_time_step)
     held = [(first + w * week, first + (w + 1) * week - 1) for w in config.holdout_weeks]
     windows = []
@@ -374,8 +381,11 @@ class CityLearnRLlibEnv(gym.Env):
         for w in self.config.holdout_weeks:
             start, end = first + w * week, min(first + (w + 1) * week - 1, last)
             if start >= last:
-                raise ConfigError(None, "holdout_weeks", f"week {w} starts at step {start}, after the "
-                                  f"simulation's last step {last}")  # fmt: skip
+                n = (last - first + 1) // week
+                fits = f"weeks 0-{n - 1} of this simulation, or none" if n else "none (less than a week)"
+                problem = f"week {w} starts at step {start}, after the simulation's last step {last}"
+                hint = f"hold out {fits} (gridrl citylearn train --holdout-weeks)"
+                raise ConfigError(None, "holdout_weeks", f"{problem}: {hint}")
             out.append((start, end))
         return out
 
