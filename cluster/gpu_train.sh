@@ -8,7 +8,7 @@
 # installs Ray (cluster/gpu_machine.sh install), trains `gridrl train --config CONFIG --time-budget SECONDS`
 # with RUNNERS env runners (default 14: 16 cores less the driver and the learner) and the learner on the GPU,
 # then copies the last checkpoint (as a trial folder: checkpoint_NNNNNN/ beside params.json and progress.csv)
-# to $OUT/<config stem>/ (default ./out/gpu_train), for gridrl benchmark / export here.
+# and the run's gridrl_run.json to $OUT/<config stem>/ (default ./out/gpu_train), for gridrl benchmark / export here.
 set -euo pipefail
 config=${1:?usage: bash cluster/gpu_train.sh CONFIG SECONDS [RUNNERS] [SEED]}
 seconds=${2:?usage: bash cluster/gpu_train.sh CONFIG SECONDS [RUNNERS] [SEED]}
@@ -30,5 +30,11 @@ if [ -z "$ckpt" ]; then  # no summary line: take the newest checkpoint on disk
 fi
 cp -r "$ckpt" "$out/"
 cp "$(dirname "$ckpt")"/params.json "$(dirname "$ckpt")"/progress.csv "$out/" 2>/dev/null || true
+# gridrl_run.json (the run's config and env, one level above the trial): gridrl benchmark / evaluate / export
+# look for it in the checkpoint's folder or its parents and refuse a checkpoint without it.
+cp "$(dirname "$(dirname "$ckpt")")"/gridrl_run.json "$out/"
+# The device's return of $OUT drops folders nested too deep (the checkpoint's learner_group/ and env_runner/):
+# the same checkpoint as one archive comes back whole (here: tar xzf checkpoint_NNNNNN.tgz -C <that folder>).
+tar czf "$out/$(basename "$ckpt").tgz" -C "$out" "$(basename "$ckpt")"
 grep '^\[train\]' "$out/train.err" | tail -3
 du -sh "$out"
