@@ -286,6 +286,15 @@ def test_train_on_a_short_schema_says_which_setting_to_change(capsys, extra, sai
     assert err[-1].startswith("gridrl citylearn: error: ") and said in err[-1], err[-1]
 
 
+def test_sessions_of_an_undefined_vehicle_are_named_not_skipped_silently(tmp_path):
+    path = variant(tmp_path, "no_ev7", lambda s: s["electric_vehicles_def"].pop("Electric_Vehicle_7"))
+    with pytest.warns(SchemaWarning) as caught:
+        prepare_schema(path)
+    said = [str(w.message) for w in caught if "skipped" in str(w.message)]
+    assert len(said) == 1 and "buildings.Building_1.chargers.charger_1_1.charger_simulation" in said[0]
+    assert "['Electric_Vehicle_7']" in said[0]
+
+
 def test_prepare_keeps_our_own_reward_attributes(tmp_path):
     path = variant(
         tmp_path,

@@ -11,6 +11,9 @@
   machines (``observations.washing_machine_*``, ``actions.washing_machine``,
   ``buildings.<name>.washing_machines``; CityLearn 3.0.2 fails on them with
   ``KeyError: 'washing_machine_start_time_step'``).
+- **A charger whose sessions name vehicles that are not defined** (or not included) in
+  ``electric_vehicles_def`` gets a warning naming the charger: CityLearn 3.0.2 skips those sessions
+  silently, as if no vehicle came.
 - **What cannot work offline, or is missing, is a** :class:`~envs.config.ConfigError` naming the schema
   file and the entry, checked before CityLearn reads anything:
 
@@ -223,8 +226,10 @@ def _table(file: Path, mtime_ns: int, size: int) -> tuple[tuple[str, ...], int]:
         return tuple(meta.schema_arrow.names), int(meta.metadata.num_rows)
     with file.open(newline="") as f:
         header = next(csv.reader(f), [])
-        rows = sum(1 for line in f if line.strip())  # pandas skips blank lines
-    return tuple(header), rows
+    data = file.read_bytes()
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    blank = data.count(b"\n\n") + data.count(b"\n\r\n")  # pandas skips blank lines
+    return tuple(header), max(lines - blank - 1, 0)
 
 
 def table_shape(file: Path) -> tuple[tuple[str, ...], int]:
@@ -280,8 +285,48 @@ def _series(
         )
 
 
-def _check_building(name: str, b: Any, root: Path, path: Path, needs: tuple[int, int]) -> bool:
-    """Check one building entry; returns whether it is included."""
+@lru_cache(maxsize=4096)
+def _vehicle_ids(file: Path, mtime_ns: int, size: int, first: int, last: int) -> frozenset[str]:
+    """The vehicle names a charger's time series plugs in over steps [first, last] (cached per file
+    version and window)."""
+    import pandas as pd
+
+    if file.suffix.lower() in (".parquet", ".pq", ".parq"):
+        ids = pd.read_parquet(file, columns=["electric_vehicle_id"])["electric_vehicle_id"]
+        ids = ids.iloc[first : last + 1]
+    else:
+        ids = pd.read_csv(
+            file,
+            usecols=["electric_vehicle_id"],
+            dtype=str,
+            skiprows=range(1, first + 1),
+            nrows=last - first + 1,
+        )["electric_vehicle_id"]
+    return frozenset(str(v).strip() for v in ids.dropna() if str(v).strip() not in ("", "nan"))
+
+
+def _unknown_vehicles(
+    path: Path, entry: str, file: Path, vehicles: frozenset[str], needs: tuple[int, int]
+) -> None:
+    """Warn when a charger's sessions in the simulated window name vehicles CityLearn does not simulate
+    (it skips them silently)."""
+    st = file.stat()
+    unknown = sorted(_vehicle_ids(file.resolve(), st.st_mtime_ns, st.st_size, *needs) - vehicles)
+    if unknown:
+        shown = unknown[:5] + (["..."] if len(unknown) > 5 else [])
+        _warn(
+            path,
+            entry,
+            f"its sessions of {len(unknown)} vehicle(s) {shown} are skipped by CityLearn 3.0.2: they are "
+            "not in electric_vehicles_def (or not included)",
+        )
+
+
+def _check_building(
+    name: str, b: Any, root: Path, path: Path, needs: tuple[int, int], vehicles: frozenset[str]
+) -> bool:
+    """Check one building entry (``vehicles``: the included vehicles' names); returns whether it is
+    included."""
     where = f"buildings.{name}"
     if not isinstance(b, dict):
         raise ConfigError(path, where, f"must be a mapping, got {type(b).__name__}")
@@ -317,6 +362,7 @@ def _check_building(name: str, b: Any, root: Path, path: Path, needs: tuple[int,
         _mapping(path, f"{at}.attributes", c.get("attributes"), required=False)
         f = _file(path, f"{at}.charger_simulation", root, _require(path, at, c, "charger_simulation"))
         _series(path, f"{at}.charger_simulation", f, needs, CHARGER_COLUMNS)
+        _unknown_vehicles(path, f"{at}.charger_simulation", f, vehicles, needs)
     if b.get("dynamics") is not None:
         d = _mapping(path, f"{where}.dynamics", b["dynamics"])
         _class(path, f"{where}.dynamics.type", _require(path, f"{where}.dynamics", d, "type"))
@@ -354,19 +400,23 @@ def _check_building(name: str, b: Any, root: Path, path: Path, needs: tuple[int,
     return True
 
 
-def _check_vehicles(schema: dict[str, Any], path: Path) -> None:
+def _check_vehicles(schema: dict[str, Any], path: Path) -> frozenset[str]:
+    """Check the vehicle definitions; returns the included vehicles' names."""
+    included: set[str] = set()
     vehicles = _mapping(path, "electric_vehicles_def", schema.get("electric_vehicles_def"), required=False)
     for name, ev in vehicles.items():
         at = f"electric_vehicles_def.{name}"
         ev = _mapping(path, at, ev)
         if not ev.get("include", True):
             continue
+        included.add(str(name))
         _class(path, f"{at}.type", ev.get("type"), required=False)
         battery = _mapping(path, f"{at}.battery", ev.get("battery"))
         attributes = _mapping(path, f"{at}.battery.attributes", battery.get("attributes"))
         for key in ("capacity", "nominal_power"):
             value = _require(path, f"{at}.battery.attributes", attributes, key)
             _number(path, f"{at}.battery.attributes.{key}", value)
+    return frozenset(included)
 
 
 def _number(path: Path, entry: str, value: Any, minimum: float | None = None, integer: bool = False) -> float:
@@ -434,10 +484,11 @@ def prepare_schema(
     _drop_legacy(schema, path)
     needs = _check_top(schema, path, start_time_step, end_time_step)
     root = _root(schema, path)
-    included = [_check_building(name, b, root, path, needs) for name, b in schema["buildings"].items()]
+    vehicles = _check_vehicles(schema, path)
+    buildings = schema["buildings"].items()
+    included = [_check_building(name, b, root, path, needs, vehicles) for name, b in buildings]
     if not any(included):
         raise ConfigError(path, "buildings", "no building is included (every one has include: false)")
-    _check_vehicles(schema, path)
     schema["root_directory"] = str(root)
     schema["reward_function"] = _reward_block(schema, path, dict(reward_kwargs or {}))
     schema.setdefault("central_agent", True)
