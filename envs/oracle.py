@@ -45,13 +45,16 @@ class OracleController:
     name = "oracle"
     needs_perfect_link = True
 
-    def __init__(self) -> None:
+    def __init__(self, relaxed: bool = True) -> None:
         self.sim: Simulator | None = None
+        self.relaxed = relaxed
+        """False: the same foresight and perfect link on the real site (the EV's 6 A minimum, the heat pump's
+        on/off and minimum times, ramps, deadband): not a bound, but what foresight alone buys a real
+        controller (tests/benchmarks/bench_bounds.py)."""
 
-    @staticmethod
-    def prepare_site(site: Site) -> Site:
-        """The site the oracle runs on."""
-        return relax_site(site)
+    def prepare_site(self, site: Site) -> Site:
+        """The site the oracle runs on: the relaxation (the default) or the site itself."""
+        return relax_site(site) if self.relaxed else site
 
     def bind(self, sim: Simulator) -> None:
         """Give the oracle its foresight: the simulator whose future it may read."""
