@@ -83,3 +83,20 @@ def test_same_seed_same_logs(raw, tmp_path):
         json.loads((other / files[-1]).read_text())["gain_factors"]
         != json.loads((raw / files[-1]).read_text())["gain_factors"]
     )
+
+
+def test_dithered_logs_widen_the_action_coverage_of_the_dataset(raw, tmp_path):
+    """offline_data/coverage.py on built datasets: the PI's logs depart from the PI by 0 W (the measure
+    recomputes the PI from the state alone), the dithered PI's by tens of watts, on the same day."""
+    from offline_data.build import BuildConfig, build
+    from offline_data.coverage import dataset_coverage
+
+    generate(replace(CFG, controller="pi"), tmp_path / "pi")
+    build(tmp_path / "pi", tmp_path / "ds_pi", BuildConfig(), progress=False)
+    build(raw, tmp_path / "ds_dithered", BuildConfig(), progress=False)
+    pi, dithered = dataset_coverage(tmp_path / "ds_pi"), dataset_coverage(tmp_path / "ds_dithered")
+    assert list(pi["logged_by"]) == ["pi"] and dithered["logged_by"] == {"dithered_pi": DITHER.bound()}
+    active = [i for i, s in enumerate(dithered["active"]["departure_std_w"]) if s]
+    assert active and max(pi["active"]["departure_std_w"]) < 1.0
+    assert min(dithered["active"]["departure_std_w"][i] for i in active) > 50.0
+    assert dithered["active"]["share_departing"] > 0.3 > pi["active"]["share_departing"]
