@@ -10,8 +10,19 @@ and envs/metrics.py computes the metrics of record from it: the same function th
 through. The PI's logged behaviour on the same windows is scored the same way (``logged_pi``).
 
 Reported: the metrics of record per controller, export and peak reduction against the model's PI and
-against the logged PI, and the share of seconds where the ensemble agreed (disagreement under the model
-env's threshold): an estimate from a rollout the model does not trust is flagged, not hidden.
+against the logged PI, the share of seconds where the ensemble agreed (``trusted_share``: disagreement under
+the model env's threshold) and the estimate's **trust** (:func:`trust_parts`), the lowest of:
+
+* the ensemble's agreement on that controller's rollouts (``trusted_share``);
+* how far the model meets the seed's criteria on held-out data (envs/dynamics/evaluate.py
+  ``criteria_trust``: 1 only if every criterion passed; k-step MSE 0.27 against < 0.1 gives 0.37);
+* how well the model reproduces the logged PI on the same windows (``pi_calibration``): the PI run through
+  the model against what the PI did in the log, on export and on controlled import,
+  ``1 - |model - logged| / logged`` (a logged energy under 50 W on average counts as 50 W).
+
+Agreement alone is not trust: ensemble members trained from the same data agree on the same mistakes (a
+model trained one iteration agrees 99.8 % of the time while its PI exports a quarter of the logged PI's).
+:func:`judge_with_model` is the promotion rule's judge for a site without a simulator (envs/promotion.py).
 
 :func:`rank_check` validates the ranking against the simulator's own results (Spearman's rho).
 """
@@ -38,6 +49,7 @@ from envs.controllers import (
     ZeroController,
 )
 from envs.dynamics.data import SplitData, load_split, site_path
+from envs.dynamics.evaluate import criteria_trust
 from envs.dynamics.model import ForwardModel
 from envs.dynamics.model_env import (
     ACKED_L,
@@ -49,11 +61,13 @@ from envs.dynamics.model_env import (
 )
 from envs.dynamics.rollout import HISTORY_S, LoggedContext, ModelStepper
 from envs.metrics import metrics_of_record, reduction_pct
+from envs.promotion import PromotionConfig, Verdict, decide
 from envs.site import load_site
 from envs.state_spec import FEAT
 
 BASELINES = ("pi", "zero", "rbc", "random")
 DEFAULT_THRESHOLD = 0.15  # as ModelEnvConfig.disagreement_threshold
+CALIBRATION_FLOOR_W = 50.0  # pi_calibration: a logged energy under this average power counts as this
 
 
 def make_baseline(name: str, max_power_per_phase_w: float, seed: int = 0) -> Controller:
@@ -146,8 +160,13 @@ def estimate_controllers(
     deadband_w: float,
     threshold: float = DEFAULT_THRESHOLD,
     progress: bool = True,
+    model_trust: tuple[float, str] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, pl.DataFrame]]:
-    """Metrics of record of each controller through the model, and of the logged PI, on the same windows."""
+    """Metrics of record of each controller through the model, and of the logged PI, on the same windows.
+
+    With ``model_trust`` (envs/dynamics/evaluate.py ``criteria_trust`` of the model), each controller's
+    metrics carry ``trust`` and ``trust_parts`` (:func:`trust_parts`); without it, only ``trusted_share``.
+    """
     context = LoggedContext.from_split(split, starts, horizon)
     results: dict[str, dict[str, float]] = {}
     traces: dict[str, pl.DataFrame] = {}
@@ -174,7 +193,50 @@ def estimate_controllers(
                 m[f"peak_reduction_vs_{ref}_pct"] = reduction_pct(
                     m["peak_export_w"], results[ref]["peak_export_w"]
                 )
+    if model_trust is not None:
+        hours = len(starts) * horizon / 3600.0
+        calibration = pi_calibration(results["pi"], results["logged_pi"], hours) if "pi" in results else None
+        results["logged_pi"]["trust"] = 1.0  # the log itself
+        for name in controllers:
+            parts = trust_parts(results[name]["trusted_share"], model_trust, calibration)
+            results[name]["trust"], results[name]["trust_parts"] = parts["trust"], parts
     return results, traces
+
+
+def pi_calibration(model_pi: dict[str, float], logged_pi: dict[str, float], hours: float) -> dict[str, float]:
+    """How well the model reproduces the logged PI on the same windows: per quantity the rule judges
+    (export, controlled import), ``max(0, 1 - |model - logged| / max(logged, floor))``, the floor being
+    ``CALIBRATION_FLOOR_W`` on average over ``hours``. 1 = the model's PI does what the logged PI did."""
+    floor_kwh = CALIBRATION_FLOOR_W * hours / 1000.0
+    out = {}
+    for key in ("export_kwh", "controlled_import_kwh"):
+        err = abs(model_pi[key] - logged_pi[key]) / max(logged_pi[key], floor_kwh, 1e-9)
+        out[key] = float(max(0.0, 1.0 - err)) if np.isfinite(err) else 0.0
+    return out
+
+
+def trust_parts(
+    agreement: float, model_trust: tuple[float, str], calibration: dict[str, float] | None
+) -> dict[str, Any]:
+    """The trust of a model-based estimate (the module docstring): the lowest of its parts, and why."""
+    criteria, criteria_why = model_trust
+    parts = {"ensemble_agreement": float(agreement), "model_criteria": float(criteria)}
+    if calibration is None:
+        parts["pi_calibration"] = 0.0  # no PI through the model: nothing shows the model reproduces the log
+    else:
+        parts["pi_calibration"] = min(calibration.values())
+    trust = min(parts.values())
+    low = min(parts, key=parts.get)
+    why = {
+        "ensemble_agreement": f"the ensemble agrees on {agreement:.0%} of the seconds",
+        "model_criteria": f"the model {criteria_why}",
+        "pi_calibration": (
+            "the PI was not run through the model" if calibration is None else
+            f"the model's PI reproduces the logged PI's export to {calibration['export_kwh']:.2f} and its "
+            f"controlled import to {calibration['controlled_import_kwh']:.2f}"
+        ),
+    }[low]  # fmt: skip
+    return {**parts, "trust": float(trust), "why": why}
 
 
 def site_limits_of(dataset: str | Path) -> tuple[float, float]:
@@ -193,6 +255,7 @@ def evaluate_with_model(
     horizon_s: int = 600,
     baselines: tuple[str, ...] = ("pi", "zero", "rbc"),
     threshold: float = DEFAULT_THRESHOLD,
+    model_criteria: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Estimate a policy's metrics of record with the forward model on the test split (DIR/model_based.json).
 
@@ -205,21 +268,26 @@ def evaluate_with_model(
         windows, horizon_s: Number and length of the windows.
         baselines: Baselines to run through the model beside the policy.
         threshold: Disagreement above which a second counts as untrusted.
+        model_criteria: The model's criteria rows (envs/dynamics/evaluate.py ``evaluate_model``), e.g. from
+            its training run's report; None = scored here on the test split (:func:`score_model`).
 
     Returns:
-        {controller: metrics}; the policy under 'policy', the logged PI under 'logged_pi'.
+        {controller: metrics, with ``trust``}; the policy under 'policy', the logged PI under 'logged_pi'.
     """
     max_w, deadband = site_limits_of(dataset)
     model = ForwardModel.load(resolve_model_checkpoint(model_checkpoint))
     split = load_split(dataset, "test")
     starts = daylight_starts(split, windows, horizon_s, seed)
+    if model_criteria is None:
+        model_criteria = score_model(model, split, max_w, seed)
     controllers: dict[str, Controller] = {}
     if policy is not None:
         controllers["policy"] = PolicyController(policy, max_w)
     controllers.update({b: make_baseline(b, max_w, seed) for b in baselines})
     results, _ = estimate_controllers(
-        model, split, controllers, starts, horizon_s, max_w, deadband, threshold
-    )
+        model, split, controllers, starts, horizon_s, max_w, deadband, threshold,
+        model_trust=criteria_trust(model_criteria),
+    )  # fmt: skip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -230,10 +298,74 @@ def evaluate_with_model(
         "horizon_s": horizon_s,
         "seed": seed,
         "threshold": threshold,
+        "model_criteria": model_criteria,
         "results": results,
     }
     (out / "model_based.json").write_text(json.dumps(summary, indent=2))
     return results
+
+
+def score_model(
+    model: ForwardModel, split: SplitData, max_power_per_phase_w: float, seed: int = 0
+) -> list[dict[str, Any]]:
+    """The seed's criteria of ``model`` on ``split`` (a sample: 2,000 k-step windows, 100 rollouts)."""
+    from envs.dynamics.evaluate import evaluate_model
+
+    rng = np.random.default_rng(seed)
+    report = evaluate_model(model, split, max_power_per_phase_w, windows=2_000, rollouts=100, rng=rng)
+    return report["criteria"]
+
+
+def judge_with_model(
+    candidate: Controller,
+    model_checkpoint: str | Path,
+    dataset: str | Path,
+    config: PromotionConfig | None = None,
+    seed: int = 0,
+    model_criteria: list[dict[str, Any]] | None = None,
+    split: str = "val",
+    threshold: float = DEFAULT_THRESHOLD,
+    name: str = "the candidate",
+) -> Verdict:
+    """The promotion rule judged with the forward model, for a site without a simulator (envs/promotion.py).
+
+    The candidate and the PI run through the model from the same logged daylight windows of ``split`` (the
+    validation split: the policy trained on the train split, the report uses the test split). The verdict
+    carries the estimate's trust (the lower of the candidate's and the PI's, see the module docstring):
+    below ``config.min_trust`` nothing is promoted, whatever the estimate says.
+
+    Args:
+        candidate: The controller to judge (a policy through envs.controllers.PolicyController).
+        model_checkpoint: A forward-model checkpoint (or its run directory).
+        dataset: The dataset (its ``split`` gives the windows and the replayed log).
+        config: The rule (its ``model_windows`` and ``model_horizon_s`` size the windows).
+        seed: Selects the windows.
+        model_criteria: The model's criteria rows; None = scored here on ``split`` (:func:`score_model`).
+        split: The dataset split judged on.
+        threshold: Ensemble disagreement above which a second is not agreed on.
+        name: What the candidate is called in the verdict's reason.
+    """
+    config = config or PromotionConfig()
+    t0 = time.perf_counter()
+    max_w, deadband = site_limits_of(dataset)
+    model = ForwardModel.load(resolve_model_checkpoint(str(model_checkpoint)))
+    data = load_split(dataset, split)
+    if model_criteria is None:
+        model_criteria = score_model(model, data, max_w, seed)
+    starts = daylight_starts(data, config.model_windows, config.model_horizon_s, seed)
+    results, _ = estimate_controllers(
+        model, data, {"candidate": candidate, "pi": PIController()}, starts, config.model_horizon_s, max_w,
+        deadband, threshold, progress=False, model_trust=criteria_trust(model_criteria),
+    )  # fmt: skip
+    cand, pi = results["candidate"], results["pi"]
+    detail = cand["trust_parts"] if cand["trust"] <= pi["trust"] else pi["trust_parts"]
+    where = f"{len(starts)} logged daylight windows of {config.model_horizon_s} s of the {split} split"
+    cases = [{"controller": n, **{k: results[n][k] for k in ("export_kwh", "controlled_import_kwh", "trust")}}
+             for n in ("candidate", "pi", "logged_pi")]  # fmt: skip
+    trust = min(cand["trust"], pi["trust"])
+    verdict = decide(cand, pi, config, "forward model", trust, detail, cases, where, name)
+    verdict.seconds = round(time.perf_counter() - t0, 1)
+    return verdict
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -364,7 +496,8 @@ def rank_check(
 
 
 def format_results(results: dict[str, dict[str, float]]) -> str:
-    """A table of model-based estimates: metrics of record, reduction against the logged PI, trusted share."""
+    """A table of model-based estimates: metrics of record, reduction against the logged PI, the ensemble's
+    agreement (``trusted_share``) and the estimate's trust (NaN where it was not computed)."""
     cols = (
         "export_kwh",
         "peak_export_w",
@@ -373,12 +506,14 @@ def format_results(results: dict[str, dict[str, float]]) -> str:
         "controlled_import_kwh",
     )
     head = (
-        f"{'controller':12s}" + "".join(f"{c:>22s}" for c in cols) + f"{'vs logged PI %':>16s}{'trusted':>9s}"
+        f"{'controller':12s}" + "".join(f"{c:>22s}" for c in cols) + f"{'vs logged PI %':>16s}{'agree':>7s}"
+        f"{'trust':>7s}"
     )
     lines = [head]
     for name, m in results.items():
         row = f"{name:12s}" + "".join(f"{m[c]:22.3f}" for c in cols)
         lines.append(
-            row + f"{m.get('export_reduction_vs_logged_pi_pct', float('nan')):16.1f}{m['trusted_share']:9.2f}"
+            row + f"{m.get('export_reduction_vs_logged_pi_pct', float('nan')):16.1f}{m['trusted_share']:7.2f}"
+            f"{m.get('trust', float('nan')):7.2f}"
         )
     return "\n".join(lines)
