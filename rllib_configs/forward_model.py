@@ -375,10 +375,12 @@ def load_spec_file(path: str | Path, dataset: str | None = None) -> Any:
 
 
 def pipeline_stage(
-    dataset: str | Path, storage_path: str | Path, seed: int = 0, stop_iters: int = 8
-) -> dict[str, Any]:
-    """``gridrl pipeline``'s model stage: train forward_model.yaml on ``dataset`` through the runner, then
-    score it on the test split (``gridrl evaluate-model``'s report, in ``STORAGE/forward_model/evaluation``).
+    dataset: str | Path, storage_path: str | Path, seed: int = 0, stop_iters: int = 8,
+    config: str | Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``gridrl pipeline``'s model stage: train forward_model.yaml (or ``config``) on ``dataset`` through the
+    runner, then score it on the test split (``gridrl evaluate-model``'s report, in
+    ``STORAGE/forward_model/evaluation``).
 
     Returns:
         The training summary with ``evaluation`` (the criteria rows and whether all passed) added.
@@ -387,10 +389,12 @@ def pipeline_stage(
     from rllib_configs.loader import load_train_config
     from rllib_configs.runner import RunOptions, run_training
 
-    spec = load_train_config(REPO_ROOT / "rllib_configs/export/forward_model.yaml", dataset=str(dataset))
-    summary = run_training(
-        spec, RunOptions(storage_path=Path(storage_path), seed=seed, stop_iters=stop_iters)
+    config = config or REPO_ROOT / "rllib_configs/export/forward_model.yaml"
+    spec = load_train_config(config, dataset=str(dataset))
+    options = RunOptions(
+        storage_path=Path(storage_path), seed=seed, stop_iters=stop_iters, name="forward_model"
     )
+    summary = run_training(spec, options)
     from envs.site import load_site
 
     max_w = load_site(site_path(dataset)).control.max_power_per_phase_w

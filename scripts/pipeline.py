@@ -3,11 +3,18 @@
 Stages: generate raw logs of the PI (with real-log defects) -> build the RLlib dataset -> the forward
 dynamics model (trained on the dataset, scored on its test split against persistence) -> behaviour cloning
 of the PI -> CQL initialised from BC -> evaluation of the CQL policy against the PI, the oracle and no
-control on held-out days -> the same policy estimated with the forward model on the test split -> export
-of the policy as a bundle (ONNX + manifest, parity-checked) -> a short shadow run of that bundle behind Ray
-Serve on loopback, with simulated site traffic (the PI acts, the policy is logged) -> a report.
+control on held-out days -> the same policy estimated with the forward model on the test split, with the
+estimate's trust -> the promotion rule (envs/promotion.py): the CQL policy against the PI on validation
+days in the site's simulator (and, for information, as the forward model would judge it without one) ->
+export of what the rule ships as the bundle: the CQL policy (ONNX + manifest, parity-checked) only if it
+beats the PI by the margin (``--margin-pct``), with controlled import at most 1.1x the PI's (or less
+wasted energy) and no safety violation; otherwise the PI (a manifest-only ``controller: pi`` bundle) ->
+a short shadow run of the shipped bundle behind Ray Serve on loopback, with simulated site traffic (the PI
+acts, the bundle's controller is logged) -> a report.
 
-Each stage prints one progress line; then come the tables; the last stdout line is a JSON summary. What
+Each stage prints one progress line; then come the tables and the line ``shipped: CONTROLLER: why``; the
+last stdout line is a JSON summary, whose ``shipped`` is ``{"controller": "policy" | "pi", "reason": ...}``
+as in report.json. What
 Ray, RLlib, Tune and Serve print goes to ``OUT/pipeline.log`` (scripts/quiet.py), their workers' logs to
 Ray's session folder; the summary names both.
 """
@@ -18,11 +25,11 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.flags import SEED, int_at_least
+from scripts.flags import SEED, float_in, int_at_least
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,16 +50,44 @@ class Profile:
     eval_hours: float
     eval_start_hour: float
     shadow_hours: float
+    promotion_days: int = 5
+    """Validation days of the promotion rule (one weather after another, envs/promotion.py)."""
+    promotion_hours: float = 24.0
+    promotion_start_hour: float = 0.0
+    shrink: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Overrides of the training YAMLs per config ('bc', 'cql', 'forward_model'): dotted key -> value. The
+    patched YAMLs are written to OUT/configs/ and trained from there (the tiny profile's sizes)."""
 
 
 PROFILES = {
     # demo: daylight windows, a few iterations: minutes on 2 cores
-    "demo": Profile(log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, model_iters=1, cql_iters=6,
-                    model_windows=16, model_horizon_s=120, eval_days=1, eval_hours=6.0, eval_start_hour=9.0, shadow_hours=0.05),
-    # full: a week of whole days of logs, longer training, three whole held-out days
-    "full": Profile(log_days=7, log_hours=24.0, log_start_hour=0.0, bc_iters=30, model_iters=8, cql_iters=100,
-                    model_windows=64, model_horizon_s=600, eval_days=3, eval_hours=24.0, eval_start_hour=0.0, shadow_hours=1.0),
-}
+    "demo": Profile(
+        log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, model_iters=1, cql_iters=6,
+        model_windows=16, model_horizon_s=120, eval_days=1, eval_hours=6.0, eval_start_hour=9.0,
+        shadow_hours=0.05, promotion_days=5, promotion_hours=2.0, promotion_start_hour=11.0,
+    ),
+    # full: a week of whole days of logs, longer training, three whole held-out days, 5 whole validation days
+    "full": Profile(
+        log_days=7, log_hours=24.0, log_start_hour=0.0, bc_iters=30, model_iters=8, cql_iters=100,
+        model_windows=64, model_horizon_s=600, eval_days=3, eval_hours=24.0, eval_start_hour=0.0,
+        shadow_hours=1.0,
+    ),
+    # tiny: every stage at the smallest size that runs it (CI's run of the job: tests/test_pipeline_run.py)
+    "tiny": Profile(
+        log_days=2, log_hours=1.5, log_start_hour=10.0, bc_iters=1, model_iters=1, cql_iters=1,
+        model_windows=4, model_horizon_s=60, eval_days=1, eval_hours=0.25, eval_start_hour=11.0,
+        shadow_hours=0.02, promotion_days=5, promotion_hours=0.25, promotion_start_hour=11.0,
+        shrink={
+            "forward_model": {
+                "model.hidden": 32, "model.members": 2, "model.context": 6, "training.steps_per_iter": 20,
+                "training.batch_size": 64, "training.val_windows": 300, "training.num_threads": 1,
+            },
+            "bc": {"offline_data.dataset_num_iters_per_learner": 10, "environment.env_config.episode_s": 60},
+            "cql": {"offline_data.dataset_num_iters_per_learner": 2, "environment.env_config.episode_s": 60},
+        },
+    ),
+}  # fmt: skip
+CONFIGS = {name: f"rllib_configs/export/{name}.yaml" for name in ("forward_model", "bc", "cql")}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -62,11 +97,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--profile", choices=sorted(PROFILES), default="demo", help="demo (default, minutes) or full")
+    p.add_argument(
+        "--profile", choices=sorted(PROFILES), default="demo",
+        help="demo (default, minutes), full (a week of logs) or tiny (every stage at its smallest: CI)",
+    )  # fmt: skip
     p.add_argument("--out", default="runs/pipeline", help="output directory (default runs/pipeline)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of every stage")
     p.add_argument("--address", default=None, help="Ray cluster address (default: embedded local Ray)")
     p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded Ray (default 2)")
+    p.add_argument(
+        "--margin-pct", type=float_in(0, 99.999), default=None,
+        help="promotion rule: the CQL policy ships only if it exports at least this %% less than the PI on "
+             "the validation days (default: envs/promotion.py PromotionConfig.margin_pct, 5)",
+    )  # fmt: skip
     return p
 
 
@@ -93,12 +136,81 @@ class Stages:
         return result
 
 
-def _train(config: str, dataset: Path, runs: Path, name: str, iters: int, seed: int, init_from: str | None = None) -> dict:
+def _train(
+    config: Path, dataset: Path, runs: Path, name: str, iters: int, seed: int, init_from: str | None = None
+) -> dict:
     from rllib_configs.loader import load_train_config
     from rllib_configs.runner import RunOptions, run_training
 
-    spec = load_train_config(REPO / config, dataset=str(dataset))
-    return run_training(spec, RunOptions(storage_path=runs, seed=seed, stop_iters=iters, name=name, init_from=init_from))
+    spec = load_train_config(config, dataset=str(dataset))
+    opts = RunOptions(storage_path=runs, seed=seed, stop_iters=iters, name=name, init_from=init_from)
+    return run_training(spec, opts)
+
+
+def stage_configs(prof: Profile, out: Path) -> dict[str, Path]:
+    """The training YAML of each stage: the repository's, or a copy with the profile's ``shrink`` overrides
+    (written to OUT/configs/, so the report's paths name what was trained)."""
+    import yaml
+
+    from envs.config import load_yaml
+
+    paths = {}
+    for name, rel in CONFIGS.items():
+        paths[name] = REPO / rel
+        if not prof.shrink.get(name):
+            continue
+        data = load_yaml(REPO / rel)
+        for dotted, value in prof.shrink[name].items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            if leaf not in node:
+                raise KeyError(f"{rel}: no key {dotted} to override")
+            node[leaf] = value
+        paths[name] = out / "configs" / f"{name}.yaml"
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        paths[name].write_text(yaml.safe_dump(data, sort_keys=False))
+    return paths
+
+
+def promotion_stage(
+    checkpoint: str, dataset: Path, model: dict[str, Any], prof: Profile, seed: int, margin_pct: float | None
+) -> dict[str, Any]:
+    """The promotion rule on the CQL policy: judged in the dataset's site's simulator (the verdict that
+    decides), and with the forward model as a site without a simulator would judge it (for information)."""
+    from envs.controllers import PolicyController
+    from envs.dynamics.data import site_path
+    from envs.dynamics.evaluator import judge_with_model
+    from envs.promotion import PromotionConfig, judge_in_simulator
+    from envs.site import load_site
+    from rllib_configs.policy import load_policy
+
+    site = site_path(dataset)
+    policy = PolicyController(load_policy(checkpoint), load_site(site).control.max_power_per_phase_w)
+    margin = {} if margin_pct is None else {"margin_pct": margin_pct}
+    config = PromotionConfig(**margin, days=prof.promotion_days, hours=prof.promotion_hours,
+                             start_h=prof.promotion_start_hour, model_windows=prof.model_windows,
+                             model_horizon_s=prof.model_horizon_s)  # fmt: skip
+    name = "the CQL policy"
+    verdict = judge_in_simulator(policy, site, config, seed, name=name)
+    by_model = judge_with_model(policy, model["checkpoint"], dataset, config, seed,
+                                model["evaluation"]["criteria"], name=name)  # fmt: skip
+    return {"site": site, "simulator": verdict.to_dict(), "forward_model": by_model.to_dict()}
+
+
+def ship(
+    promotion: dict[str, Any], checkpoint: str, out: Path, evaluation: dict[str, float], seed: int
+) -> dict[str, str]:
+    """Write the bundle the rule ships: the CQL policy if promoted, else the PI's; returns ``shipped``."""
+    from serve.bundle import export_baseline, export_checkpoint
+
+    verdict = promotion["simulator"]
+    if verdict["promoted"]:
+        export_checkpoint(checkpoint, out, evaluation=evaluation, seed=seed)
+        return {"controller": "policy", "reason": verdict["reason"], "bundle": str(out)}
+    export_baseline("pi", out, promotion["site"])
+    return {"controller": "pi", "reason": verdict["reason"] + "; the PI ships", "bundle": str(out)}
 
 
 def dataset_summary(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         from scripts.simulate import format_table
 
         try:
-            stages = Stages(total=9, stream=console.err)
+            stages = Stages(total=10, stream=console.err)
             init_ray(args.address, num_cpus=args.num_cpus, log_to_driver=False)
             ray_logs = ray_logs_dir()
             report = _stages(args, prof, out, stages)
@@ -155,19 +267,37 @@ def run(args: argparse.Namespace) -> int:
     fm = fwd["evaluation"]["criteria"]
     print("forward model on the test split: " + ", ".join(
         f"{r['criterion']} {r['value']:.4g} ({'ok' if r['passed'] else 'NOT met'})" for r in fm))
-    print("model-based estimate (test split, no simulator; an estimate: the simulator's table above is the reference)")
+    print("model-based estimate (test split, no simulator; an estimate: the simulator's table above is the "
+          "reference)")
     print(format_results(model_based))
+    print(format_promotion(report["promotion"]))
+    shipped = report["shipped"]
+    who = "the CQL policy" if shipped["controller"] == "policy" else "the PI"
+    print(f"shipped: {who}: {shipped['reason']}")
     report["wall_s"] = round(time.perf_counter() - t_all, 1)
     report["logs"] = {"pipeline": str(log), "ray": ray_logs}
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print_summary({"report": str(out / "report.json"), "wall_s": report["wall_s"],
                    "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()},
+                   "shipped": {"controller": shipped["controller"], "reason": shipped["reason"]},
                    "logs": report["logs"]})
     return 0
 
 
+def format_promotion(promotion: dict[str, Any]) -> str:
+    """The promotion rule's checks, by the simulator (the verdict) and by the forward model (information)."""
+    lines = [f"{'promotion check':34s}{'simulator':>12s}{'forward model':>15s}  target"]
+    sim, mod = promotion["simulator"], promotion["forward_model"]
+    for a, b in zip(sim["checks"], mod["checks"], strict=True):
+        fmt = (lambda r: f"{r['value']:.2f}{'' if r['passed'] else ' NO'}")  # noqa: E731
+        lines.append(f"{a['check']:34s}{fmt(a):>12s}{fmt(b):>15s}  {a['target']}")
+    yes = {True: "yes", False: "no"}
+    lines.append(f"{'promoted':34s}{yes[sim['promoted']]:>12s}{yes[mod['promoted']]:>15s}  (the simulator's)")
+    return "\n".join(lines)
+
+
 def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) -> dict[str, Any]:
-    """The nine stages; returns the report (without the wall time and the logs)."""
+    """The ten stages; returns the report (without the wall time and the logs)."""
     from envs.dynamics.evaluator import evaluate_with_model
     from offline_data.build import BuildConfig, build
     from offline_data.generate import GenerateConfig, generate
@@ -175,18 +305,18 @@ def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) 
     from rllib_configs.policy import load_policy
     from scripts.evaluate import evaluate_export, success_criteria
     from scripts.serve import serve_and_drive
-    from serve.bundle import export_checkpoint
 
-    gen = GenerateConfig(days=prof.log_days, hours=prof.log_hours, start_hour=prof.log_start_hour, seed=args.seed,
-                         defects=0.02, scenario="random")
+    gen = GenerateConfig(days=prof.log_days, hours=prof.log_hours, start_hour=prof.log_start_hour,
+                         seed=args.seed, defects=0.02, scenario="random")  # fmt: skip
     stages.run("generate raw logs of the PI", generate, gen, out / "raw")
-    manifest = stages.run("build the dataset", build, out / "raw", out / "dataset", BuildConfig(), seed=args.seed,
-                          progress=False)
-    fwd = stages.run("forward model: train, score on the test split", model_stage, out / "dataset", out / "runs",
-                     args.seed, prof.model_iters)
-    bc = stages.run("behaviour cloning (BC)", _train, "rllib_configs/export/bc.yaml", out / "dataset", out / "runs",
+    manifest = stages.run("build the dataset", build, out / "raw", out / "dataset", BuildConfig(),
+                          seed=args.seed, progress=False)  # fmt: skip
+    configs = stage_configs(prof, out)
+    fwd = stages.run("forward model: train, score on the test split", model_stage, out / "dataset",
+                     out / "runs", args.seed, prof.model_iters, configs["forward_model"])  # fmt: skip
+    bc = stages.run("behaviour cloning (BC)", _train, configs["bc"], out / "dataset", out / "runs",
                     "bc", prof.bc_iters, args.seed)
-    cql = stages.run("CQL from BC", _train, "rllib_configs/export/cql.yaml", out / "dataset", out / "runs", "cql",
+    cql = stages.run("CQL from BC", _train, configs["cql"], out / "dataset", out / "runs", "cql",
                      prof.cql_iters, args.seed, init_from=bc["checkpoint"])
     results = stages.run(
         "evaluate CQL against PI, oracle and no control on held-out days", evaluate_export, cql["checkpoint"],
@@ -198,16 +328,28 @@ def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) 
         lambda: evaluate_with_model(
             load_policy(cql["checkpoint"]), fwd["checkpoint"], str(out / "dataset"), out / "evaluation_model",
             args.seed, prof.model_windows, prof.model_horizon_s, ("pi", "zero"),
+            model_criteria=fwd["evaluation"]["criteria"],
         ),
     )
-    stages.run("export the CQL policy as a bundle (ONNX parity-checked)", export_checkpoint, cql["checkpoint"],
-               out / "bundle", evaluation=results["policy"], seed=args.seed)
-    shadow = stages.run("shadow run behind Ray Serve (simulated traffic)", serve_and_drive, str(out / "bundle"),
-                        out / "serve", prof.shadow_hours, args.seed, address=args.address, num_cpus=args.num_cpus)
+    promotion = stages.run(
+        "promotion rule: CQL vs PI on validation days (simulator; forward model for information)",
+        promotion_stage, cql["checkpoint"], out / "dataset", fwd, prof, args.seed, args.margin_pct,
+    )
+    promoted = promotion["simulator"]["promoted"]
+    what = "the CQL policy (ONNX parity-checked)" if promoted else "the PI (the policy did not beat it)"
+    shipped = stages.run(f"export {what} as the bundle", ship, promotion, cql["checkpoint"], out / "bundle",
+                         results["policy"], args.seed)  # fmt: skip
+    shadow = stages.run(
+        "shadow run of the shipped bundle behind Ray Serve (simulated traffic)", serve_and_drive,
+        str(out / "bundle"), out / "serve", prof.shadow_hours, args.seed, address=args.address,
+        num_cpus=args.num_cpus,
+    )  # fmt: skip
     criteria = success_criteria(results)
     return {
         "profile": args.profile, "settings": asdict(prof), "seed": args.seed, "out": str(out),
         "stage_s": stages.timings, "dataset": dataset_summary(manifest),
-        "forward_model": fwd, "model_based": model_based, "bc": bc, "cql": cql, "bundle": str(out / "bundle"),
+        "configs": {k: str(v) for k, v in configs.items()},
+        "forward_model": fwd, "model_based": model_based, "bc": bc, "cql": cql,
+        "promotion": promotion, "shipped": shipped, "bundle": str(out / "bundle"),
         "shadow": shadow, "metrics": results, "criteria": criteria,
     }

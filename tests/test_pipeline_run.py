@@ -1,0 +1,51 @@
+"""``gridrl pipeline --profile tiny``: the main job itself, every stage at its smallest, end to end.
+
+It runs as the user runs it (a subprocess, an embedded local Ray on 2 CPUs) and checks what the job promises:
+a line per stage, the ``shipped`` record in the last JSON line and in report.json, a bundle of the shipped
+controller (``controller: pi`` when the rule refused the policy, ``onnx`` when it promoted it) and a shadow
+run that served that bundle. Slow: 90 s on 2 cores at load 3, 140 s at load 6 (Ray, two RLlib algorithms,
+the forward model's Tune trial and Ray Serve start; the stages' own work is seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_ships_what_the_rule_decided(tmp_path):
+    out = tmp_path / "pipe"
+    res = subprocess.run(
+        [sys.executable, "-m", "scripts", "pipeline", "--profile", "tiny", "--out", str(out), "--seed", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:] + (out / "pipeline.log").read_text()[-3000:]
+    progress = [line for line in res.stderr.splitlines() if line.startswith("[pipeline] ")]
+    assert len(progress) == 10 and progress[-1].startswith("[pipeline] 10/10 shadow run of the shipped")
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    report = json.loads((out / "report.json").read_text())
+    shipped = summary["shipped"]
+    assert shipped["controller"] in ("policy", "pi") and shipped["reason"]
+    assert report["shipped"]["controller"] == shipped["controller"]
+    assert report["shipped"]["reason"] == shipped["reason"]
+    verdict = report["promotion"]["simulator"]
+    assert verdict["promoted"] is (shipped["controller"] == "policy")
+    assert shipped["reason"].startswith(verdict["reason"]) and "validation day" in shipped["reason"]
+    assert f"shipped: {'the CQL policy' if verdict['promoted'] else 'the PI'}: " in res.stdout
+    assert len(verdict["cases"]) == report["settings"]["promotion_days"]
+    # the forward model's verdict, for information, carries its trust: a one-iteration model is not trusted
+    assert report["promotion"]["forward_model"]["trust"] < 1.0
+    assert all(m["trust"] < 1.0 for n, m in report["model_based"].items() if n != "logged_pi")
+    # the bundle is the shipped controller's, and the shadow stage served that bundle
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["controller"] == ("onnx" if shipped["controller"] == "policy" else "pi")
+    control = json.loads((out / "serve" / "control.json").read_text())
+    assert Path(control["bundle"]).resolve() == (out / "bundle").resolve() and control["mode"] == "shadow"
+    assert report["shadow"]["traffic"]["ok"] == report["shadow"]["traffic"]["requests"] > 0
