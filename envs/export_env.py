@@ -11,6 +11,7 @@ from gymnasium.utils import seeding
 
 from envs.actions import N_ACTIONS, to_watts
 from envs.config import from_mapping
+from envs.controllers import PIController
 from envs.profiles import DAY_S, SCENARIOS, DayProfile, day_profile
 from envs.reward import RewardWeights
 from envs.simulator import (
@@ -59,6 +60,13 @@ class ExportEnvConfig:
     envs/site_sampler.py (PV, latitude, devices' phases and sizes, loads, link; same devices and action
     bound), so a policy learns sites, not one site. The vector env splits its members into N groups, one
     drawn site each (one simulator kernel call per group and step)."""
+    warm_start: str = "none"
+    """Where a window starts from. 'none': slaves off, tanks near their configured fill, the EV with its
+    whole demand, whatever the hour. 'pi': the state the site's PI leaves at the window start: the day is
+    simulated from 00:00 under the PI (envs/controllers.py) and the episode takes over at ``start_s``, so an
+    afternoon window starts with the tanks and the EV as a day of control left them (and the headroom
+    features counted from midnight). Costs the simulation of the hours before the window at each reset.
+    In the vector env the members of a group share the group's first member's window start."""
 
     def __post_init__(self) -> None:
         if not 60 <= self.episode_s <= DAY_S:
@@ -71,6 +79,8 @@ class ExportEnvConfig:
             raise ValueError(f"day_of_year: must be within [1, 365], got {self.day_of_year}")
         if self.site_draws < 0:
             raise ValueError(f"site_draws: must be >= 0, got {self.site_draws}")
+        if self.warm_start not in ("none", "pi"):
+            raise ValueError(f"warm_start: must be 'none' or 'pi', got {self.warm_start!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, source: str = "env_config") -> ExportEnvConfig:
@@ -100,6 +110,37 @@ class ExportEnvConfig:
         return day, Window(start, self.episode_s)
 
 
+def start_episodes(
+    batches: list[tuple[Simulator, list[DayProfile], list[Window], list]], warm_start: str
+) -> list[np.ndarray]:
+    """Reset each ``(sim, days, windows, rngs)`` and return their first observations ((B, F) each).
+
+    With ``warm_start='pi'`` each day runs from 00:00 under the PI up to its window start (shared by the
+    members of one simulator), so the episode's first state is the one the PI left; ``sim.done`` comes
+    after the window's ``length_s`` steps either way. The simulators' mornings are stepped together, one
+    PI call for all of them per second (the PI is vectorised; its cost is per call, not per row).
+    """
+    if warm_start == "none":
+        return [sim.reset(days, windows, rngs) for sim, days, windows, rngs in batches]
+    starts = [windows[0].start_s for _, _, windows, _ in batches]
+    obs = []
+    for (sim, days, windows, rngs), start in zip(batches, starts, strict=True):
+        if any(w.start_s != start for w in windows):
+            raise ValueError("warm_start='pi': the members of one simulator must share the window start")
+        obs.append(sim.reset(days, [Window(0, start + w.length_s) for w in windows], rngs))
+    rows = np.cumsum([0] + [len(o) for o in obs])
+    pi = PIController()
+    pi.reset(int(rows[-1]))
+    state = np.concatenate(obs)
+    for t in range(max(starts)):
+        targets = pi.act(state)
+        for k, (sim, *_) in enumerate(batches):
+            if t < starts[k]:
+                sim.step(targets[rows[k] : rows[k + 1]])
+                state[rows[k] : rows[k + 1]] = sim.obs
+    return [state[rows[k] : rows[k + 1]].copy() for k in range(len(batches))]
+
+
 class ExportControlEnv(gym.Env):
     """PV export control over a delayed Zigbee link.
 
@@ -118,11 +159,12 @@ class ExportControlEnv(gym.Env):
     are clipped (NaN -> 0 W) and counted as safety violations in ``info``.
 
     ## Observation Space
-    ``Box((30,), float32)``: the state vector of envs/state_spec.py (index, name, unit, bounds in
+    ``Box((N_FEATURES,), float32)``: the state vector of envs/state_spec.py (index, name, unit, bounds in
     ``FEATURES``): per-phase export and PV meter readings (W, held when missing), their totals, meter
     age (s), 10 s / 60 s export means, 1 s / 5 s export deltas and the 5 s PV delta (W), the previous
     targets, acknowledged commands and available power per phase (W), setpoint and export error (W),
-    phase imbalance (W), and sin/cos of the time of day and day of year.
+    phase imbalance (W), sin/cos of the solar time and of the day of year, clear-sky irradiance (now, next
+    hour, rest of the day) and per phase how long power has been available and the energy sent since.
 
     ## Rewards
     See envs/reward.py: ``-(w_export * net export kW + w_import * controlled import kW
@@ -130,7 +172,8 @@ class ExportControlEnv(gym.Env):
 
     ## Starting State
     A day is drawn from the scenario (weather, appliance events, hot water, EV session), then a window
-    of ``episode_s`` seconds in it; slaves start off, the water tank near its configured fill.
+    of ``episode_s`` seconds in it; slaves start off, the water tank near its configured fill, or, with
+    ``warm_start='pi'``, as the PI left them after controlling the day up to the window.
 
     ## Episode End
     Never terminates; truncates at the end of the window (``episode_s`` steps).
@@ -173,7 +216,7 @@ class ExportControlEnv(gym.Env):
             self.sim = Simulator(self.site, self.config.reward.as_array(), self.config.perfect_link,
                                  self.config.record_events)  # fmt: skip
         self.day, self.window = self.config.draw_episode(self.np_random, self.site)
-        obs = self.sim.reset([self.day], [self.window], [self.np_random])
+        (obs,) = start_episodes([(self.sim, [self.day], [self.window], [self.np_random])], self.config.warm_start)
         info = {"scenario": self.day.scenario, "day_of_year": self.day.day_of_year, "start_s": self.window.start_s}
         return obs[0].astype(np.float32), info
 
@@ -232,6 +275,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         if seed is not None or not self._rngs:  # member i draws as ExportControlEnv reset with seed + i
             seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
             self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        batches = []
         for g, members in enumerate(self._groups):
             rngs = self._rngs[members]
             if self.config.site_draws:  # the group's site, drawn from its first member's generator
@@ -240,7 +284,12 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
                 self._sims[g] = Simulator(site, weights, self.config.perfect_link, False)
             sim = self._sims[g]
             drawn = [self.config.draw_episode(rng, sim.site) for rng in rngs]
-            self._obs[members] = sim.reset([d for d, _ in drawn], [w for _, w in drawn], rngs)
+            windows = [w for _, w in drawn]
+            if self.config.warm_start != "none":  # the group shares its first member's window start
+                windows = [Window(windows[0].start_s, w.length_s) for w in windows]
+            batches.append((sim, [d for d, _ in drawn], windows, rngs))
+        for members, obs in zip(self._groups, start_episodes(batches, self.config.warm_start), strict=True):
+            self._obs[members] = obs
         self._needs_reset = False
         return self._obs.copy(), {}
 

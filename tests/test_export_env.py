@@ -207,3 +207,39 @@ def test_missing_site_file_and_missing_field(tmp_path):
     path.write_text("name: x\nlatitude_deg: 10\npv: []\n")
     with pytest.raises(ConfigError, match=r"s.yaml: field 'slaves': required"):
         load_site(path)
+
+
+def test_warm_start_begins_where_the_pi_left_the_day():
+    """warm_start='pi': an afternoon window starts from the day the PI controlled since midnight (tanks
+    taken, energy counted), the same as stepping the PI through the morning by hand; same seed, same start."""
+    from envs.controllers import PIController
+    from envs.state_spec import FEAT
+
+    kw = dict(scenario="clear", episode_s=600, start_s=13 * 3600, day_of_year=172)
+    warm = ExportControlEnv(ExportEnvConfig(**kw, warm_start="pi"))
+    cold = ExportControlEnv(ExportEnvConfig(**kw))
+    o_warm, _ = warm.reset(seed=5)
+    o_cold, _ = cold.reset(seed=5)
+    assert np.array_equal(o_warm, warm.reset(seed=5)[0])
+    kwh = [FEAT[f"acked_kwh_since_available_l{p}"] for p in (1, 2, 3)]
+    assert o_cold[kwh].sum() == 0 and o_warm[kwh].sum() > 1.0, "the morning's energy is in the warm state"
+    # by hand: the whole day from 00:00 under the PI, read at 13:00
+    day = ExportControlEnv(ExportEnvConfig(**{**kw, "episode_s": 13 * 3600 + 600, "start_s": 0}))
+    obs, _ = day.reset(seed=5)
+    pi = PIController()
+    for _ in range(13 * 3600):
+        obs, *_ = day.step(_to_unit(pi.act(obs), day.max_power_w))
+    np.testing.assert_allclose(o_warm, obs, rtol=1e-5, atol=1e-3)
+    for _ in range(600):  # and the episode still lasts episode_s steps
+        *_, truncated, _ = warm.step(np.zeros(3, np.float32))
+    assert truncated
+    # the vector env: a group shares its window start
+    vec = ExportControlVectorEnv(4, ExportEnvConfig(**{**kw, "start_s": None}, warm_start="pi"))
+    obs4, _ = vec.reset(seed=1)
+    assert len({round(float(t), 3) for t in obs4[:, FEAT["solar_time_sin"]]}) == 1
+
+
+def _to_unit(targets_w: np.ndarray, max_w: float) -> np.ndarray:
+    from envs.actions import to_unit
+
+    return to_unit(targets_w, max_w)[0].astype(np.float64)
