@@ -9,7 +9,7 @@ Observation modes (``observations`` in the config):
 - ``normalized`` (default): CityLearn's recommended normalisation, i.e. exactly what its
   ``NormalizedObservationWrapper`` returns (hour, day type and month as cos/sin, every other value min-max
   scaled by CityLearn's observation limits), computed vectorised from the raw vector (about twice as fast
-  as the wrapper), then clipped to [0, 1];
+  as the wrapper) by :class:`envs.citylearn.observations.ObservationEncoder`, then clipped to [0, 1];
 - ``citylearn``: CityLearn's ``NormalizedObservationWrapper`` itself, then clipped to [0, 1] with a Box
   computed once (CityLearn's ``ClippedObservationWrapper`` cannot be stacked on it with gymnasium >= 1.0);
 - ``clipped``: raw values clipped to CityLearn's observation Box.
@@ -42,12 +42,12 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 
+from envs.citylearn.observations import ObservationEncoder
 from envs.config import ConfigError, from_mapping, to_mapping
 
 ENV_NAME = "gridrl-citylearn"
 GYM_ID = "gridrl/CityLearn-v1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PERIODIC = {"hour": 24, "day_type": 7, "month": 12, "minutes": 59, "seconds": 59}  # CityLearn's x_max
 
 
 @dataclass(frozen=True)
@@ -184,51 +184,6 @@ def episode_windows(config: CityLearnEnvConfig, first: int, last: int, seconds_p
     return windows
 
 
-class _FastNormalizer:
-    """CityLearn's periodic + min-max normalisation of the central raw vector, vectorised.
-
-    Built once from the env's buildings; the output order and values equal those of
-    ``citylearn.wrappers.NormalizedObservationWrapper`` (tests check this on two schemas).
-    """
-
-    def __init__(self, env: Any) -> None:
-        entries: list[tuple[int, str]] = []
-        seen: set[str] = set()
-        shared = set(env.shared_observations)
-        for i, b in enumerate(env.buildings):
-            for k in b.observations(normalize=False, periodic_normalization=False):
-                if i == 0 or k not in shared or k not in seen:
-                    entries.append((i, k))
-                    seen.add(k)
-        names = env.observation_names[0]
-        if [k for _, k in entries] != list(names):
-            raise RuntimeError("CityLearn observation order changed; use observations: citylearn")
-        src, kind, xmax, lo, hi, self.names = [], [], [], [], [], []
-        for j, (i, k) in enumerate(entries):
-            low, high = env.buildings[i].periodic_normalized_observation_space_limits
-            parts = [(f"{k}_cos", 1), (f"{k}_sin", 2)] if k in PERIODIC else [(k, 0)]
-            for name, kd in parts:
-                src.append(j)
-                kind.append(kd)
-                xmax.append(PERIODIC.get(k, 1))
-                lo.append(float(low[name]))
-                hi.append(float(high[name]))
-                self.names.append(name)
-        self.src = np.asarray(src)
-        self.kind = np.asarray(kind)
-        self.angle = 2 * np.pi / np.asarray(xmax, dtype=np.float64)
-        self.lo = np.asarray(lo)
-        span = np.asarray(hi) - self.lo
-        self.inv_span = np.where(span != 0, 1.0 / np.where(span != 0, span, 1.0), 0.0)
-
-    def __call__(self, raw: np.ndarray) -> np.ndarray:
-        x = np.asarray(raw, dtype=np.float64)[self.src]
-        v = np.where(
-            self.kind == 0, x, np.where(self.kind == 1, np.cos(x * self.angle), np.sin(x * self.angle))
-        )
-        return np.clip((v - self.lo) * self.inv_span, 0.0, 1.0).astype(np.float32)
-
-
 def _find_wrapper(env: Any, cls: type) -> Any:
     while not isinstance(env, cls):
         env = env.env
@@ -314,12 +269,13 @@ class CityLearnRLlibEnv(gym.Env):
         if hasattr(reward, "calibrate"):
             reward.calibrate(self.citylearn)
         self.action_space = gym.spaces.Box(-1.0, 1.0, self._inner.action_space.shape, np.float32)
-        self._normalizer: _FastNormalizer | None = None
+        self.encoder: ObservationEncoder | None = None
+        """Raw observation -> this env's observation (None in ``citylearn`` mode); a bundle carries it."""
         if self.config.observations == "normalized":
-            self._normalizer = _FastNormalizer(self.citylearn)
-            n = len(self._normalizer.names)
+            self.encoder = ObservationEncoder.from_env(self.citylearn, "normalized")
+            n = self.encoder.n
             self.observation_space = gym.spaces.Box(0.0, 1.0, (n,), np.float32)
-            self.observation_names = list(self._normalizer.names)
+            self.observation_names = list(self.encoder.names)
         elif self.config.observations == "citylearn":
             n = self._inner.observation_space.shape[0]
             self.observation_space = gym.spaces.Box(0.0, 1.0, (n,), np.float32)
@@ -330,6 +286,7 @@ class CityLearnRLlibEnv(gym.Env):
             box = self.citylearn.observation_space[0]
             self.observation_space = gym.spaces.Box(box.low, box.high, box.shape, np.float32)
             self.observation_names = list(self.citylearn.observation_names[0])
+            self.encoder = ObservationEncoder.from_env(self.citylearn, "clipped")
         self.action_names = list(self.citylearn.action_names[0])
         self.devices = None
         if self.config.action_mode == "rbc_residual":
@@ -338,9 +295,9 @@ class CityLearnRLlibEnv(gym.Env):
             self.devices = DeviceTable.from_env(self.citylearn)
 
     def _obs(self, raw: np.ndarray) -> np.ndarray:
-        if self._normalizer is not None:
-            return self._normalizer(raw)
-        box = self.observation_space
+        if self.encoder is not None:
+            return self.encoder(raw)
+        box = self.observation_space  # citylearn mode: scaled by CityLearn's wrapper, clipped here
         return np.clip(np.asarray(raw, dtype=np.float32), box.low, box.high)
 
     def _info(self) -> dict[str, Any]:
