@@ -193,11 +193,57 @@ class Decision:
 
 
 @dataclass
-class _Timers:
+class Timers:
+    """A wrapper's memory of time: its timed fallback, an anomaly's start, late answers in a row."""
+
     fallback_until: float = -np.inf
     anomaly_since: float | None = None
     late: int = 0
     reasons: list[str] = field(default_factory=list)
+
+    def fall_back(self, now: float, duration_s: float, reason: str) -> None:
+        """Fall back until ``now + duration_s`` (never shortening a running fallback), recording why."""
+        until = now + duration_s
+        if until > self.fallback_until:
+            self.fallback_until = until
+        self.reasons.append(reason)
+
+
+def call_policy(
+    policy: Callable[[np.ndarray], Any],
+    x: np.ndarray,
+    n_actions: int,
+    limits: Any,
+    timers: Timers,
+    timer: Callable[[], float],
+    fired: list[str],
+) -> tuple[np.ndarray | None, float]:
+    """Call ``policy(x)``, timed and caught: ``(its action clipped to [-1, 1], seconds)``, or ``(None, s)``
+    with the check that fired appended to ``fired`` (policy_error, policy_late, policy_deadline,
+    policy_output: see the module docstring). ``limits`` has ``policy_deadline_s``, ``deadline_misses`` and
+    ``output_tolerance`` (:class:`SafetyLimits`, or another domain's limits: serve/citylearn_safety.py)."""
+    t0 = timer()
+    try:
+        out = policy(x)
+    except Exception:  # noqa: BLE001 - any failure of the policy is a violation, never a crash
+        fired.append("policy_error")
+        return None, float(timer() - t0)
+    elapsed = float(timer() - t0)
+    if not elapsed <= limits.policy_deadline_s:
+        timers.late += 1
+        fired.append("policy_deadline" if timers.late >= limits.deadline_misses else "policy_late")
+        return None, elapsed
+    timers.late = 0
+    try:
+        a = np.asarray(out, dtype=np.float64)
+        ok = a.size == n_actions and a.ndim <= 2
+    except Exception:  # noqa: BLE001 - an output that is not numbers is a wrong output
+        a, ok = np.full(n_actions, np.nan), False
+    tol = 1.0 + limits.output_tolerance
+    if not ok or not np.all(np.abs(a) <= tol):  # also False for NaN
+        fired.append("policy_output")
+        return None, elapsed
+    return np.minimum(np.maximum(a.reshape(n_actions), -1.0), 1.0), elapsed
 
 
 class SafetyWrapper:
@@ -242,7 +288,7 @@ class SafetyWrapper:
         self.fallback.reset(1)
         if hasattr(self.policy, "reset"):
             self.policy.reset()
-        self.timers = _Timers()
+        self.timers = Timers()
         self.last_w: np.ndarray | None = None
 
     @property
@@ -321,30 +367,7 @@ class SafetyWrapper:
         return to_watts(to_unit(w, self.max_w), self.max_w)  # the env's own path: to_unit, then to_watts
 
     def _call_policy(self, x: np.ndarray, fired: list[str]) -> tuple[np.ndarray | None, float]:
-        t0 = self.timer()
-        try:
-            out = self.policy(x)
-        except Exception:  # noqa: BLE001 - any failure of the policy is a violation, never a crash
-            fired.append("policy_error")
-            return None, float(self.timer() - t0)
-        elapsed = float(self.timer() - t0)
-        if not elapsed <= self.limits.policy_deadline_s:
-            self.timers.late += 1
-            fired.append(
-                "policy_deadline" if self.timers.late >= self.limits.deadline_misses else "policy_late"
-            )
-            return None, elapsed
-        self.timers.late = 0
-        try:
-            a = np.asarray(out, dtype=np.float64)
-            ok = a.size == N_ACTIONS and a.ndim <= 2
-        except Exception:  # noqa: BLE001 - an output that is not numbers is a wrong output
-            a, ok = np.full(N_ACTIONS, np.nan), False
-        tol = 1.0 + self.limits.output_tolerance
-        if not ok or not np.all(np.abs(a) <= tol):  # also False for NaN
-            fired.append("policy_output")
-            return None, elapsed
-        return np.minimum(np.maximum(a.reshape(N_ACTIONS), -1.0), 1.0), elapsed
+        return call_policy(self.policy, x, N_ACTIONS, self.limits, self.timers, self.timer, fired)
 
     def _rate_limit(self, x: np.ndarray, action: np.ndarray, fired: list[str]) -> np.ndarray:
         """Around the last targets sent; after a (re)start, around the previous targets in the state."""
@@ -405,10 +428,7 @@ class SafetyWrapper:
             self.fallback.u[:] = min(float(action.sum()), float(np.sum(x[_AVAIL_L])))
 
     def _fall_back(self, now: float, duration_s: float, reason: str) -> None:
-        until = now + duration_s
-        if until > self.timers.fallback_until:
-            self.timers.fallback_until = until
-        self.timers.reasons.append(reason)
+        self.timers.fall_back(now, duration_s, reason)
 
     def _emit(
         self, action: np.ndarray, source: str, fired: list[str], z_max: float, policy_s: float
