@@ -176,7 +176,7 @@ def _manifest_digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
-def _gridrl_version() -> str:
+def gridrl_version() -> str:
     try:
         from importlib.metadata import version
 
@@ -214,7 +214,7 @@ def base_manifest(
         "name": name,
         "domain": "export",
         "algorithm": algorithm,
-        "gridrl_version": _gridrl_version(),
+        "gridrl_version": gridrl_version(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "state_spec": spec_dict(),
         "normalization": normalizer.to_dict(),
@@ -232,7 +232,7 @@ def base_manifest(
     }
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
+def prepare_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out}: exists and is not empty (pass --force to replace it)")
@@ -266,7 +266,7 @@ def export_baseline(
     site = load_site(site_path)
     limits = _limits(safety, site, safety_source)
     out = Path(out)
-    _prepare_out(out, overwrite)
+    prepare_out(out, overwrite)
     params = to_mapping(PIConfig() if kind == "pi" else RBCConfig())
     manifest = base_manifest(kind, kind, kind.upper(), site, site_path, ObsNormalizer.load(), limits)
     manifest.update(params=params, training=None, onnx=None)
@@ -295,11 +295,14 @@ def _check_spec(path: Path, spec: dict[str, Any]) -> None:
     )
 
 
-def _check_files(root: Path, manifest: dict[str, Any], mpath: Path) -> None:
+def check_files(root: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists is there with its sha256 and size (an ``onnx`` controller's list has
+    policy.onnx); :class:`BundleError` naming the file otherwise."""
+    mpath = root / MANIFEST
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise _fail(mpath, "no 'files' table of hashes")
-    if manifest["controller"] == "onnx" and ONNX_FILE not in files:
+    if manifest.get("controller") == "onnx" and ONNX_FILE not in files:
         raise _fail(mpath, f"controller 'onnx' but {ONNX_FILE} is not listed in 'files'")
     for name, entry in files.items():
         p = root / name
@@ -315,14 +318,17 @@ def _check_files(root: Path, manifest: dict[str, Any], mpath: Path) -> None:
             )
 
 
-def _check_onnx(path: Path, policy: OnnxPolicy, manifest: dict[str, Any]) -> None:
+def verify_onnx(
+    path: Path, policy: OnnxPolicy, manifest: dict[str, Any], n_in: int = N_FEATURES, n_out: int = N_ACTIONS
+) -> None:
+    """The graph maps (B, n_in) -> (B, n_out) and reproduces the manifest's known answers (any domain)."""
     ins, outs = policy.session.get_inputs(), policy.session.get_outputs()
     out_dim = outs[0].shape[-1] if len(outs) == 1 and outs[0].shape else None
-    ok_out = out_dim == N_ACTIONS or isinstance(out_dim, str)  # a symbolic width: the known answers check it
-    if len(ins) != 1 or not ins[0].shape or ins[0].shape[-1] != N_FEATURES or not ok_out:
+    ok_out = out_dim == n_out or isinstance(out_dim, str)  # a symbolic width: the known answers check it
+    if len(ins) != 1 or not ins[0].shape or ins[0].shape[-1] != n_in or not ok_out:
         raise _fail(
             path,
-            f"graph must map (B, {N_FEATURES}) -> (B, {N_ACTIONS}); got "
+            f"graph must map (B, {n_in}) -> (B, {n_out}); got "
             f"{[i.shape for i in ins]} -> {[o.shape for o in outs]}",
         )
     known = (manifest.get("onnx") or {}).get("known_answers") or {}
@@ -338,8 +344,10 @@ def _check_onnx(path: Path, policy: OnnxPolicy, manifest: dict[str, Any]) -> Non
         )
 
 
-def load_bundle(path: str | Path, check_onnx: bool = True) -> Bundle:
-    """Load and verify a bundle directory (or its manifest.json); :class:`BundleError` on any mismatch."""
+def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``(bundle folder, manifest)`` of the bundle at ``path`` (its folder or its manifest.json), with the
+    checks every domain shares on the manifest itself: readable JSON, the format, its own sha256.
+    :func:`check_files` checks the files it lists. :class:`BundleError` naming the file otherwise."""
     root = Path(path)
     if root.is_file() and root.name == MANIFEST:
         root = root.parent
@@ -358,10 +366,24 @@ def load_bundle(path: str | Path, check_onnx: bool = True) -> Bundle:
         )
     if manifest.get("manifest_sha256") != _manifest_digest(manifest):
         raise _fail(mpath, "manifest_sha256 mismatch: the manifest was edited after export")
+    return root, manifest
+
+
+def load_bundle(path: str | Path, check_onnx: bool = True) -> Bundle:
+    """Load and verify an export-domain bundle directory (or its manifest.json); :class:`BundleError` on
+    any mismatch. Other domains' bundles load through serve/domains.py ``load_runtime``."""
+    root, manifest = read_manifest(path)
+    mpath = root / MANIFEST
+    if manifest.get("domain", "export") != "export":
+        raise _fail(
+            mpath,
+            f"a {manifest.get('domain')!r} bundle, not an export-domain one (serve/domains.py load_runtime "
+            "loads any domain's bundles)",
+        )
     if manifest.get("controller") not in CONTROLLERS:
         raise _fail(mpath, f"controller {manifest.get('controller')!r} is not one of {CONTROLLERS}")
     _check_spec(mpath, manifest.get("state_spec") or {})
-    _check_files(root, manifest, mpath)
+    check_files(root, manifest)
     try:
         normalizer = ObsNormalizer.from_dict(
             manifest.get("normalization") or {}, source=f"{mpath}: normalization"
@@ -374,7 +396,7 @@ def load_bundle(path: str | Path, check_onnx: bool = True) -> Bundle:
     bundle = Bundle(root, manifest, normalizer, limits)
     if manifest["controller"] == "onnx":
         if check_onnx:
-            _check_onnx(root / ONNX_FILE, bundle.make_policy(), manifest)
+            verify_onnx(root / ONNX_FILE, bundle.make_policy(), manifest)
     else:
         try:
             bundle.make_policy()
@@ -407,6 +429,47 @@ def training_metrics(checkpoint: Path) -> dict[str, Any]:
     return summary_metrics(before[-1]) if before else {}
 
 
+def export_onnx(net: Any, out: Path, z: np.ndarray, source: Path, seed: int) -> dict[str, Any]:
+    """Write ``net`` (:func:`rllib_configs.policy.deterministic_module`: (B, F) -> (B, A)) as
+    ``out/policy.onnx`` and check it: ONNX and torch agree within :data:`PARITY_TOL` on the inputs ``z``
+    (B, F), else ``out`` is deleted and RuntimeError names ``source``. Returns the manifest's ``onnx``
+    section (file, names, opset, how the action is made deterministic, parity, known answers). Any
+    domain's exporter calls it (serve/citylearn_bundle.py too)."""
+    import torch
+
+    onnx_path = out / ONNX_FILE
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, z.shape[1]),),
+        str(onnx_path),
+        input_names=["obs"],
+        output_names=["action"],
+        dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    with torch.no_grad():
+        want = net(torch.as_tensor(z)).numpy().astype(np.float64)
+    got = OnnxPolicy(onnx_path, None).run_normalised(z)
+    diff = float(np.max(np.abs(got - want)))
+    if not diff <= PARITY_TOL:
+        shutil.rmtree(out)
+        raise RuntimeError(
+            f"{source}: ONNX and torch actions differ by {diff:.3g} > {PARITY_TOL} on {len(z)} states"
+        )
+    return {
+        "file": ONNX_FILE,
+        "input": "obs",
+        "output": "action",
+        "opset": OPSET,
+        "deterministic": {"TorchDiagGaussian": "mean", "TorchSquashedGaussian": "tanh(mean)"}.get(
+            net.kind, "identity"
+        ),
+        "parity": {"states": len(z), "seed": seed, "max_abs_diff": diff, "tolerance": PARITY_TOL},
+        "known_answers": {"inputs": z[:8].tolist(), "outputs": got[:8].tolist()},
+    }
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out: str | Path,
@@ -417,61 +480,28 @@ def export_checkpoint(
     n_parity: int = 1000,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Export an RLlib checkpoint of the export domain to a bundle; refuses if ONNX/torch parity fails."""
-    import torch
-
+    """Export an RLlib checkpoint of the export domain to a bundle; refuses if ONNX/torch parity fails.
+    (serve/domains.py ``export_checkpoint`` picks the exporter of a checkpoint's domain.)"""
     from rllib_configs.policy import load_policy
 
     ckpt = Path(checkpoint)
     policy = load_policy(ckpt)
     info = policy.info
     if info.get("domain") != "export":
-        raise ValueError(f"{ckpt}: domain {info.get('domain')!r}; only export-domain policies make bundles")
+        raise ValueError(f"{ckpt}: a {info.get('domain')!r} run; this exporter takes export-domain runs")
     env_config = info.get("env_config") or {}
     site_path = env_config.get("site")
     site = load_site(site_path)
     limits = _limits(safety, site, safety_source)
     out = Path(out)
-    _prepare_out(out, overwrite)
-    net = policy.net
-    onnx_path = out / ONNX_FILE
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, N_FEATURES),),
-        str(onnx_path),
-        input_names=["obs"],
-        output_names=["action"],
-        dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    prepare_out(out, overwrite)
     normalizer = policy.normalizer or ObsNormalizer.load()
-    z = parity_states(n_parity, seed)
-    with torch.no_grad():
-        want = net(torch.as_tensor(z)).numpy().astype(np.float64)
-    got = OnnxPolicy(onnx_path, None).run_normalised(z)
-    diff = float(np.max(np.abs(got - want)))
-    if not diff <= PARITY_TOL:
-        shutil.rmtree(out)
-        raise RuntimeError(
-            f"{ckpt}: ONNX and torch actions differ by {diff:.3g} > {PARITY_TOL} on {n_parity} states"
-        )
+    onnx = export_onnx(policy.net, out, parity_states(n_parity, seed), ckpt, seed)
     manifest = base_manifest(
         "onnx", "policy", str(info.get("algorithm")), site, site_path, normalizer, limits
     )
     manifest["params"] = None
-    manifest["onnx"] = {
-        "file": ONNX_FILE,
-        "input": "obs",
-        "output": "action",
-        "opset": OPSET,
-        "input_normalised": policy.normalizer is not None,
-        "deterministic": {"TorchDiagGaussian": "mean", "TorchSquashedGaussian": "tanh(mean)"}.get(
-            net.kind, "identity"
-        ),
-        "parity": {"states": n_parity, "seed": seed, "max_abs_diff": diff, "tolerance": PARITY_TOL},
-        "known_answers": {"inputs": z[:8].tolist(), "outputs": got[:8].tolist()},
-    }
+    manifest["onnx"] = {**onnx, "input_normalised": policy.normalizer is not None}
     manifest["training"] = {
         "checkpoint": str(ckpt.resolve()),
         "seed": info.get("seed"),
