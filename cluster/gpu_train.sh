@@ -19,14 +19,27 @@ bash "$(dirname "${BASH_SOURCE[0]}")/gpu_machine.sh" install
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 mkdir -p "$out"
 nproc > "$out/machine.txt"; uptime >> "$out/machine.txt"; nvidia-smi -L >> "$out/machine.txt" 2>&1 || true
+# One iteration = one fragment from every runner: RLlib refuses a train batch that the runners' fragments
+# cannot make, so the batch is set to RUNNERS x envs per runner x fragment in a copy of the config.
+derived=/tmp/gpu_train_config.yaml
+name=gpu_$(date +%s)  # a new run each call: a warm machine keeps /tmp/gpu_runs
+python3 - "$config" "$runners" "$derived" <<'PY'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+er = cfg.get("env_runners", {})
+batch = int(sys.argv[2]) * er.get("num_envs_per_env_runner", 1) * er.get("rollout_fragment_length", 200)
+cfg.setdefault("training", {})["train_batch_size_per_learner"] = batch
+yaml.safe_dump(cfg, open(sys.argv[3], "w"), sort_keys=False)
+print(f"train batch {batch} ({sys.argv[2]} runners)", file=sys.stderr)
+PY
 # The last stdout line is the JSON summary with the checkpoint (gridrl train's contract).
-python3 -m scripts train --config "$config" --time-budget "$seconds" --seed "$seed" \
-  --num-env-runners "$runners" --num-cpus "$(nproc)" --storage-path /tmp/gpu_runs --name gpu \
+python3 -m scripts train --config "$derived" --time-budget "$seconds" --seed "$seed" \
+  --num-env-runners "$runners" --num-cpus "$(nproc)" --storage-path /tmp/gpu_runs --name "$name" \
   > "$out/train.out" 2> "$out/train.err" || echo "gridrl train exited $? (see train.err)" >&2
 ckpt=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])['checkpoint'])" \
   "$out/train.out" 2>/dev/null || true)
 if [ -z "$ckpt" ]; then  # no summary line: take the newest checkpoint on disk
-  ckpt=$(ls -d /tmp/gpu_runs/gpu/*/checkpoint_* 2>/dev/null | sort | tail -1)
+  ckpt=$(ls -d /tmp/gpu_runs/"$name"/*/checkpoint_* 2>/dev/null | sort | tail -1)
 fi
 cp -r "$ckpt" "$out/"
 cp "$(dirname "$ckpt")"/params.json "$(dirname "$ckpt")"/progress.csv "$out/" 2>/dev/null || true
