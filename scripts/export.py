@@ -24,31 +24,45 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "checkpoint, BUNDLE/policy.onnx (the deterministic policy). The export checks that ONNX and "
             "torch "
             "actions agree within 1e-5 on --parity-states states and refuses to write a bundle otherwise. "
-            "The last stdout line is JSON: bundle path, controller, files, parity."
+            "A CityLearn run's checkpoint (gridrl citylearn train) makes a CityLearn bundle: observation "
+            "encoding and scaling, per-device action bounds, reward weights and the KPIs of its held-out "
+            "evaluation (serve/citylearn_bundle.py); --controller rbc --schema S, the CityLearn RBC's. "
+            "The last stdout line is JSON: bundle path, domain, controller, files, parity."
         ),
     )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
-        "--checkpoint", help="RLlib checkpoint of an export-domain run (checkpoint_NNNNNN or best/)"
+        "--checkpoint",
+        help="RLlib checkpoint of a training run, export or CityLearn domain (checkpoint_NNNNNN or best/)",
     )
     what.add_argument(
-        "--controller", choices=["pi", "rbc"], help="a baseline instead: the PI or the rule-based controller"
+        "--controller",
+        choices=["pi", "rbc"],
+        help="a baseline instead: the PI or the rule-based controller (with --schema: CityLearn's RBC)",
     )
     p.add_argument("--out", required=True, help="bundle directory to create (written whole, or not at all)")
     p.add_argument(
         "--site",
         default=None,
-        help="baselines: site YAML giving the action bound (default: the shipped site)",
+        help="export-domain baselines: site YAML giving the action bound (default: the shipped site)",
+    )
+    p.add_argument(
+        "--schema",
+        default=None,
+        help="CityLearn: --controller rbc for this CityLearn schema (schema.json, its folder or a dataset "
+        "name): its devices, limits and reward go in the bundle",
     )
     p.add_argument(
         "--safety",
         default=None,
-        help="YAML of safety limits overriding the defaults (serve/safety.py SafetyLimits)",
+        help="YAML of safety limits overriding the defaults (serve/safety.py SafetyLimits; CityLearn: "
+        "serve/citylearn_safety.py CityLearnSafetyLimits)",
     )
     p.add_argument(
         "--metrics",
         default=None,
-        help="evaluation metrics JSON to record in the manifest (e.g. gridrl evaluate's)",
+        help="evaluation metrics JSON to record in the manifest (e.g. gridrl evaluate's; CityLearn: a "
+        "kpis.json of gridrl citylearn evaluate, also for --controller rbc)",
     )
     p.add_argument("--seed", type=SEED, default=0, help="seed of the parity states (default 0)")
     p.add_argument(
@@ -78,33 +92,63 @@ def _read_json(path: str | None, what: str) -> dict | None:
 
 def run(args: argparse.Namespace) -> int:
     from envs.config import load_yaml
-    from serve.bundle import export_baseline, export_checkpoint, load_bundle
+    from serve.bundle import export_baseline
+    from serve.domains import export_checkpoint_bundle, load_runtime
 
-    if args.controller and args.metrics:
-        print("gridrl export: --metrics applies to --checkpoint (a baseline has no evaluation)", file=sys.stderr)
+    citylearn_rbc = args.controller is not None and args.schema is not None
+    if args.schema is not None and args.controller != "rbc":
+        what = (
+            f"--controller {args.controller}"
+            if args.controller
+            else "--checkpoint (the run names its schema)"
+        )
+        print(
+            f"gridrl export: --schema goes with --controller rbc (CityLearn's RBC), not {what}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.controller and args.metrics and not citylearn_rbc:
+        print(
+            "gridrl export: --metrics applies to --checkpoint (a baseline has no evaluation)", file=sys.stderr
+        )
+        return 2
+    if citylearn_rbc and args.site:
+        print("gridrl export: --site is the export domain's; a CityLearn RBC takes --schema", file=sys.stderr)
         return 2
     try:
         safety = load_yaml(args.safety) if args.safety else None
         evaluation = _read_json(args.metrics, "--metrics")
         with staged_output(args.out, BUNDLE_OUTPUT, force=args.force) as tmp:
-            if args.controller:
-                manifest = export_baseline(args.controller, tmp, args.site, safety, args.safety or "safety")
-            else:
-                manifest = export_checkpoint(
-                    args.checkpoint,
+            if citylearn_rbc:
+                from serve.citylearn_bundle import export_citylearn_rbc
+
+                manifest = export_citylearn_rbc(
+                    args.schema,
                     tmp,
                     safety,
                     args.safety or "safety",
                     evaluation,
-                    args.seed,
-                    args.parity_states,
+                    evaluation_source=args.metrics,
                 )
-            load_bundle(tmp)  # what was written must load, before it replaces anything
+            elif args.controller:
+                manifest = export_baseline(args.controller, tmp, args.site, safety, args.safety or "safety")
+            else:
+                manifest = export_checkpoint_bundle(
+                    args.checkpoint,
+                    tmp,
+                    safety=safety,
+                    safety_source=args.safety or "safety",
+                    evaluation=evaluation,
+                    seed=args.seed,
+                    n_parity=args.parity_states,
+                )
+            load_runtime(tmp)  # what was written must load, before it replaces anything
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:  # Output/Config/BundleError
         print(f"gridrl export: {exc}", file=sys.stderr)
         return 2
     summary = {
         "bundle": str(Path(args.out).resolve()),
+        "domain": manifest.get("domain", "export"),
         "controller": manifest["controller"],
         "algorithm": manifest["algorithm"],
         "files": manifest["files"],

@@ -1,14 +1,24 @@
-"""Bundles by domain: how the fleet app (serve/server.py) loads a site's bundle and makes its session.
+"""Bundles by domain: how ``gridrl export`` writes a checkpoint's bundle, and how the fleet app
+(serve/server.py) loads a site's bundle and makes its session.
 
-A bundle's ``manifest.json`` names its ``domain``. The fleet app reads that field and dispatches to the
-loader registered for it here, so every domain's bundles are served by one deployment, each site with
-its own bundle, session and mode. The export domain is registered below. **To add a domain** (CityLearn:
-``serve/citylearn_safety.py``), write a loader and call :func:`register_domain` at import of the module
-that defines it, and add that module to :data:`DOMAIN_MODULES` (imported on first use, so a runtime
-without the domain's dependencies still serves the others)::
+A training run's ``gridrl_run.json`` names its ``domain``, and so does a bundle's ``manifest.json``.
+:func:`export_checkpoint_bundle` reads the run's and calls the exporter registered for it; the fleet app
+reads the manifest's and dispatches to the loader registered for it (:func:`load_runtime`), so every
+domain's bundles are served by one deployment, each site with its own bundle, session and mode. The export
+domain is registered below; CityLearn in serve/citylearn_bundle.py (its safety wrapper:
+serve/citylearn_safety.py). **To add a domain**, write a loader (and an exporter) and call
+:func:`register_domain` (and :func:`register_exporter`) at import of the module that defines them, and add
+that module to :data:`DOMAIN_MODULES` (imported on first use, so a runtime without the domain's
+dependencies still serves the others)::
 
-    def load_citylearn(path: str) -> Runtime: ...   # verify the bundle, build what sites share
-    register_domain("citylearn", load_citylearn)
+    def load_citylearn_runtime(path: str) -> Runtime: ...   # verify the bundle, build what sites share
+    register_domain("citylearn", load_citylearn_runtime)
+    register_exporter("citylearn", export_citylearn_checkpoint)  # (checkpoint, out, **options) -> manifest
+
+Exporters take ``(checkpoint, out, safety=None, safety_source=..., evaluation=None, seed=0, n_parity=1000,
+overwrite=False)`` and return the manifest written; each checks ONNX against torch (serve/bundle.py
+``export_onnx``). Every bundle shares the format, the hashes and their checks (serve/bundle.py
+``read_manifest``, ``check_files``, ``write_manifest``).
 
 The interface, kept small:
 
@@ -61,14 +71,43 @@ class Runtime(Protocol):
 
 
 Loader = Callable[[str], Runtime]
+Exporter = Callable[..., dict[str, Any]]
 _LOADERS: dict[str, Loader] = {}
-DOMAIN_MODULES: dict[str, str] = {"export": "serve.domains"}
-"""Domain -> the module that registers its loader (imported on first use)."""
+_EXPORTERS: dict[str, Exporter] = {}
+DOMAIN_MODULES: dict[str, str] = {"export": "serve.domains", "citylearn": "serve.citylearn_bundle"}
+"""Domain -> the module that registers its loader and exporter (imported on first use)."""
 
 
 def register_domain(domain: str, loader: Loader) -> None:
     """Make bundles whose manifest says ``domain`` loadable by the fleet app."""
     _LOADERS[domain] = loader
+
+
+def register_exporter(domain: str, exporter: Exporter) -> None:
+    """Make checkpoints of runs whose ``gridrl_run.json`` says ``domain`` exportable by ``gridrl export``."""
+    _EXPORTERS[domain] = exporter
+
+
+def _import_domain(domain: str) -> None:
+    if domain in DOMAIN_MODULES and (domain not in _LOADERS or domain not in _EXPORTERS):
+        importlib.import_module(DOMAIN_MODULES[domain])
+
+
+def export_checkpoint_bundle(checkpoint: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Write the bundle of a training run's checkpoint with its domain's exporter; returns the manifest.
+
+    Raises:
+        FileNotFoundError: No ``gridrl_run.json`` in the checkpoint or a parent.
+        ValueError: A domain no exporter is registered for (the message names the known ones).
+    """
+    from rllib_configs.policy import find_run_info
+
+    domain = find_run_info(checkpoint).get("domain")
+    _import_domain(str(domain))
+    if domain not in _EXPORTERS:
+        known = sorted(set(_EXPORTERS) | set(DOMAIN_MODULES))
+        raise ValueError(f"{checkpoint}: a run of domain {domain!r}; bundles are made for {', '.join(known)}")
+    return _EXPORTERS[domain](checkpoint, out, **options)
 
 
 def domain_of(path: str | Path) -> str:
@@ -89,8 +128,8 @@ def domain_of(path: str | Path) -> str:
 def load_runtime(path: str | Path) -> Runtime:
     """Load and verify the bundle at ``path`` with its domain's loader."""
     domain = domain_of(path)
-    if domain not in _LOADERS and domain in DOMAIN_MODULES:
-        importlib.import_module(DOMAIN_MODULES[domain])
+    if domain not in _LOADERS:
+        _import_domain(domain)
     if domain not in _LOADERS:
         known = sorted(set(_LOADERS) | set(DOMAIN_MODULES))
         raise BundleError(f"{path}: domain {domain!r} is not served here (known: {', '.join(known)})")
@@ -140,4 +179,11 @@ def load_export(path: str) -> ExportRuntime:
     return ExportRuntime(load_bundle(path))
 
 
+def export_export_checkpoint(checkpoint: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    from serve.bundle import export_checkpoint
+
+    return export_checkpoint(checkpoint, out, **options)
+
+
 register_domain("export", load_export)
+register_exporter("export", export_export_checkpoint)
