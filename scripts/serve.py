@@ -186,8 +186,9 @@ def serve_and_drive(
 
 def run(args: argparse.Namespace) -> int:
     from envs.config import ConfigError
-    from serve.bundle import BundleError, load_bundle
+    from serve.bundle import BundleError
     from serve.config import ServeConfig
+    from serve.domains import load_runtime
 
     serve_args: dict[str, Any] = {"bundle": args.bundle, "mode": args.mode, "rollout_pct": args.rollout_pct}
     if args.config:
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         serve_args["num_replicas"] = args.replicas
     try:
         cfg = ServeConfig.from_args(serve_args, source="gridrl serve")
-        load_bundle(cfg.bundle)  # before starting anything
+        load_runtime(cfg.bundle)  # before starting anything (any domain's bundle: serve/domains.py)
         log_dir = cfg.resolved_log_dir()
         serve_args["log_dir"] = str(log_dir)
         token_file = _token_file(args, log_dir)

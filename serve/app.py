@@ -329,10 +329,10 @@ def build_app(args: dict[str, Any]) -> Application:
     The bundle is verified here, so a deploy with a bad bundle fails at once with the reason. The log
     folder and the admin token's sha256 are resolved here, so every replica uses the same ones.
     """
-    from serve.bundle import load_bundle
+    from serve.domains import load_runtime
 
     cfg = ServeConfig.from_args(args)
-    load_bundle(cfg.bundle)
+    load_runtime(cfg.bundle)  # any domain's bundle (serve/domains.py)
     cfg = replace(cfg, log_dir=str(cfg.resolved_log_dir()), admin_token_sha256=admin_token_digest(cfg))
     return PolicyServer.options(
         num_replicas=cfg.num_replicas,

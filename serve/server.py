@@ -299,8 +299,10 @@ class PolicyService:
             "rolled_back": rolled_back,
             "site_id": site,
             "request_id": key,
-            "spec_version": SPEC_VERSION,
+            "spec_version": getattr(rt, "spec_version", SPEC_VERSION),
         }
+        if getattr(rt, "action_names", None) is not None:  # another domain's actions (serve/domains.py)
+            response["action_names"] = list(rt.action_names)
         if req.request_id is not None:
             self._retries[key] = response
             while len(self._retries) > RETRY_CACHE:
