@@ -57,6 +57,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--log-backups", type=int_at_least(0), default=3, help="rotated decision logs kept (default 3)"
     )
+    p.add_argument(
+        "--schema",
+        default=None,
+        help="CityLearn bundles: the schema to run on (default: the bundle's); --days days from --start-step "
+        "hourly, behind the CityLearn safety wrapper (serve/citylearn_edge.py); the export domain's "
+        "--site, --hours, --start-h, --scenario and --days-of do not apply",
+    )
+    p.add_argument(
+        "--start-step",
+        type=int_at_least(0),
+        default=None,
+        help="CityLearn bundles: first simulated step (default: the first of the bundle's training window)",
+    )
     p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
     p.add_argument("--force", action="store_true", help="replace an earlier `gridrl edge` result at --out")
     return p
@@ -71,8 +84,19 @@ def day_seeds(seed: int, days: int, days_of: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from serve.domains import domain_of
     from serve.edge import run_simulated
 
+    try:
+        domain = domain_of(args.bundle)
+    except ValueError as exc:  # BundleError: no manifest, not JSON
+        print(f"gridrl edge: {exc}", file=sys.stderr)
+        return 2
+    if domain == "citylearn":
+        return _run_citylearn(args)
+    if args.schema is not None or args.start_step is not None:
+        print("gridrl edge: --schema and --start-step are for CityLearn bundles", file=sys.stderr)
+        return 2
     if problem := check_window(args.hours, args.start_h):
         print(f"gridrl edge: {problem}", file=sys.stderr)
         return 2
@@ -94,5 +118,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for name, metrics in results.items():
         print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), file=sys.stderr)
+    print(json.dumps({"out": str(Path(args.out)), **results}))
+    return 0
+
+
+def _run_citylearn(args: argparse.Namespace) -> int:
+    from serve.citylearn_edge import run_citylearn_simulated
+
+    try:
+        with staged_output(args.out, EDGE_OUTPUT, force=args.force) as tmp:
+            results = run_citylearn_simulated(
+                args.bundle, tmp, args.schema, args.start_step, args.days, args.seed
+            )
+    except (ValueError, FileNotFoundError) as exc:  # OutputError, BundleError, ConfigError name the file
+        print(f"gridrl edge: {exc}", file=sys.stderr)
+        return 2
+    for name, kpis in results.items():
+        shown = ("cost_total", "carbon_emissions_kg", "ev_departure_success_ratio", "limit_violations")
+        print(f"{name}: " + ", ".join(f"{k} {kpis.get(k)}" for k in shown), file=sys.stderr)
     print(json.dumps({"out": str(Path(args.out)), **results}))
     return 0
