@@ -51,8 +51,9 @@ def module_path(checkpoint: str | Path) -> Path:
 
     A checkpoint promoted by ``gridrl tune`` (``<storage>/best/<domain>/<algo>/``) holds the algorithm
     checkpoint in its ``checkpoint/`` folder, beside ``gridrl_run.json``: the promoted folder is accepted too.
+    The path is absolute: RLlib reads it through pyarrow, which takes a relative path for a URI.
     """
-    p = Path(checkpoint)
+    p = Path(checkpoint).resolve()
     if (p / MODULE_SUBDIR).is_dir():
         return p / MODULE_SUBDIR
     if (p / "checkpoint" / MODULE_SUBDIR).is_dir():

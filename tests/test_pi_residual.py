@@ -95,3 +95,14 @@ def test_module_spec_errors_name_the_key(tmp_path):
         bad.write_text(CONFIG.read_text().replace(good, wrong))
         with pytest.raises(ConfigError, match=key):
             load_train_config(bad)
+
+
+def test_a_relative_checkpoint_path_is_made_absolute(tmp_path, monkeypatch):
+    """`gridrl benchmark --checkpoint out/run/checkpoint_000001` (relative) used to end in pyarrow's
+    'URI has empty scheme': the module path handed to RLlib is absolute."""
+    from rllib_configs.policy import MODULE_SUBDIR, module_path
+
+    (tmp_path / "run" / "checkpoint_000001" / MODULE_SUBDIR).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    p = module_path("run/checkpoint_000001")
+    assert p.is_absolute() and p == tmp_path / "run" / "checkpoint_000001" / MODULE_SUBDIR
