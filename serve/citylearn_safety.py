@@ -49,8 +49,10 @@ delivers ``energy * efficiency`` to the vehicle): with ``s`` the SoC read this s
 ``P`` the power limit and ``h`` the step in hours, a battery's charge is at most
 ``(1 - s) C / (sqrt(eff) P h)`` and its discharge at most ``(s - s_min) C sqrt(eff) / (P h)``; a vehicle's
 charge at most ``(1 - soc) C / (eff P h)`` (the vehicle's own losses only lower what it stores) and its
-V2G discharge at most ``soc C eff / (P h)``. Those are the limits CityLearn itself would truncate to, so
-the wrapper does not change what a simulated site does, only what a real one is asked to do.
+V2G discharge at most ``soc C eff / (P h)``. Those are the limits CityLearn itself truncates to, at the
+stated efficiencies (CityLearn's change a little with the power): on the 2022 district's first 48 h the
+RBC behind the wrapper costs 0.008 % more than the RBC alone (142.035 against 142.023), with the same EV
+departures, so the wrapper hardly changes what a simulated site does, and bounds what a real one is asked.
 """
 
 from __future__ import annotations
