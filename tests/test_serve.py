@@ -715,6 +715,42 @@ def test_loaded_bundles_stay_within_the_bound(server, tmp_path):
     assert sum(h["bundles"]["evictions"] for h in seen.values()) > 0, "nothing was ever dropped: no test"
 
 
+@pytest.mark.smoke
+def test_a_citylearn_site_is_served_its_bundle_behind_the_citylearn_wrapper(server, tmp_path, shared_dir):
+    """A CityLearn bundle (the RBC of the 2022 district) on one site of the fleet: the raw observation in,
+    the device actions out, within every device's limits; the export domain's sites are not affected."""
+    from envs.citylearn.env import CityLearnRLlibEnv
+    from serve.citylearn_bundle import export_citylearn_rbc, load_citylearn_bundle
+
+    schema = str(shared_dir / "citylearn" / "citylearn_challenge_2022_phase_all_plus_evs")
+    env = CityLearnRLlibEnv({"schema": schema, "end_time_step": 23})
+    export_citylearn_rbc(schema, tmp_path / "citylearn", env=env)
+    bundle = load_citylearn_bundle(tmp_path / "citylearn")
+    r = server.admin("bundle", {"bundle": str(tmp_path / "citylearn"), "site_id": "mall-1", "reason": "cl"})
+    assert r.status_code == 200 and r.json()["model_version"].startswith("rbc:"), r.text
+    assert server.admin("mode", {"mode": "production", "site_id": "mall-1"}).status_code == 200
+    time.sleep(0.5)
+    low, high = bundle.devices.action_bounds()
+    local = bundle.make_wrapper(clock=lambda: 0.0)
+    env.reset(seed=0)
+    for k in range(4):
+        raw = np.asarray(env.citylearn.observations[0], dtype=np.float64)
+        body = {"state": raw.tolist(), "spec_version": bundle.spec_version, "site_id": "mall-1",
+                "time_s": server.time0 + 3600 * k, "request_id": f"mall-1-{k}"}  # fmt: skip
+        r = requests.post(f"{server.url}/act", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        a = np.array(got["action_w"])
+        assert (got["source"], got["spec_version"], got["action_names"]) == (
+            "policy", bundle.spec_version, bundle.action_names)  # fmt: skip
+        assert np.all(a >= low) and np.all(a <= high)
+        np.testing.assert_allclose(a, local.decide(raw).action_w, atol=5e-4)  # the log rounds to 1e-3
+        env.step(a.astype(np.float32))
+    bad = requests.post(f"{server.url}/act", json={**body, "spec_version": SPEC_VERSION}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["spec_version"], bad.text
+    assert server.act(1, "site-a").json()["spec_version"] == SPEC_VERSION
+
+
 # --- the status page, in a real browser
 
 
