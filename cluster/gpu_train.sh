@@ -8,7 +8,10 @@
 # installs Ray (cluster/gpu_machine.sh install), trains `gridrl train --config CONFIG --time-budget SECONDS`
 # with RUNNERS env runners (default 14: 16 cores less the driver and the learner) and the learner on the GPU,
 # then copies the last checkpoint (as a trial folder: checkpoint_NNNNNN/ beside params.json and progress.csv)
-# and the run's gridrl_run.json to $OUT/<config stem>/ (default ./out/gpu_train), for gridrl benchmark / export here.
+# and the run's gridrl_run.json to $OUT/<config stem>/ (default ./out/gpu_train), for gridrl benchmark / export
+# here. Back here: unpack checkpoint_NNNNNN.tgz (the return drops deep folders), then run
+# `python cluster/repickle_numpy1.py checkpoint_NNNNNN` (the device pickles with numpy 2, this venv has 1.26),
+# and pass the checkpoint to gridrl benchmark.
 set -euo pipefail
 config=${1:?usage: bash cluster/gpu_train.sh CONFIG SECONDS [RUNNERS] [SEED]}
 seconds=${2:?usage: bash cluster/gpu_train.sh CONFIG SECONDS [RUNNERS] [SEED]}
