@@ -229,6 +229,26 @@ class Trainer:
         )
         return Path(d)
 
+    def init_from(self, checkpoint: str | Path) -> Path:
+        """Start from another run's model (fine-tuning, ``gridrl retrain``): its weights and the normalisation
+        statistics they were trained with; the optimiser, the learning-rate schedule and the counters start
+        afresh. ``checkpoint`` is a model checkpoint or a run directory (its newest checkpoint). Raises
+        ValueError naming the checkpoint if its network does not fit this config's (another ``model:``)."""
+        from envs.dynamics.model_env import resolve_model_checkpoint
+
+        path = resolve_model_checkpoint(checkpoint)
+        theirs = ForwardModel.load(path, self.device).state_dict()
+        mine = self.model.state_dict()
+        bad = sorted(k for k in set(mine) | set(theirs)
+                     if k not in mine or k not in theirs or mine[k].shape != theirs[k].shape)  # fmt: skip
+        if bad:
+            raise ValueError(
+                f"init_from {path}: its network does not fit this config's model section (differing "
+                f"parameters: {', '.join(bad[:4])}); fine-tune with the config it was trained with"
+            )
+        self.model.load_state_dict(theirs)
+        return path
+
     def restore(self, directory: str | Path) -> None:
         loaded = ForwardModel.load(directory, self.device)
         self.model.load_state_dict(loaded.state_dict())
@@ -240,7 +260,8 @@ class Trainer:
 
 
 def forward_model_trainable(config: dict[str, Any]) -> None:
-    """The Tune function trainable; ``config`` = {spec (ForwardModelSpec dict), seed, stop, checkpoint_every}.
+    """The Tune function trainable; ``config`` = {spec (ForwardModelSpec dict), seed, stop, checkpoint_every,
+    init_from (a model checkpoint to start from, or None)}.
 
     Reports once per iteration; checkpoints every ``checkpoint_every`` iterations and at the last one (the
     trainable knows ``stop`` because function trainables cannot checkpoint at the end on Tune's behalf).
@@ -254,6 +275,8 @@ def forward_model_trainable(config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             trainer.restore(d)
+    elif config.get("init_from"):  # a new run fine-tuning another run's model (a resume restores instead)
+        trainer.init_from(config["init_from"])
     stop = config.get("stop", {})
     every = max(int(config.get("checkpoint_every", 1)), 1)
     t_start = time.time()
@@ -305,11 +328,13 @@ def run_model_training(spec: Any, opts: Any) -> dict[str, Any]:
         forward_model_trainable,
         {"cpu": spec.algo_config.training.num_threads, "gpu": 1 if torch.cuda.is_available() else 0},
     )
+    init_from = opts.init_from or spec.settings.init_from
     param_space = {
         "spec": to_mapping(spec.algo_config),
         "seed": opts.seed,
         "stop": _stop(opts),
         "checkpoint_every": opts.checkpoint_every,
+        "init_from": str(Path(init_from).resolve()) if init_from else None,
     }
     t0 = time.perf_counter()
     if opts.resume:
@@ -329,6 +354,7 @@ def run_model_training(spec: Any, opts: Any) -> dict[str, Any]:
                 "config_yaml": spec.raw,
                 "dataset": str(Path(spec.algo_config.training.dataset).resolve()),
                 "seed": opts.seed,
+                "init_from": param_space["init_from"],
             },
         )
         run_config = tune.RunConfig(

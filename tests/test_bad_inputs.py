@@ -703,6 +703,70 @@ PIPELINE: list[Case] = [
 ]
 
 
+def _retrain(ctx, *extra, bundle=None, logs=None, dataset=None, out=None):
+    """``gridrl retrain`` on the templates: a PI bundle (it records no checkpoint), the raw logs as new logs,
+    their dataset (the default site throughout)."""
+    return [
+        "retrain", "--bundle", str(bundle or ctx.copy("bundle")), "--logs", str(logs or ctx.copy("raw")),
+        "--dataset", str(dataset or ctx.copy("dataset")), "--out", str(out or ctx.home / "rt"), *extra,
+    ]  # fmt: skip
+
+
+def _logs_of_another_site(c: Ctx) -> Path:
+    raw = c.copy("raw", "new_logs")
+    shutil.copyfile(c.t["other_site.yaml"], raw / "site.yaml")
+    return raw
+
+
+def _dataset_built_for_another_site(c: Ctx) -> Path:
+    raw = c.copy("raw", "raw_big")
+    shutil.copyfile(c.t["other_site.yaml"], raw / "site.yaml")
+    build(raw, c.home / "ds_big", BuildConfig(), progress=False)
+    return c.home / "ds_big"
+
+
+RETRAIN: list[Case] = [
+    (
+        "bundle-records-no-checkpoint",
+        lambda c: (_retrain(c), [str(c.home / "bundle" / "manifest.json"), "controller pi",
+                                 "--policy-checkpoint"]),
+    ),
+    (
+        "bundle-not-a-bundle",
+        lambda c: (_retrain(c, bundle=c.folder_of_mine("mine")), ["--bundle", "mine", "manifest.json"]),
+    ),
+    ("logs-missing", lambda c: (_retrain(c, logs=c.home / "nope"), ["--logs", "nope", "not found"])),
+    ("logs-a-dataset", lambda c: (_retrain(c, logs=c.copy("dataset", "d2")), ["d2", "is a gridrl dataset"])),
+    (
+        "logs-of-another-site",
+        lambda c: (_retrain(c, logs=_logs_of_another_site(c)),
+                   ["--logs", "new_logs", "'bigger'", "ds", "'default'"]),
+    ),
+    (
+        "dataset-of-another-site",
+        lambda c: (_retrain(c, dataset=_dataset_built_for_another_site(c)),
+                   ["--dataset", "ds_big", "'bigger'", "bundle", "manifest.json", "max_power_per_phase_w"]),
+    ),
+    (
+        "dataset-not-a-dataset",
+        lambda c: (_retrain(c, dataset=c.folder_of_mine("nods")), ["nods", "not a gridrl dataset"]),
+    ),
+    (
+        "policy-checkpoint-not-a-run",
+        lambda c: (_retrain(c, "--policy-checkpoint", str(c.folder_of_mine("ckpt")),
+                            "--model-checkpoint", str(c.home / "ckpt")),
+                   ["ckpt", "not an RLlib checkpoint", "--policy-checkpoint"]),
+    ),
+    ("policy-set-malformed", lambda c: (_retrain(c, "--policy-set", "lr"), ["--policy-set", "'lr'", "KEY="])),
+    ("out-not-empty", lambda c: (_retrain(c, out=c.folder_of_mine("mine")), ["--out", "mine", "not empty"])),
+    ("out-is-a-file", lambda c: (_retrain(c, out=c.file("r.txt")), ["--out", "r.txt", "is a file"])),
+    (
+        "validation-window-past-midnight",
+        lambda c: (_retrain(c, "--val-start-hour", "23", "--val-hours", "2"),
+                   ["--val-start-hour", "--val-hours"]),
+    ),
+]  # fmt: skip
+
 CITYLEARN: list[Case] = [
     (
         "evaluate-out-is-a-file",
@@ -820,6 +884,7 @@ TABLE = [
         ("benchmark", BENCHMARK),
         ("tune", TUNE),
         ("pipeline", PIPELINE),
+        ("retrain", RETRAIN),
         ("citylearn", CITYLEARN),
         ("serve", SERVE),
     )  # fmt: skip
@@ -847,7 +912,7 @@ def test_the_table_covers_every_command():
     commands = {p.values[0] for p in TABLE}
     assert commands == {
         "simulate", "data-generate", "data-build", "export", "edge", "train", "evaluate", "evaluate-model",
-        "benchmark", "tune", "pipeline", "citylearn", "serve",
+        "benchmark", "tune", "pipeline", "retrain", "citylearn", "serve",
     }  # fmt: skip
     assert len(TABLE) >= 100
 

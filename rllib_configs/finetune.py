@@ -1,0 +1,248 @@
+"""Fine-tuning a trained run on a new dataset: the policy and the forward model from their checkpoints.
+
+``gridrl retrain`` (serve/retrain.py) continues training what a bundle was made from on a dataset that
+holds new logs. Both models go through the one runner (rllib_configs/runner.py ``run_training``), with
+the config their own run was trained with:
+
+* **The config.** A run's ``gridrl_run.json`` holds the YAML it was trained with (``config_yaml``, as
+  written, with its ``${dataset}``): it is written to ``CONFIGS/<name>.yaml`` with ``overrides`` applied
+  (dotted keys, as the pipeline's profiles shrink configs) and loaded with the new dataset. An override of
+  a key the YAML does not have is an error naming the key and the file.
+* **The policy** keeps the normalisation its networks were trained with: the run's statistics (its
+  ``gridrl_run.json``) are written to ``CONFIGS/<name>_normalization.json`` and replace
+  ``${dataset}/normalization.json`` in the YAML (the new dataset's statistics would shift every input
+  of the networks it starts from). It starts from the checkpoint's whole RLModule where the algorithm is
+  the same (CQL's Q networks and their targets too: an actor trained against fresh critics forgets what it
+  knew), else from its policy networks only (``init_policy_from_checkpoint``, as CQL starts from BC).
+  Only offline algorithms are fine-tuned here: a run trained online learned from its simulator, not from
+  logs.
+* **The forward model** starts from its checkpoint's weights and normalisation (``init_from``:
+  rllib_configs/forward_model.py ``Trainer.init_from``); the optimiser and its schedule start afresh.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rllib_configs.algorithms import OFFLINE_ALGORITHMS
+from rllib_configs.policy import RUN_INFO, find_run_info, latest_checkpoint, module_path
+
+DATASET_NORMALIZATION = "${dataset}/normalization.json"
+
+
+class FinetuneError(ValueError):
+    """A checkpoint cannot be fine-tuned (the message names the checkpoint and what is wrong)."""
+
+
+def run_info_of(checkpoint: str | Path, what: str) -> dict[str, Any]:
+    """The ``gridrl_run.json`` of the run ``checkpoint`` belongs to; FinetuneError naming it otherwise."""
+    if not Path(checkpoint).exists():
+        raise FinetuneError(f"{what} {checkpoint}: not found")
+    try:
+        info = find_run_info(checkpoint)
+    except FileNotFoundError as exc:
+        raise FinetuneError(f"{what} {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise FinetuneError(f"{what} {checkpoint}: its {RUN_INFO} cannot be read ({exc})") from exc
+    if not isinstance(info.get("config_yaml"), dict):
+        raise FinetuneError(
+            f"{what} {checkpoint}: its {RUN_INFO} has no config_yaml (the YAML it was trained with)"
+        )
+    return info
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text.strip() else text
+
+
+def parse_overrides(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (dotted keys, YAML values) as a mapping; ValueError naming ``flag``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE with a dotted KEY (training.lr=0.0003)")
+        out[key.strip()] = _parse_value(value)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str) -> dict[str, Any]:
+    """A copy of ``data`` with each dotted key set; KeyError naming the key and ``source`` if absent."""
+    data = json.loads(json.dumps(data))
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            if not isinstance(node, dict) or not isinstance(node.get(key), dict):
+                raise KeyError(f"{source}: no key {dotted} to override")
+            node = node[key]
+        if leaf not in node:
+            raise KeyError(f"{source}: no key {dotted} to override")
+        node[leaf] = value
+    return data
+
+
+def _replace(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str):
+        return new if value == old else value
+    if isinstance(value, list):
+        return [_replace(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace(v, old, new) for k, v in value.items()}
+    return value
+
+
+def init_module_from_checkpoint(algorithm: Any, checkpoint: str, **_: Any) -> None:
+    """``on_algorithm_init`` callback: load a checkpoint's whole RLModule (policy, Q networks, targets)
+    into the algorithm's; every parameter must be there with its shape (the same algorithm and network)."""
+    import torch
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    state = RLModule.from_checkpoint(str(module_path(checkpoint))).state_dict()
+
+    def load(learner: Any) -> int:
+        module = learner.module["default_policy"]
+        own = module.state_dict()
+        bad = sorted(k for k in set(own) | set(state)
+                     if k not in own or k not in state or own[k].shape != state[k].shape)  # fmt: skip
+        if bad:
+            raise ValueError(f"init_from {checkpoint}: the module does not fit this config's: {bad[:4]}")
+        module.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+        return len(state)
+
+    algorithm.learner_group.foreach_learner(load)
+    print(f"[train] initialised the whole module from {checkpoint} ({len(state)} tensors)", flush=True)
+
+
+def _checkpoint_dir(checkpoint: str | Path) -> Path:
+    """An algorithm checkpoint: the path itself, a promoted best/ folder's checkpoint/, or a run's newest."""
+    p = Path(checkpoint)
+    try:
+        module_path(p)
+        return p
+    except FileNotFoundError:
+        try:
+            return latest_checkpoint(p)
+        except FileNotFoundError as exc:
+            raise FinetuneError(f"policy checkpoint {checkpoint}: not an RLlib checkpoint ({exc})") from exc
+
+
+def policy_run(checkpoint: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The algorithm checkpoint to fine-tune and its run's info; FinetuneError unless an offline
+    export-domain run's."""
+    ckpt = _checkpoint_dir(checkpoint)
+    info = run_info_of(ckpt, "policy checkpoint")
+    algorithm = str(info.get("algorithm", "")).upper()
+    if algorithm not in OFFLINE_ALGORITHMS:
+        raise FinetuneError(
+            f"policy checkpoint {ckpt}: a {algorithm or 'unknown'} run ({info.get('config')}); retraining "
+            f"learns from logs, so it fine-tunes offline runs only ({', '.join(OFFLINE_ALGORITHMS)})"
+        )
+    if info.get("domain", "export") != "export":
+        raise FinetuneError(
+            f"policy checkpoint {ckpt}: a {info.get('domain')!r} run, not an export-domain one"
+        )
+    return ckpt, info
+
+
+def model_run(checkpoint: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The forward-model checkpoint to fine-tune and its run's info; FinetuneError otherwise."""
+    from envs.dynamics.model_env import resolve_model_checkpoint
+    from rllib_configs.forward_model import ALGORITHM
+
+    if not Path(checkpoint).exists():
+        raise FinetuneError(f"forward-model checkpoint {checkpoint}: not found")
+    try:
+        ckpt = resolve_model_checkpoint(checkpoint)
+    except FileNotFoundError as exc:
+        raise FinetuneError(f"forward-model checkpoint {exc}") from exc
+    info = run_info_of(ckpt, "forward-model checkpoint")
+    if str(info.get("algorithm", "")).upper() != ALGORITHM:
+        raise FinetuneError(
+            f"forward-model checkpoint {ckpt}: a {info.get('algorithm')} run, not a forward model's"
+        )
+    return ckpt, info
+
+
+def check_overrides(ckpt: Path, info: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """KeyError naming the key and the run's config if an override names a key its YAML lacks."""
+    apply_overrides(info["config_yaml"], overrides, f"{ckpt}'s config ({info.get('config')})")
+
+
+def finetune_policy(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    storage: str | Path,
+    configs: str | Path,
+    iters: int,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    name: str = "policy",
+) -> dict[str, Any]:
+    """Continue training the policy of ``checkpoint`` on ``dataset`` for ``iters`` iterations (module
+    docstring); returns run_training's summary plus ``init_from``, ``init`` ("module" or "policy") and
+    ``config`` (the YAML written)."""
+    from rllib_configs.loader import load_train_config
+    from rllib_configs.runner import RunOptions, run_training
+
+    ckpt, info = policy_run(checkpoint)
+    algorithm = str(info["algorithm"]).upper()
+    configs = Path(configs)
+    configs.mkdir(parents=True, exist_ok=True)
+    raw = json.loads(json.dumps(info["config_yaml"]))
+    # the run's own start (gridrl.init_from: CQL from BC) is not this run's: it starts from ``ckpt``
+    (raw.get("gridrl") or {}).pop("init_from", None)
+    norm = info.get("normalization")
+    if norm:
+        norm_path = configs / f"{name}_normalization.json"
+        norm_path.write_text(json.dumps(norm, indent=1) + "\n")
+        raw = _replace(raw, DATASET_NORMALIZATION, str(norm_path.resolve()))
+    path = configs / f"{name}.yaml"
+    raw = apply_overrides(raw, overrides or {}, f"{ckpt}'s config ({info.get('config')})")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_train_config(path, dataset=str(dataset))
+    same = spec.algorithm == algorithm
+    if same:
+        spec.algo_config.callbacks(
+            on_algorithm_init=functools.partial(init_module_from_checkpoint, checkpoint=str(ckpt))
+        )
+        opts = RunOptions(storage_path=Path(storage), seed=seed, stop_iters=iters, name=name)
+    else:  # another algorithm's checkpoint (an override changed it): its policy networks only
+        opts = RunOptions(
+            storage_path=Path(storage), seed=seed, stop_iters=iters, name=name, init_from=str(ckpt)
+        )
+    summary = run_training(spec, opts)
+    return {**summary, "init_from": str(ckpt.resolve()), "init": "module" if same else "policy",
+            "config": str(path.resolve())}  # fmt: skip
+
+
+def finetune_model(
+    checkpoint: str | Path,
+    dataset: str | Path,
+    storage: str | Path,
+    configs: str | Path,
+    iters: int,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    name: str = "forward_model",
+) -> dict[str, Any]:
+    """Continue training the forward model of ``checkpoint`` (a model checkpoint or its run directory) on
+    ``dataset`` for ``iters`` iterations; returns run_training's summary plus ``init_from`` and ``config``."""
+    from rllib_configs.loader import load_train_config
+    from rllib_configs.runner import RunOptions, run_training
+
+    ckpt, info = model_run(checkpoint)
+    configs = Path(configs)
+    configs.mkdir(parents=True, exist_ok=True)
+    path = configs / f"{name}.yaml"
+    raw = apply_overrides(info["config_yaml"], overrides or {}, f"{ckpt}'s config ({info.get('config')})")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_train_config(path, dataset=str(dataset))
+    opts = RunOptions(storage_path=Path(storage), seed=seed, stop_iters=iters, name=name, init_from=str(ckpt))
+    summary = run_training(spec, opts)
+    return {**summary, "init_from": str(ckpt.resolve()), "config": str(path.resolve())}

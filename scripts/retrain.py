@@ -1,0 +1,229 @@
+"""``gridrl retrain``: a deployed bundle retrained on new logs, shipped only if it beats what runs now.
+
+    gridrl retrain --bundle OLD --logs NEW_LOGS... --dataset D --out DIR [--seed S]
+
+The new logs (raw folders of ``gridrl data generate``, an operator's exports, Serve's shadow or production
+logs ``LOG_DIR/raw/<site_id>``) are merged into the dataset D, built into DIR/dataset (D is left as it
+was); the forward model and the policy are fine-tuned from their previous checkpoints on it (DIR/runs);
+the new policy and the old bundle's controller are judged on the same validation days by the promotion
+rule (envs/promotion.py), in the site's simulator (or, with ``--judge model``, by the fine-tuned forward
+model, whose verdict carries its trust). The new bundle is written to DIR/bundle only if the new policy
+beats the PI by the rule and, where the old bundle is not the PI, the old controller too; otherwise it
+says why, writes no bundle and leaves the old one untouched. DIR/report.json holds the verdicts either way.
+
+Where the checkpoints come from: the old bundle's manifest (``training.checkpoint``, and
+``retrain.forward_model`` for a bundle written by retrain), else the report.json beside the bundle of
+the run that wrote it (``gridrl pipeline``'s OUT/report.json: its CQL policy and forward model, also when
+it shipped the PI), else ``--policy-checkpoint`` / ``--model-checkpoint``, which override both.
+
+Each stage prints one progress line on stderr; then the verdict's checks and ``shipped: ...: why``. The
+last stdout line is JSON, with ``shipped``: ``{"controller": "policy" | "old", "reason", "bundle"}``
+(``policy``: the new bundle in DIR/bundle; ``old``: nothing new, the old bundle stays). What Ray and RLlib
+print goes to DIR/retrain.log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from scripts.flags import HOURS, SEED, START_H, float_in, int_at_least
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from envs.promotion import PromotionConfig
+
+    rule = PromotionConfig()
+    p = sub.add_parser(
+        "retrain",
+        help="retrain a bundle on new logs; ship the new one only if it beats the old by the promotion rule",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--bundle", required=True, help="the bundle deployed now (its folder or manifest.json)")
+    p.add_argument(
+        "--logs", required=True, nargs="+", action="extend", type=Path, metavar="LOGS",
+        help="folder(s) of new raw logs: gridrl data generate's, an operator's, or Serve's "
+             "LOG_DIR/raw/<site_id>",
+    )  # fmt: skip
+    p.add_argument("--dataset", required=True, type=Path, help="the dataset the old policy was trained on")
+    p.add_argument("--out", required=True, type=Path, help="a new (or empty) folder for the run")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the fine-tunes and of the validation days")
+    p.add_argument(
+        "--policy-checkpoint", default=None,
+        help="the policy checkpoint to fine-tune, where the bundle records none (a PI bundle, or one from "
+             "gridrl export): an offline run's (BC, CQL, IQL, MARWIL) checkpoint or run folder",
+    )  # fmt: skip
+    p.add_argument(
+        "--model-checkpoint",
+        default=None,
+        help="the forward-model checkpoint (or its run folder) to fine-tune, where the bundle records none",
+    )
+    p.add_argument(
+        "--policy-iters",
+        type=int_at_least(1),
+        default=2,
+        help="training iterations of the policy's fine-tune (default 2: a laptop's minutes)",
+    )
+    p.add_argument(
+        "--model-iters",
+        type=int_at_least(1),
+        default=1,
+        help="training iterations of the forward model's fine-tune (default 1)",
+    )
+    p.add_argument(
+        "--policy-set", action="append", default=[], metavar="KEY=VALUE",
+        help="change a key of the policy's training YAML (dotted, YAML value), e.g. "
+             "offline_data.dataset_num_iters_per_learner=200; repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a key of the forward model's YAML, e.g. training.steps_per_iter=100; repeatable",
+    )
+    p.add_argument(
+        "--margin-pct", type=float_in(0, 99.999), default=rule.margin_pct,
+        help=f"the rule's margin: the new policy must export at least this %% less than the PI (and than the "
+             f"old controller) on the validation days (default {rule.margin_pct:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--val-days",
+        type=int_at_least(1),
+        default=rule.days,
+        help=f"validation days, one weather after another (default {rule.days})",
+    )
+    p.add_argument(
+        "--val-hours",
+        type=HOURS,
+        default=2.0,
+        help="hours of each validation day (default 2, as the demo pipeline; 24 = whole days)",
+    )
+    p.add_argument(
+        "--val-start-hour",
+        type=START_H,
+        default=11.0,
+        help="local hour each validation window starts (default 11)",
+    )
+    p.add_argument(
+        "--judge", choices=("simulator", "model"), default="simulator",
+        help="who judges: the site's simulator (default), or the fine-tuned forward model (a site without a "
+             "simulator: its verdict carries its trust, and an untrusted verdict promotes nothing)",
+    )  # fmt: skip
+    p.add_argument(
+        "--model-windows",
+        type=int_at_least(1),
+        default=16,
+        help="forward-model judge: logged daylight windows of the validation split (default 16)",
+    )
+    p.add_argument(
+        "--model-horizon-s",
+        type=int_at_least(1),
+        default=120,
+        help="forward-model judge: seconds per window (default 120)",
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (default: embedded local Ray)")
+    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded Ray (default 2)")
+    return p
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from envs.promotion import PromotionConfig
+    from rllib_configs.finetune import parse_overrides
+    from serve.retrain import RetrainConfig
+
+    if args.val_start_hour + args.val_hours > 24:
+        raise ValueError(
+            f"--val-start-hour {args.val_start_hour:g} + --val-hours {args.val_hours:g}: "
+            "the window must fit in a day"
+        )
+    rule = PromotionConfig(margin_pct=args.margin_pct, days=args.val_days, hours=args.val_hours,
+                           start_h=args.val_start_hour, model_windows=args.model_windows,
+                           model_horizon_s=args.model_horizon_s)  # fmt: skip
+    return RetrainConfig(
+        policy_iters=args.policy_iters, model_iters=args.model_iters,
+        policy_overrides=parse_overrides(args.policy_set, "--policy-set"),
+        model_overrides=parse_overrides(args.model_set, "--model-set"),
+        promotion=rule, judge=args.judge, seed=args.seed,
+    )  # fmt: skip
+
+
+def format_verdicts(promotion: dict[str, Any]) -> str:
+    """The rule's checks: the new policy vs the PI, the old controller vs the PI, the new vs the old."""
+    titles = (("new_vs_pi", "new vs PI"), ("old_vs_pi", "old vs PI"), ("new_vs_old", "new vs old"),
+              ("forward_model", "model: new vs PI"))  # fmt: skip
+    cols = [(k, t) for k, t in titles if promotion.get(k)]
+    lines = [f"{'promotion check (' + promotion['judge'] + ')':34s}" + "".join(f"{t:>18s}" for _, t in cols)
+             + "  target"]  # fmt: skip
+    first = promotion[cols[0][0]]
+    for i, row in enumerate(first["checks"]):
+        cells = []
+        for k, _ in cols:
+            r = promotion[k]["checks"][i]
+            cells.append(f"{r['value']:.2f}{'' if r['passed'] else ' NO'}")
+        lines.append(f"{row['check']:34s}" + "".join(f"{c:>18s}" for c in cells) + f"  {row['target']}")
+    yes = {True: "yes", False: "no"}
+    lines.append(f"{'passed':34s}" + "".join(f"{yes[promotion[k]['promoted']]:>18s}" for k, _ in cols))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from envs.outputs import OutputError, OutputKind, check_output
+    from serve.retrain import RetrainError, check_inputs
+
+    out = Path(args.out)
+    try:
+        cfg = _config(args)
+        if out.is_dir() and any(out.iterdir()):
+            raise OutputError(out, "is not empty: choose another --out (a retrain writes a new folder)")
+        out = check_output(out, OutputKind("the results of gridrl retrain", ("report.json",)))
+        inputs = check_inputs(args.bundle, args.logs, args.dataset, args.policy_checkpoint,
+                              args.model_checkpoint, cfg)  # fmt: skip
+    except (RetrainError, OutputError, ValueError) as exc:
+        print(f"gridrl retrain: {exc}", file=sys.stderr)
+        return 2
+    return _run(args, cfg, inputs, out.resolve())
+
+
+def _run(args: argparse.Namespace, cfg: Any, inputs: Any, out: Path) -> int:
+    from scripts.quiet import quiet_console, ray_logs_dir
+    from serve.retrain import Stages, retrain
+
+    t_all = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "retrain.log"
+    with quiet_console(log) as console:
+        import ray
+
+        from cluster.local import init_ray
+
+        try:
+            init_ray(args.address, num_cpus=args.num_cpus, log_to_driver=False)
+            ray_logs = ray_logs_dir()
+            stages = Stages(7 if cfg.judge == "simulator" else 6, stream=console.err)
+            argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "command"]
+            report = retrain(inputs, out, cfg, stages, ["gridrl", "retrain", *argv])
+        except BaseException:
+            console.err.write(f"[retrain] the log of this run: {log}\n")
+            raise
+        finally:
+            ray.shutdown()
+    from rllib_configs.runner import print_summary
+
+    print(format_verdicts(report["promotion"]))
+    shipped = report["shipped"]
+    who = "the retrained policy" if shipped["controller"] == "policy" else "nothing new"
+    print(f"shipped: {who}: {shipped['reason']}")
+    report["wall_s"] = round(time.perf_counter() - t_all, 1)
+    report["logs"] = {"retrain": str(log), "ray": ray_logs}
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print_summary({"report": str(out / "report.json"), "wall_s": report["wall_s"], "shipped": shipped,
+                   "dataset": report["dataset"]["merged"], "days_added": report["dataset"]["days_added"],
+                   "policy": report["policy"]["checkpoint"], "logs": report["logs"],
+                   "forward_model": report["forward_model"]["checkpoint"]})  # fmt: skip
+    return 0
