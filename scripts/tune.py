@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from scripts.flags import SEED, int_at_least
+from scripts.flags import HOURS, SEED, START_H, float_in, int_at_least
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,7 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=(
             "Sample --num-samples trials from the sweep file's search space, run them under its scheduler "
             "(ASHA by default), write results.csv/.parquet and sweep.png, and promote the best checkpoint to "
-            "<storage-path>/best/<domain>/<algo>/ if it beats the one there. The last stdout line is JSON."
+            "<storage-path>/best/<domain>/<algo>/ if it beats the one there. Where it promotes an export "
+            "domain checkpoint, promotion.json records the promotion rule's verdict on its policy against "
+            "the PI (envs/promotion.py, in the simulator, on --rule-days windows; recorded, not enforced). The "
+            "last stdout line is JSON."
         ),
     )
     p.add_argument("--config", required=True, help="sweep file, e.g. tune/export/ppo.yaml")
@@ -31,6 +34,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "stop.training_iteration, and ASHA's max_t with it)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep without rerunning finished trials")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the search and of every trial")
+    p.add_argument("--rule-days", type=int_at_least(1), default=5,
+                   help="promotion rule: validation days the promoted policy is judged on (default 5)")
+    p.add_argument("--rule-hours", type=HOURS, default=0.5,
+                   help="promotion rule: hours of each validation day, from --rule-start-hour (default 0.5: "
+                        "seconds per promotion; 24 = whole days)")
+    p.add_argument("--rule-start-hour", type=START_H, default=11.0,
+                   help="promotion rule: window start (default 11)")
+    p.add_argument("--margin-pct", type=float_in(0, 99.999), default=None,
+                   help="promotion rule: the margin on export against the PI (default 5)")
+    p.add_argument("--no-rule", action="store_true",
+                   help="do not judge the promoted checkpoint by the promotion rule")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
     p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded local Ray (default 2)")
     return p
@@ -55,6 +69,17 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gridrl tune: {exc}", file=sys.stderr)
         return 2
+    rule = None  # the promotion rule's validation days, checked before the sweep runs
+    if not args.no_rule and spec.domain == "export":
+        from envs.promotion import PromotionConfig
+
+        margin = {} if args.margin_pct is None else {"margin_pct": args.margin_pct}
+        try:
+            rule = PromotionConfig(**margin, days=args.rule_days, hours=args.rule_hours,
+                                   start_h=args.rule_start_hour)
+        except ValueError as exc:
+            print(f"gridrl tune: --rule-hours/--rule-start-hour: {exc}", file=sys.stderr)
+            return 2
     if args.stop_iters is not None:
         if args.stop_iters < 1:
             print("gridrl tune: --stop-iters must be >= 1", file=sys.stderr)
@@ -75,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     table = write_table(grid, exp_dir, metric, names)
     best = grid.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
     plot = plot_sweep(grid, exp_dir, metric, best, names)
-    promotion = promote(grid, exp_dir, Path(args.storage_path), spec.domain, spec.algorithm, metric, mode, names)
+    promotion = promote(grid, exp_dir, Path(args.storage_path), spec.domain, spec.algorithm, metric, mode,
+                        names, rule=rule, seed=args.seed)
     errors = sum(1 for r in grid if r.error)
     print_summary({"sweep": str(exp_dir), "trials": len(grid), "errors": errors, "results": str(table),
                    "plot": str(plot), **promotion})

@@ -4,6 +4,12 @@ Promotion copies the best trial's best checkpoint to ``<storage>/best/<domain>/<
 ``promotion.json`` (metric, value, mode, params, the sweep's id and trial) and the run's
 ``gridrl_run.json``, so ``gridrl evaluate`` and ``gridrl export`` take that path. A new best replaces the
 old one only if it is better on the same metric; otherwise it says so and leaves the old one.
+
+Where it promotes an export-domain checkpoint, ``promotion.json`` also records the promotion rule's verdict
+on its policy against the PI (``rule``: envs/promotion.py, in the simulator of the run's site, on the
+validation days of ``rule``'s config): the sweep's metric picks the best trial, the rule says whether that
+policy would ship. The verdict is recorded, not enforced: ``best/`` holds checkpoints, not bundles, and
+what ships is decided where a bundle is made (``gridrl pipeline``, ``gridrl retrain``).
 """
 
 from __future__ import annotations
@@ -83,9 +89,29 @@ def _better(new: float, old: float, mode: str) -> bool:
     return new > old if mode == "max" else new < old
 
 
+def rule_verdict(checkpoint: str | Path, config: Any, seed: int = 0) -> dict[str, Any]:
+    """The promotion rule's verdict on ``checkpoint``'s policy against the PI (``config``: an
+    envs.promotion.PromotionConfig), in the simulator of the run's site; export-domain runs only."""
+    from envs.controllers import PolicyController
+    from envs.promotion import judge_in_simulator
+    from envs.site import load_site
+    from rllib_configs.policy import load_policy
+
+    policy = load_policy(checkpoint)
+    domain = policy.info.get("domain", "export")
+    if domain != "export":
+        why = f"the promotion rule judges export-domain policies, not {domain!r} ones"
+        return {"judged": False, "reason": why}
+    site = (policy.info.get("env_config") or {}).get("site")
+    controller = PolicyController(policy, load_site(site).control.max_power_per_phase_w)
+    verdict = judge_in_simulator(controller, site, config, seed, name="the sweep's best policy")
+    return {"judged": True, **verdict.to_dict()}
+
+
 def promote(grid: Any, exp_dir: Path, storage: Path, domain: str, algo: str, metric: str, mode: str,
-            names: dict[str, str]) -> dict[str, Any]:
-    """Promote the sweep's best checkpoint if it beats the current best on ``metric``."""
+            names: dict[str, str], rule: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Promote the sweep's best checkpoint if it beats the current best on ``metric``; where it does, record
+    the promotion rule's verdict against the PI when ``rule`` (a PromotionConfig) is given."""
     best = grid.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
     ckpt = best.get_best_checkpoint(metric, mode) if best else None
     if best is None or ckpt is None:
@@ -104,6 +130,9 @@ def promote(grid: Any, exp_dir: Path, storage: Path, domain: str, algo: str, met
                f"is not beaten by {value:.6g}")
         print(f"[tune] {msg}", file=sys.stderr)
         return {"promoted": False, "reason": msg, "best": str(target), "candidate": record}
+    if rule is not None:
+        record["rule"] = rule_verdict(ckpt.path, rule, seed)
+        print(f"[tune] the promotion rule: {record['rule']['reason']}", file=sys.stderr)
     staging = target.with_name(target.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(ckpt.path, staging / "checkpoint")
@@ -119,4 +148,6 @@ def promote(grid: Any, exp_dir: Path, storage: Path, domain: str, algo: str, met
     shutil.rmtree(previous, ignore_errors=True)
     if old is not None and not math.isnan(float(old["value"])):
         print(f"[tune] promoted: {value:.6g} beats {old['value']:.6g}", file=sys.stderr)
+    if "rule" in record:  # the summary line gets the verdict's gist; promotion.json has its numbers
+        record["rule"] = {k: record["rule"].get(k) for k in ("judged", "promoted", "reason")}
     return {"promoted": True, "best": str(target), "checkpoint": str(target / "checkpoint"), **record}
