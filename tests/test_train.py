@@ -117,7 +117,7 @@ def test_offline_iql_trains_saves_loads_and_acts(small_dataset, tmp_path, ray_se
 def test_offline_bc_same_seed_same_first_iteration(small_dataset, tmp_path, ray_session):
     """Same seed, same minibatches (rllib_configs/offline.py InMemoryOfflineData draws them from the seed)."""
     spec = load_train_config(REPO / "rllib_configs/export/bc.yaml", dataset=str(small_dataset))
-    spec.algo_config.offline_data(dataset_num_iters_per_learner=100)
+    spec.algo_config.offline_data(dataset_num_iters_per_learner=10)  # 10 minibatches: enough to differ
     loss = [
         run_training(spec, RunOptions(storage_path=tmp_path / str(i), stop_iters=1, seed=4))["metrics"][
             "learners/default_policy/policy_loss"

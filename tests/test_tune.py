@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from envs.config import ConfigError
+from envs.state_spec import N_FEATURES
 from tests.polling import wait_for
 from tests.proctree import kill_tree, last_json
 from tune.spec import load_sweep
@@ -96,7 +97,7 @@ def test_small_online_sweep_promotes_and_only_a_better_one_replaces_it(tmp_path)
     # gridrl evaluate takes the promoted path
     from rllib_configs.policy import load_policy
 
-    assert load_policy(best / "checkpoint").act_unit([[0.0] * 30]).shape == (1, 3)
+    assert load_policy(best / "checkpoint").act_unit([[0.0] * N_FEATURES]).shape == (1, 3)
     # A second sweep that does not beat the best is not promoted, and says so.
     record["value"] = 1e12
     (best / "promotion.json").write_text(json.dumps(record))
