@@ -24,6 +24,7 @@ scripts) and imports nothing of gridrl.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -242,3 +243,10 @@ def staged_output(
 
 
 __all__ = ["OutputError", "OutputKind", "check_output", "staged_output", "swap_in", "temp_sibling"]
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes, read in chunks (``hashlib.file_digest``): bundles' and raw logs'
+    file identities. OSError propagates (a caller names the file in its own terms)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from envs.outputs import OutputKind
+from envs.outputs import sha256_file as file_sha256
 from offline_data.schemas import STREAMS, TS_FORMAT, Stream
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -138,15 +138,12 @@ def partition_date(part: Path) -> str:
     return m.group(1)
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path) -> str:
+    """envs/outputs.py's :func:`~envs.outputs.sha256_file`, an unreadable file as a RawLogError naming it."""
     try:
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
+        return file_sha256(path)
     except OSError as exc:
         raise RawLogError(path, None, f"cannot be read ({exc.strerror})") from exc
-    return h.hexdigest()
 
 
 def _ends_with_newline(path: Path) -> bool:

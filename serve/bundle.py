@@ -46,6 +46,7 @@ from envs.actions import ACTION_NAMES, N_ACTIONS, to_unit
 from envs.config import ConfigError, from_mapping, to_mapping
 from envs.controllers import PIConfig, PIController, RBCConfig, RuleBasedController
 from envs.normalization import ObsNormalizer
+from envs.outputs import sha256_file
 from envs.site import Site, load_site
 from envs.state_spec import N_FEATURES, spec_dict
 from serve.safety import SafetyLimits, SafetyWrapper
@@ -161,14 +162,6 @@ class Bundle:
 
 
 # --- hashes and the manifest
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _manifest_digest(manifest: dict[str, Any]) -> str:
