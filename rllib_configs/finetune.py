@@ -97,13 +97,25 @@ def _replace(value: Any, old: str, new: str) -> Any:
     return value
 
 
+def module_state(checkpoint: str | Path) -> dict[str, Any]:
+    """Every parameter a checkpoint's RLModule saved, target networks included (SAC/CQL's: a module loaded
+    with ``RLModule.from_checkpoint`` has none until ``make_target_networks`` builds them)."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    path = str(module_path(checkpoint))
+    module = RLModule.from_checkpoint(path)
+    if hasattr(module, "make_target_networks"):
+        module.make_target_networks()
+        module.restore_from_path(path)
+    return module.state_dict()
+
+
 def init_module_from_checkpoint(algorithm: Any, checkpoint: str, **_: Any) -> None:
     """``on_algorithm_init`` callback: load a checkpoint's whole RLModule (policy, Q networks, targets)
     into the algorithm's; every parameter must be there with its shape (the same algorithm and network)."""
     import torch
-    from ray.rllib.core.rl_module.rl_module import RLModule
 
-    state = RLModule.from_checkpoint(str(module_path(checkpoint))).state_dict()
+    state = module_state(checkpoint)
 
     def load(learner: Any) -> int:
         module = learner.module["default_policy"]

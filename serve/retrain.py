@@ -335,14 +335,15 @@ def judge(controller: Any, name: str, cfg: RetrainConfig, site: str, dataset: Pa
     return judge_with_model(controller, model, dataset, cfg.promotion, cfg.seed, name=name)
 
 
-def decision(new_vs_pi: Verdict, new_vs_old: Verdict | None, old_name: str) -> tuple[bool, str]:
-    """Whether the new policy wins, and why (both verdicts' reasons where both count)."""
+def decision(new_vs_pi: Verdict, new_vs_old: Verdict | None) -> tuple[bool, str]:
+    """Whether the new policy wins, and why: it must beat the PI and, where the old bundle's controller is
+    not the PI (``new_vs_old`` given), that controller too (both verdicts' reasons where both count)."""
     if not new_vs_pi.promoted:
         return False, new_vs_pi.reason
     if new_vs_old is None:
         return True, new_vs_pi.reason
     if not new_vs_old.promoted:
-        return False, f"{new_vs_pi.reason}; but {new_vs_old.reason} ({old_name})"
+        return False, f"{new_vs_pi.reason}; but {new_vs_old.reason}"
     return True, f"{new_vs_pi.reason}; and {new_vs_old.reason}"
 
 
@@ -450,7 +451,7 @@ def retrain(
             lambda: judge_with_model(BundleController(candidate), model["checkpoint"], dataset, cfg.promotion,
                                      cfg.seed, None, name=new_name),
         )  # fmt: skip
-    wins, reason = decision(verdicts["new_vs_pi"], verdicts["new_vs_old"], old_name)
+    wins, reason = decision(verdicts["new_vs_pi"], verdicts["new_vs_old"])
     record = {
         "from_bundle": str(old.path.resolve()),
         "from_manifest_sha256": old.manifest.get("manifest_sha256"),

@@ -2,13 +2,16 @@
 their checkpoints, the new policy judged against the old bundle by the promotion rule, a bundle only if it
 wins.
 
-Default tier (no Ray, seconds): the merge into a new folder (the source dataset untouched, every row once),
-the decision (the new policy must beat the PI and the old controller), where the checkpoints come from (the
-manifest, the pipeline's report.json beside a bundle, the flags; an error naming the manifest when none).
-Slow: one real retrain on a tiny dataset (real Ray, RLlib BC and the forward model's Tune trial), refused by
-the rule, which leaves no bundle and the old bundle and dataset byte for byte; and the ship path on its
-fine-tuned checkpoint (the new bundle's manifest names its lineage, and the next retrain finds it there).
-Measured: see the e2e test's docstring.
+Default tier (no Ray; 4 tests, 19 s at load 9, imports and the model's spec most of it): the merge into a
+new folder (the source dataset untouched, every row once), the decision (the new policy must beat the PI
+and the old controller), where the checkpoints come from (the manifest, the pipeline's report.json beside a
+bundle, the flags; an error naming the manifest when none), the forward model's init_from.
+Slow (3 tests, 63 s at load 1.3-4: the fixture's BC, CQL and model training about 35 s, the retrain 23 s):
+one real retrain of a pipeline-like PI bundle on a tiny dataset (real Ray, RLlib CQL from BC, the forward
+model's Tune trial), refused by the rule, which leaves no bundle and the old bundle and dataset byte for
+byte; the ship path on its fine-tuned checkpoint (the new bundle's manifest names its lineage, and the next
+retrain finds it there); tune's rule verdict on a checkpoint. Not under 40 s: two RLlib builds and a Tune
+trial in the fixture, two more in the retrain.
 """
 
 from __future__ import annotations
@@ -93,19 +96,19 @@ def test_the_new_policy_must_beat_the_pi_and_the_old_controller():
     good = _verdict(_metrics(7.0), pi, cfg, "the new")  # 30 % less than the PI, 12.5 % less than the old
     meh = _verdict(_metrics(7.8), pi, cfg, "the new")  # 22 % less than the PI, only 2.5 % less than the old
     assert good.promoted and meh.promoted and old.promoted
-    wins, why = decision(good, versus_incumbent(good, old, cfg, "the new"), "the old")
+    wins, why = decision(good, versus_incumbent(good, old, cfg, "the new"))
     assert wins and "old bundle's controller" in why
     head = versus_incumbent(meh, old, cfg, "the new")
-    wins, why = decision(meh, head, "the old")
+    wins, why = decision(meh, head)
     assert not wins and not head.promoted
     assert "7.800 kWh against the old bundle's controller's 8.000 kWh" in why and "the PI's 8" not in why
     # against the PI alone (the old bundle is the PI): the PI's verdict decides
-    assert decision(meh, None, "the PI") == (True, meh.reason)
+    assert decision(meh, None) == (True, meh.reason)
     worse = _verdict(_metrics(9.9), pi, cfg, "the new")
-    assert decision(worse, None, "the PI") == (False, worse.reason)
+    assert decision(worse, None) == (False, worse.reason)
     # a violation in the new policy refuses it whatever the export
     bad = _verdict(_metrics(1.0, violations=3), pi, cfg, "the new")
-    assert not decision(bad, None, "the PI")[0] and "3 safety violation" in bad.reason
+    assert not decision(bad, None)[0] and "3 safety violation" in bad.reason
 
 
 def test_lineage_from_flags_manifest_or_the_report_beside_the_bundle(tmp_path):
@@ -170,8 +173,9 @@ def _shrunk(name: str, changes: dict, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def retrained(data, tmp_path_factory):
-    """A PI bundle as the pipeline ships it (report.json beside it naming a BC policy and a forward model,
-    one tiny iteration each), retrained on the new logs with a margin no policy meets (99 %): refused."""
+    """A PI bundle as the pipeline ships it (report.json beside it naming its CQL policy, from BC, and its
+    forward model, one tiny iteration each), retrained on the new logs with a margin no policy meets (99 %):
+    refused."""
     from cluster.local import init_ray
     from rllib_configs.loader import load_train_config
     from rllib_configs.runner import RunOptions, run_training
@@ -180,39 +184,35 @@ def retrained(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("retrain")
     configs = root / "configs"
     configs.mkdir()
-    bc = _shrunk("bc", {"offline_data.dataset_num_iters_per_learner": 5,
-                        "environment.env_config.episode_s": 60}, configs)  # fmt: skip
+    short = {"environment.env_config.episode_s": 60}
+    bc = _shrunk("bc", {"offline_data.dataset_num_iters_per_learner": 5, **short}, configs)
+    cql = _shrunk("cql", {"offline_data.dataset_num_iters_per_learner": 2, **short}, configs)
     fm = _shrunk("forward_model", TINY_MODEL, configs)
     init_ray(num_cpus=2, log_to_driver=False)
     runs = root / "pipeline" / "runs"
-    summaries = {
-        name: run_training(load_train_config(cfg, dataset=str(data["dataset"])),
-                           RunOptions(storage_path=runs, seed=0, stop_iters=1, name=name))
-        for name, cfg in (("bc", bc), ("forward_model", fm))
-    }  # fmt: skip
+
+    def train(name: str, cfg: Path, init_from: str | None = None) -> dict:
+        opts = RunOptions(storage_path=runs, seed=0, stop_iters=1, name=name, init_from=init_from)
+        return run_training(load_train_config(cfg, dataset=str(data["dataset"])), opts)
+
+    summaries = {"bc": train("bc", bc), "forward_model": train("forward_model", fm)}
+    summaries["cql"] = train("cql", cql, summaries["bc"]["checkpoint"])  # as the pipeline: CQL from BC
     export_baseline("pi", root / "pipeline" / "bundle")
-    report = {"bundle": str(root / "pipeline" / "bundle"), "cql": summaries["bc"],
+    report = {"bundle": str(root / "pipeline" / "bundle"), "cql": summaries["cql"],
               "forward_model": summaries["forward_model"]}  # fmt: skip
     (root / "pipeline" / "report.json").write_text(json.dumps(report, default=str))
     before = {"bundle": tree(root / "pipeline"), "dataset": tree(data["dataset"])}
     out = root / "out"
     argv = ["retrain", "--bundle", str(root / "pipeline" / "bundle"), "--logs", str(data["new"]),
             "--dataset", str(data["dataset"]), "--out", str(out), "--seed", "3", "--policy-iters", "1",
-            "--policy-set", "training.lr=0.0005", "--margin-pct", "99", "--val-days", "2",
-            "--val-hours", "0.05", "--model-windows", "2", "--model-horizon-s", "30"]  # fmt: skip
+            "--policy-set", "training.actor_lr=0.00005", "--model-steps", "12", "--margin-pct", "99",
+            "--val-days", "2", "--val-hours", "0.05", "--model-windows", "2",
+            "--model-horizon-s", "30"]  # fmt: skip
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = main(argv)
     return {"root": root, "out": out, "before": before, "old": summaries, "code": code,
             "stdout": stdout.getvalue()}  # fmt: skip
-
-
-def _policy_state(checkpoint: str) -> dict:
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    from rllib_configs.policy import module_path
-
-    return RLModule.from_checkpoint(str(module_path(checkpoint))).state_dict()
 
 
 def _model_state(checkpoint: str) -> dict:
@@ -232,6 +232,8 @@ def _max_change(a: dict, b: dict) -> float:
 def test_a_refused_retrain_writes_no_bundle_and_changes_nothing(retrained, data):
     """One retrain: merge, both fine-tunes (1 iteration each), candidate export, 2 validation windows in the
     simulator, the model's verdict."""
+    from rllib_configs.finetune import module_state
+
     out, root = retrained["out"], retrained["root"]
     stdout = retrained["stdout"]
     assert retrained["code"] == 0, stdout[-2000:]
@@ -253,18 +255,22 @@ def test_a_refused_retrain_writes_no_bundle_and_changes_nothing(retrained, data)
     # the lineage: from the report beside the PI bundle; the fine-tunes started from those checkpoints
     lineage = report["lineage"]
     assert lineage["policy_from"].endswith("report.json: cql.checkpoint")
-    assert report["policy"]["init_from"] == str(Path(retrained["old"]["bc"]["checkpoint"]).resolve())
-    assert report["policy"]["init"] == "module"
+    assert report["policy"]["init_from"] == str(Path(retrained["old"]["cql"]["checkpoint"]).resolve())
+    assert report["policy"]["init"] == "module" and report["policy"]["algorithm"] == "CQL"
     run_info = json.loads((out / "runs" / "forward_model" / "gridrl_run.json").read_text())
     assert run_info["init_from"] == str(Path(retrained["old"]["forward_model"]["checkpoint"]).resolve())
     # ... and the trials really started there: a few small steps away from the old weights (a fresh
     # initialisation is a whole draw away, > 0.1 in some parameter)
-    assert _max_change(_policy_state(retrained["old"]["bc"]["checkpoint"]),
-                       _policy_state(report["policy"]["checkpoint"])) < 0.02  # fmt: skip
+    old_policy, new_policy = (module_state(retrained["old"]["cql"]["checkpoint"]),
+                              module_state(report["policy"]["checkpoint"]))  # fmt: skip
+    assert any(k.startswith("target_qf") for k in old_policy)  # CQL's critics and their targets too
+    assert _max_change(old_policy, new_policy) < 0.02
     assert _max_change(_model_state(retrained["old"]["forward_model"]["checkpoint"]),
                        _model_state(report["forward_model"]["checkpoint"])) < 0.05  # fmt: skip
     policy_yaml = yaml.safe_load(Path(report["policy"]["config"]).read_text())
-    assert policy_yaml["training"]["lr"] == 0.0005  # --policy-set
+    assert policy_yaml["training"]["actor_lr"] == 0.00005  # --policy-set
+    model_yaml = yaml.safe_load(Path(report["forward_model"]["config"]).read_text())
+    assert model_yaml["training"]["steps_per_iter"] == 12 and model_yaml["model"]["hidden"] == 16  # its own
     assert policy_yaml["environment"]["env_config"]["normalization"].endswith("policy_normalization.json")
     # the merged dataset holds both days
     assert report["dataset"]["days_added"] == ["2025-06-02"]
@@ -298,7 +304,7 @@ def test_tune_records_the_rule_verdict_of_what_it_promotes(retrained):
     from tune.results import rule_verdict
 
     rule = PromotionConfig(days=2, hours=0.05, start_h=11.0)
-    verdict = rule_verdict(retrained["old"]["bc"]["checkpoint"], rule, seed=0)
+    verdict = rule_verdict(retrained["old"]["cql"]["checkpoint"], rule, seed=0)
     assert verdict["judged"] is True and verdict["judge"] == "simulator" and len(verdict["cases"]) == 2
     assert verdict["reason"].startswith("the sweep's best policy ")
     assert verdict["promoted"] is all(c["passed"] for c in verdict["checks"])
