@@ -31,6 +31,8 @@ def has_checkpoint(storage: Path) -> bool:
     return any(storage.glob("ft/*/checkpoint_000000"))
 
 
+# slow tier for CI's time budget: the default suite took 953 s on 2 quiet cores (2026-12-06)
+@pytest.mark.slow
 @pytest.mark.integration
 def test_killed_env_runner_is_restarted_and_training_reaches_target(tmp_path):
     proc = start_train(tmp_path, 6, "--num-env-runners", "1")  # ppo.yaml samples in-process by default

@@ -61,6 +61,8 @@ def _offline_smoke_spec(name: str, dataset: Path):
     return spec
 
 
+# slow tier for CI's time budget: the default suite took 953 s on 2 quiet cores (2026-12-06)
+@pytest.mark.slow
 @pytest.mark.smoke
 def test_offline_configs_train_bc_then_cql_from_bc(small_dataset, tmp_path, ray_session):
     bc = run_training(_offline_smoke_spec("bc", small_dataset),

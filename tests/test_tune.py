@@ -118,6 +118,8 @@ def test_small_online_sweep_promotes_and_only_a_better_one_replaces_it(tmp_path)
     assert (best / "checkpoint").is_dir() and not best.with_name("ppo.previous").exists()
 
 
+# slow tier for CI's time budget: the default suite took 953 s on 2 quiet cores (2026-12-06)
+@pytest.mark.slow
 @pytest.mark.smoke
 def test_resume_after_killing_the_driver_does_not_rerun_finished_trials(tmp_path):
     p = sweep_file(tmp_path)
