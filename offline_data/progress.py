@@ -1,4 +1,5 @@
-"""A progress bar per build stage, on stderr (no dependency).
+"""Progress of long work on stderr (no dependency): a bar per build stage (:class:`Progress`) and one line
+per stage of a multi-stage job (:class:`Stages`: the pipeline's and ``gridrl retrain``'s).
 
 On a terminal the bar redraws in place; elsewhere (CI logs, pipes) each stage prints one line when it
 ends, so logs stay readable.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 
 class Progress:
@@ -56,3 +58,29 @@ class Progress:
         else:
             self.stream.write(self._line() + "\n")
         self.stream.flush()
+
+
+class Stages:
+    """Runs named stages with one progress line each (``PREFIX 3/9 NAME ... 12.3 s``) and keeps their
+    timings. The line's start is written when the stage starts and its end when it ends: nothing else may
+    write to ``stream`` meanwhile."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, prefix: str = "[pipeline]") -> None:
+        self.total, self.done, self.prefix = total, 0, prefix
+        self.timings: dict[str, float] = {}
+        self.stream = stream or sys.stderr
+
+    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self.done += 1
+        self.stream.write(f"{self.prefix} {self.done}/{self.total} {name} ...")
+        self.stream.flush()
+        t0 = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException:
+            self.stream.write(f" failed after {time.perf_counter() - t0:.1f} s\n")
+            raise
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        self.stream.write(f" {self.timings[name]} s\n")
+        self.stream.flush()
+        return result

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from offline_data.progress import Stages
 from scripts.flags import SEED, float_in, int_at_least
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,29 +112,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
              "the validation days (default: envs/promotion.py PromotionConfig.margin_pct, 5)",
     )  # fmt: skip
     return p
-
-
-class Stages:
-    """Runs named stages with one progress line each (to ``stream``) and keeps their timings."""
-
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self.total, self.done, self.timings = total, 0, {}
-        self.stream = stream or sys.stderr
-
-    def run(self, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        self.done += 1
-        # the line's start now, its end when the stage ends: nothing else writes to this stream meanwhile
-        self.stream.write(f"[pipeline] {self.done}/{self.total} {name} ...")
-        self.stream.flush()
-        t0 = time.perf_counter()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException:
-            self.stream.write(f" failed after {time.perf_counter() - t0:.1f} s\n")
-            raise
-        self.timings[name] = round(time.perf_counter() - t0, 1)
-        self.stream.write(f" {self.timings[name]} s\n")
-        return result
 
 
 def _train(

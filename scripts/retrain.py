@@ -206,8 +206,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: Any, inputs: Any, out: Path) -> int:
+    from offline_data.progress import Stages
     from scripts.quiet import quiet_console, ray_logs_dir
-    from serve.retrain import Stages, retrain
+    from serve.retrain import retrain
 
     t_all = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -220,7 +221,7 @@ def _run(args: argparse.Namespace, cfg: Any, inputs: Any, out: Path) -> int:
         try:
             init_ray(args.address, num_cpus=args.num_cpus, log_to_driver=False)
             ray_logs = ray_logs_dir()
-            stages = Stages(7 if cfg.judge == "simulator" else 6, stream=console.err)
+            stages = Stages(7 if cfg.judge == "simulator" else 6, stream=console.err, prefix="[retrain]")
             argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "command"]
             report = retrain(inputs, out, cfg, stages, ["gridrl", "retrain", *argv])
         except BaseException:

@@ -38,9 +38,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from envs.actions import to_watts
 from envs.config import to_mapping
 from envs.controllers import PIConfig
 from envs.promotion import PromotionConfig, Verdict, decide
+from offline_data.progress import Stages
 from serve.bundle import MANIFEST, Bundle, BundleError, ControllerPolicy, load_bundle, write_manifest
 
 REPORT = "report.json"
@@ -350,29 +350,6 @@ def decision(new_vs_pi: Verdict, new_vs_old: Verdict | None) -> tuple[bool, str]
 # --- the loop
 
 
-class Stages:
-    """Named stages with one progress line each on ``stream``, and their timings."""
-
-    def __init__(self, total: int, stream: Any = None, prefix: str = "[retrain]") -> None:
-        self.total, self.done, self.timings, self.prefix = total, 0, {}, prefix
-        self.stream = stream or sys.stderr
-
-    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        self.done += 1
-        self.stream.write(f"{self.prefix} {self.done}/{self.total} {name} ...")
-        self.stream.flush()
-        t0 = time.perf_counter()
-        try:
-            result = fn(*args, **kwargs)
-        except BaseException:
-            self.stream.write(f" failed after {time.perf_counter() - t0:.1f} s\n")
-            raise
-        self.timings[name] = round(time.perf_counter() - t0, 1)
-        self.stream.write(f" {self.timings[name]} s\n")
-        self.stream.flush()
-        return result
-
-
 def _export_candidate(checkpoint: str, out: Path, seed: int) -> Bundle:
     from serve.bundle import export_checkpoint
 
@@ -415,7 +392,7 @@ def retrain(
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stages = stages or Stages(7)
+    stages = stages or Stages(7, prefix="[retrain]")
     t0 = time.perf_counter()
     old, lineage = inputs.bundle, inputs.lineage
     merged = stages.run("merge the new logs into the dataset", extend_dataset, inputs.dataset, inputs.logs,
