@@ -137,9 +137,9 @@ def new_kernel_state(batch: int, latitude_deg: float, longitude_deg: float) -> t
 
 
 @kernel
-def _clear_sky(kstate: np.ndarray, tsec: float) -> None:
-    """Refresh the cached clear-sky values when the solar minute changes (a function of the minute alone)."""
-    solar = solar_seconds(tsec, kstate[KS_LON])
+def _clear_sky(kstate: np.ndarray, solar: float) -> None:
+    """Refresh the cached clear-sky values when the minute of ``solar`` (solar seconds, envs/solar.py)
+    changes: they are a function of the minute alone."""
     minute = solar // 60.0
     if minute == kstate[KS_SKY_MIN]:
         return
@@ -208,7 +208,7 @@ def feature_row(sig: np.ndarray, kstate: np.ndarray, ring: np.ndarray, out: np.n
     day = math.floor(solar / DAY_S)
     day_frac = (solar - day * DAY_S) / DAY_S
     doy = (day_of_year(int(day)) - 1) / 365.0
-    _clear_sky(kstate, tsec)
+    _clear_sky(kstate, solar)
     out[0] = e1
     out[1] = e2
     out[2] = e3
