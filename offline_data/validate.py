@@ -26,7 +26,8 @@ Repairs (rows kept, counted under ``repaired``):
 * ``clock_jump`` (meter, PI): the row counter (``seq``, ``cycle``) advances once a second, so
   ``ts - counter`` is constant for one clock. Where it steps by more than 2 s while the counter runs
   on, the clock jumped; rows are re-timed to the clock of the majority of the partition's rows (a step
-  where the counter goes back is a device restart, not a jump).
+  where the counter goes back by more than 100 and stays back is a device restart, not a jump; a single
+  row written late, whose counter falls back and the next row's does not, is neither).
 * ``unit_kw`` (meter): a row whose six powers are all within +-100 and whose total magnitude is below 1/20
   of the rolling median of its 11 neighbours was written in kW: its values are scaled by 1000.
 
@@ -51,6 +52,7 @@ KW_WINDOW = 11
 KW_RATIO = 20.0
 KW_MAX = 100.0
 JUMP_MS = 2000
+RESTART_DROP = 100  # counter steps back by more than this (a device restart, see repair_clock)
 QUARANTINE_COLUMNS = ("file", "row", "reason", "column", "raw", "line")
 
 
@@ -117,10 +119,13 @@ def repair_clock(df: pl.DataFrame, counter: str) -> pl.DataFrame:
         return df.with_columns(pl.lit(None, pl.String).alias("repaired"))
     off = pl.col("ts_ms") - pl.col(counter) * 1000
     d = df.with_columns(off.alias("_off"))
+    # A restart: the counter falls back by more than RESTART_DROP and the next row stays down. One row
+    # written late (out of order, up to 30 rows, which across a gap can be minutes of counter) comes back up.
+    prev = pl.col(counter).shift(1).fill_null(pl.col(counter).first())
+    nxt = pl.col(counter).shift(-1).fill_null(pl.col(counter))
+    restart = (pl.col(counter) < prev - RESTART_DROP) & (nxt < prev - RESTART_DROP)
     d = d.with_columns(
-        (pl.col(counter) < pl.col(counter).shift(1).fill_null(pl.col(counter).first()) - 100)
-        .cum_sum()
-        .alias("_era"),
+        restart.cum_sum().alias("_era"),
         ((pl.col("_off") - pl.col("_off").shift(1)).abs().fill_null(0) > JUMP_MS).cum_sum().alias("_seg"),
     )
     seg = d.group_by("_era", "_seg").agg(pl.len().alias("_n"), pl.col("_off").median().alias("_med"))
