@@ -333,11 +333,10 @@ def _generate(args: argparse.Namespace) -> int:
         flags = GENERATE_FLAGS | {f"dither.{k}": v for k, v in DITHER_FLAGS.items()}
         raise flag_error(exc, flags) or exc from exc
 
-    def progress(i: int, n: int, date: str) -> None:
-        if not args.quiet:
-            print(f"generate   {i}/{n} days  {date}", file=sys.stderr, flush=True)
+    from offline_data.progress import Progress
 
-    summary = generate(cfg, args.out, progress, force=args.force)
+    with Progress("generate", cfg.days, "days", enabled=not args.quiet) as bar:
+        summary = generate(cfg, args.out, lambda i, n, date: bar.update(1, date), force=args.force)
     print(json.dumps({"out": str(args.out), **summary}, indent=2))
     return 0
 
