@@ -1,10 +1,13 @@
-"""Training the forward model: a plain trainer, the Tune function trainable, and the runner's branch for it.
+"""Training the forward model: its config sections, a plain trainer, and the Tune function trainable.
+
+rllib_configs/loader.py reads forward_model.yaml through :func:`load_model_spec` and rllib_configs/runner.py
+runs :func:`tune_parts`; this module imports neither (they import it).
 
 The model itself (the network, its data windows, its evaluation) is envs/dynamics/'s, because the
 model-based env steps it; training it through Tune is training's, so it lives here beside the runner.
 
 ``gridrl train --config rllib_configs/export/forward_model.yaml --dataset DS`` reaches
-:func:`run_model_training` through rllib_configs/runner.py (``algorithm: forward_model``), with the same
+:func:`forward_model_trainable` through rllib_configs/runner.py (``algorithm: forward_model``), with the same
 :class:`~rllib_configs.runner.RunOptions` as every algorithm: storage path, seed, stop criteria (iterations,
 time budget; ``--stop-timesteps`` counts training windows), checkpoint cadence, resume, the progress line and
 the final JSON summary line with ``checkpoint``.
@@ -19,7 +22,6 @@ A checkpoint is a directory with the model (envs/dynamics/model.py ``save``: loa
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,13 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.config import ConfigError, from_mapping, load_yaml, to_mapping
+from envs.config import ConfigError, from_mapping, to_mapping
 from envs.dynamics.data import SplitData, delta_std, load_normalizer, load_split, lookahead, site_path
 from envs.dynamics.evaluate import kstep_metrics, teacher_forced_loss
 from envs.dynamics.model import ForwardModel, ModelConfig, pick_device, train_step
 from envs.dynamics.rollout import HISTORY_S
 from envs.state_spec import FEAT, FEATURE_NAMES
-from rllib_configs.loader import REPO_ROOT, GridrlSettings, TrainSpec, substitute
 
 PV_L = [FEAT[f"pv_w_l{p}"] for p in (1, 2, 3)]
 
@@ -85,12 +86,10 @@ class ForwardModelSpec:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
-def load_model_spec(path: Path, data: dict[str, Any], raw: dict[str, Any], dataset: str | None) -> Any:
-    """The loader's branch for ``algorithm: forward_model`` (rllib_configs/loader.py): a TrainSpec.
-
-    ``data`` is the YAML with ``${...}`` substituted, ``raw`` as read. Errors name the file and the key.
-    """
-    settings = from_mapping(GridrlSettings, data.get("gridrl", {}), source=path, path="gridrl")
+def load_model_spec(path: Path, data: dict[str, Any]) -> ForwardModelSpec:
+    """The loader's branch for ``algorithm: forward_model`` (rllib_configs/loader.py): the sections other than
+    ``algorithm`` and ``gridrl`` (the loader's), checked. ``data`` is the YAML with ``${...}`` substituted.
+    Errors name the file and the key."""
     body = {k: v for k, v in data.items() if k not in ("algorithm", "gridrl")}
     spec = from_mapping(ForwardModelSpec, body, source=path)
     if "${dataset}" in spec.training.dataset:
@@ -99,7 +98,7 @@ def load_model_spec(path: Path, data: dict[str, Any], raw: dict[str, Any], datas
         raise ConfigError(
             path, "training.dataset", f"{spec.training.dataset}: not a dataset (no normalization.json)"
         )
-    return TrainSpec(path=path, algorithm=ALGORITHM, algo_config=spec, settings=settings, raw=raw)
+    return spec
 
 
 class Trainer:
@@ -301,30 +300,20 @@ def forward_model_trainable(config: dict[str, Any]) -> None:
             return
 
 
-def _stop(opts: Any) -> dict[str, float]:
-    stop: dict[str, float] = {}
-    if opts.stop_iters is not None:
-        stop["training_iteration"] = opts.stop_iters
-    if opts.stop_timesteps is not None:
-        stop[SAMPLES_KEY] = opts.stop_timesteps
-    if opts.time_budget_s is not None:
-        stop["time_total_s"] = opts.time_budget_s
-    return stop or {"training_iteration": 10}
+SUMMARY_METRICS = ("val_mse", "val_export_mae_w", "val_persistence_mse", "samples_per_s")
+"""Metrics of an iteration that the run's summary reports besides the runner's (its losses)."""
 
 
-def run_model_training(spec: Any, opts: Any) -> dict[str, Any]:
-    """The runner's branch for ``algorithm: forward_model``: train through Tune; returns the summary."""
+def tune_parts(spec: Any, opts: Any) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """What rllib_configs/runner.py runs for ``algorithm: forward_model`` (``spec`` a TrainSpec, ``opts`` its
+    RunOptions): the trainable with the resources it reserves, its param space, and the run's
+    ``gridrl_run.json``. The trainable stops itself at ``opts.stop(SAMPLES_KEY)`` (it checkpoints its last
+    iteration: function trainables cannot checkpoint at the end on Tune's behalf)."""
     from ray import tune
 
-    from rllib_configs import storage
-    from rllib_configs.policy import write_run_info
-    from rllib_configs.runner import experiment_dir, progress_callback, summary_metrics
-
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    exp_dir = experiment_dir(spec, opts)
     # The trial reserves the CPUs its torch threads use: more threads than reserved CPUs oversubscribe the
     # cores when Ray schedules other work beside it.
-    resources = tune.with_resources(
+    trainable = tune.with_resources(
         forward_model_trainable,
         {"cpu": spec.algo_config.training.num_threads, "gpu": 1 if torch.cuda.is_available() else 0},
     )
@@ -332,101 +321,17 @@ def run_model_training(spec: Any, opts: Any) -> dict[str, Any]:
     param_space = {
         "spec": to_mapping(spec.algo_config),
         "seed": opts.seed,
-        "stop": _stop(opts),
+        "stop": opts.stop(SAMPLES_KEY),
         "checkpoint_every": opts.checkpoint_every,
         "init_from": str(Path(init_from).resolve()) if init_from else None,
     }
-    t0 = time.perf_counter()
-    if opts.resume:
-        if not tune.Tuner.can_restore(exp_dir):
-            raise FileNotFoundError(f"--resume: no run to resume at {exp_dir}")
-        tuner = tune.Tuner.restore(exp_dir, trainable=resources, resume_errored=True)
-    else:
-        if storage.exists(exp_dir):
-            raise FileExistsError(f"{exp_dir} exists: pass --resume to continue it, or --name for a new run")
-        parent, name = storage.parent_and_name(exp_dir)
-        write_run_info(
-            exp_dir,
-            {
-                "algorithm": ALGORITHM,
-                "domain": spec.settings.domain,
-                "config": str(spec.path.resolve()),
-                "config_yaml": spec.raw,
-                "dataset": str(Path(spec.algo_config.training.dataset).resolve()),
-                "seed": opts.seed,
-                "init_from": param_space["init_from"],
-            },
-        )
-        run_config = tune.RunConfig(
-            name=name,
-            storage_path=parent,
-            stop=_stop(opts),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
-            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            callbacks=[progress_callback()],
-            verbose=0,
-        )
-        tuner = tune.Tuner(resources, param_space=param_space, run_config=run_config)
-    result = tuner.fit()[0]
-    if result.error is not None:
-        raise RuntimeError(f"training failed: {result.error}")
-    if result.checkpoint is None:
-        raise RuntimeError("training ended without a checkpoint")
-    metrics = result.metrics or {}
-    return {
-        "checkpoint": result.checkpoint.path,
+    run_info = {
         "algorithm": ALGORITHM,
-        "config": str(spec.path),
         "domain": spec.settings.domain,
+        "config": str(spec.path.resolve()),
+        "config_yaml": spec.raw,
+        "dataset": str(Path(spec.algo_config.training.dataset).resolve()),
         "seed": opts.seed,
-        "trial_dir": result.path,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "metrics": {
-            **summary_metrics(metrics),
-            **{
-                k: metrics[k]
-                for k in ("val_mse", "val_export_mae_w", "val_persistence_mse", "samples_per_s")
-                if k in metrics
-            },
-        },
+        "init_from": param_space["init_from"],
     }
-
-
-def load_spec_file(path: str | Path, dataset: str | None = None) -> Any:
-    """Load forward_model.yaml directly (tests; the CLI goes through rllib_configs/loader.py)."""
-    p = Path(path)
-    raw = load_yaml(p)
-    variables = {"repo": str(REPO_ROOT), **({"dataset": str(Path(dataset).resolve())} if dataset else {})}
-    return load_model_spec(p, substitute(raw, variables), raw, dataset)
-
-
-def pipeline_stage(
-    dataset: str | Path, storage_path: str | Path, seed: int = 0, stop_iters: int = 8,
-    config: str | Path | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """``gridrl pipeline``'s model stage: train forward_model.yaml (or ``config``) on ``dataset`` through the
-    runner, then score it on the test split (``gridrl evaluate-model``'s report, in
-    ``STORAGE/forward_model/evaluation``).
-
-    Returns:
-        The training summary with ``evaluation`` (the criteria rows and whether all passed) added.
-    """
-    from envs.dynamics.evaluate import evaluate_model, write_report
-    from rllib_configs.loader import load_train_config
-    from rllib_configs.runner import RunOptions, run_training
-
-    config = config or REPO_ROOT / "rllib_configs/export/forward_model.yaml"
-    spec = load_train_config(config, dataset=str(dataset))
-    options = RunOptions(
-        storage_path=Path(storage_path), seed=seed, stop_iters=stop_iters, name="forward_model"
-    )
-    summary = run_training(spec, options)
-    from envs.site import load_site
-
-    max_w = load_site(site_path(dataset)).control.max_power_per_phase_w
-    model = ForwardModel.load(summary["checkpoint"])
-    # a sample of the test split's windows: all of a week's 100k k-step windows take minutes on 2 cores
-    report = evaluate_model(model, load_split(dataset, "test"), max_w, windows=20_000, rollouts=500,
-                            rng=np.random.default_rng(seed))
-    write_report(report, Path(storage_path) / "forward_model" / "evaluation")
-    return {**summary, "evaluation": {"passed": report["passed"], "criteria": report["criteria"]}}
+    return trainable, param_space, run_info

@@ -198,7 +198,9 @@ def load_train_config(path: str | Path, dataset: str | None = None, model: str |
     if algorithm == "FORWARD_MODEL":  # not an RLlib algorithm: see rllib_configs/forward_model.py
         from rllib_configs.forward_model import load_model_spec
 
-        return load_model_spec(p, data, raw, dataset)
+        settings = from_mapping(GridrlSettings, data.get("gridrl", {}), source=p, path="gridrl")
+        model_spec = load_model_spec(p, data)
+        return TrainSpec(path=p, algorithm=algorithm, algo_config=model_spec, settings=settings, raw=raw)
     try:
         cls = config_class(algorithm)
     except ValueError as exc:

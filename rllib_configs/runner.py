@@ -59,12 +59,16 @@ class RunOptions:
     init_from: str | None = None
     """Initialise the policy from this checkpoint or run directory (overrides gridrl.init_from)."""
 
-    def stop(self) -> dict[str, float]:
+    def stop(
+        self, timesteps_key: str = f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}"
+    ) -> dict[str, float]:
+        """Tune's stop criteria; ``--stop-timesteps`` counts ``timesteps_key`` (env steps sampled, or the
+        forward model's training windows)."""
         stop: dict[str, float] = {}
         if self.stop_iters is not None:
             stop[TRAINING_ITERATION] = self.stop_iters
         if self.stop_timesteps is not None:
-            stop[f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}"] = self.stop_timesteps
+            stop[timesteps_key] = self.stop_timesteps
         if self.time_budget_s is not None:
             stop[TIME_TOTAL_S] = self.time_budget_s
         if not stop:
@@ -174,28 +178,40 @@ def progress_callback() -> Any:
 
 
 def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
-    """Train through Tune; returns the summary (checkpoint path, final metrics, trial dir)."""
-    if spec.algorithm == "FORWARD_MODEL":  # a Tune function trainable, same options and summary
-        from rllib_configs.forward_model import run_model_training
+    """Train through Tune; returns the summary (checkpoint path, final metrics, trial dir).
 
-        return run_model_training(spec, opts)
+    An RLlib algorithm runs as its Algorithm class; ``algorithm: forward_model`` as the function trainable
+    of rllib_configs/forward_model.py (same options, same summary, plus its validation metrics).
+    """
     from ray import tune
 
-    from rllib_configs.envs import register_rllib_envs
-
-    register_rllib_envs()
     # Tune records each trial's latest checkpoint in its experiment state, saved by default at most every
     # 10 s: a driver killed in between resumes from an older checkpoint (or from scratch). One trial's state
     # is small, so save it after every event unless the user chose a period.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    config = configure(spec, opts)
-    trainable = config.algo_class
+    extra_metrics: tuple[str, ...] = ()
+    if spec.algorithm == "FORWARD_MODEL":
+        from rllib_configs import forward_model
+
+        trainable, param_space, info = forward_model.tune_parts(spec, opts)
+        stop = param_space["stop"]  # opts.stop(SAMPLES_KEY): the trainable reads it too
+        checkpoints = tune.CheckpointConfig(num_to_keep=3)  # the trainable checkpoints itself
+        extra_metrics = forward_model.SUMMARY_METRICS
+    else:
+        from rllib_configs.envs import register_rllib_envs
+
+        register_rllib_envs()
+        param_space = configure(spec, opts)
+        trainable, info, stop = param_space.algo_class, None, opts.stop()  # info: written for a new run only
+        checkpoints = tune.CheckpointConfig(
+            checkpoint_frequency=opts.checkpoint_every, checkpoint_at_end=True, num_to_keep=3
+        )
     exp_dir = experiment_dir(spec, opts)
     t0 = time.perf_counter()
     if opts.resume:
         if not tune.Tuner.can_restore(exp_dir):
             raise FileNotFoundError(f"--resume: no run to resume at {exp_dir}")
-        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, param_space=config)
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True, param_space=param_space)
     else:
         if storage.exists(exp_dir):
             raise FileExistsError(f"{exp_dir} exists: pass --resume to continue it, or --name for a new run")
@@ -203,22 +219,21 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
         run_config = tune.RunConfig(
             name=name,
             storage_path=parent,
-            stop=opts.stop(),
-            checkpoint_config=tune.CheckpointConfig(
-                checkpoint_frequency=opts.checkpoint_every, checkpoint_at_end=True, num_to_keep=3
-            ),
+            stop=stop,
+            checkpoint_config=checkpoints,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
             callbacks=[progress_callback()],
             verbose=0,
         )
-        write_run_info(exp_dir, run_info(spec, config, opts))
-        tuner = tune.Tuner(trainable, param_space=config, run_config=run_config)
+        write_run_info(exp_dir, info if info is not None else run_info(spec, param_space, opts))
+        tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_config)
     grid = tuner.fit()
     result = grid[0]
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}")
     if result.checkpoint is None:
         raise RuntimeError("training ended without a checkpoint")
+    metrics = result.metrics or {}
     return {
         "checkpoint": result.checkpoint.path,
         "algorithm": spec.algorithm,
@@ -227,7 +242,7 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
         "seed": opts.seed,
         "trial_dir": result.path,
         "wall_s": round(time.perf_counter() - t0, 1),
-        "metrics": summary_metrics(result.metrics or {}),
+        "metrics": {**summary_metrics(metrics), **{k: metrics[k] for k in extra_metrics if k in metrics}},
     }
 
 

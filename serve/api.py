@@ -32,9 +32,8 @@ from pydantic import (
 
 from envs.actions import ACTION_NAMES
 from envs.state_spec import FEAT, FEATURE_HIGH, FEATURE_LOW, FEATURE_NAMES, N_FEATURES, SPEC_VERSION
-from serve.config import MODES, Mode
+from serve.config import ID_PATTERN, MODES, Mode
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 # Broad enough for any Unix time of a meter reading (1970..2286); the log partitions by its UTC day.
 TIME_LOW, TIME_HIGH = 0.0, 1e10

@@ -26,6 +26,8 @@ from envs.config import ConfigError, from_mapping, load_yaml, to_mapping
 
 MODES = ("shadow", "ab", "rollout", "production")
 Mode = Literal["shadow", "ab", "rollout", "production"]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+"""Site ids (the keys of ``sites``, the API's ``site_id``) and request ids: serve/api.py validates with it."""
 TOKEN_ENV = "GRIDRL_SERVE_TOKEN"
 TOKEN_FILE_ENV = "GRIDRL_SERVE_TOKEN_FILE"
 LOG_DIR_ENV = "GRIDRL_SERVE_LOG_DIR"
@@ -194,8 +196,6 @@ class ServeConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         import re
-
-        from serve.api import ID_PATTERN
 
         bad = [s for s in self.sites or {} if not re.match(ID_PATTERN, s)]
         if bad:

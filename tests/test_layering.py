@@ -16,7 +16,9 @@ Layers, bottom to top (a package may import only from layers below it, never fro
 5. ``scripts`` (the command line, on top of everything).
 
 Besides, no two packages or sub-packages (``envs.dynamics``, ``envs.citylearn``...) import each other in a
-cycle, and no modules do through module-level imports (the imports that run when a module is imported).
+cycle, and no two modules do, through any import: neither at module level (the imports that run when a
+module is imported) nor inside a function (a lazy import hides a cycle from Python, not from the reader: the
+two modules still need each other, so the shared piece belongs in the one that owns it).
 """
 
 from __future__ import annotations
@@ -153,6 +155,14 @@ def module_level_cycles(root: Path = REPO) -> list[list[str]]:
     return cycles(graph)
 
 
+def module_cycles(root: Path = REPO) -> list[list[str]]:
+    """Cycles of modules through any import, lazy (inside a function) or not."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for src, dst, _, _ in import_graph(root):
+        graph[src].add(dst)
+    return cycles(graph)
+
+
 def test_every_package_is_in_a_layer():
     found = {p.name for p in REPO.iterdir() if (p / "__init__.py").is_file() and p.name != "tests"}
     assert found == set(PACKAGES), f"packages without a layer: {sorted(found - set(PACKAGES))}"
@@ -171,6 +181,16 @@ def test_no_package_cycles():
 
 def test_no_module_level_cycles():
     assert not module_level_cycles(), f"modules importing each other at import time: {module_level_cycles()}"
+
+
+def test_no_module_cycles_through_lazy_imports():
+    found = module_cycles()
+    where = [
+        f"{src} -> {dst} (line {line}{'' if top else ', in a function'})"
+        for src, dst, line, top in import_graph()
+        if any(src in c and dst in c for c in found)
+    ]
+    assert not found, f"modules importing each other (lazily too): {found}\n" + "\n".join(where)
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -196,6 +216,8 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
             "rllib_configs/m.py": "from rllib_configs import n\n",
             "rllib_configs/n.py": "import rllib_configs.m\n",  # module-level cycle m <-> n
             "scripts/cli.py": "from envs.sub.a import f\nfrom serve import nothing_here\n",  # both down: fine
+            "tune/p.py": "from tune import q\n",
+            "tune/q.py": "def f():\n    from tune.p import g\n",  # lazy cycle p <-> q
         },
     )
     bad = upward_imports(root)
@@ -203,4 +225,6 @@ def test_the_checks_catch_what_they_forbid(tmp_path):
     assert bad[0].startswith("cluster/x.py:1: cluster.x imports envs.b (envs is beside cluster)"), bad
     assert bad[1].startswith("envs/sub/a.py:4: envs.sub.a imports scripts.cli (scripts is above envs)"), bad
     assert package_cycles(root) == [["envs", "envs.sub", "scripts"]]  # scripts.cli <-> envs.sub.a too
-    assert module_level_cycles(root) == [["rllib_configs.m", "rllib_configs.n"]]
+    assert module_level_cycles(root) == [["rllib_configs.m", "rllib_configs.n"]]  # not tune's: q's is lazy
+    assert module_cycles(root) == [["envs.sub.a", "scripts.cli"], ["rllib_configs.m", "rllib_configs.n"],
+                                   ["tune.p", "tune.q"]]  # fmt: skip

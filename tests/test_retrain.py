@@ -140,9 +140,10 @@ def test_lineage_from_flags_manifest_or_the_report_beside_the_bundle(tmp_path):
 
 
 def test_forward_model_init_from_takes_the_weights_and_refuses_another_network(data, tmp_path):
-    from rllib_configs.forward_model import Trainer, load_spec_file
+    from rllib_configs.forward_model import Trainer
+    from rllib_configs.loader import load_train_config
 
-    spec = load_spec_file(_shrunk("forward_model", TINY_MODEL, tmp_path), data["dataset"]).algo_config
+    spec = load_train_config(_shrunk("forward_model", TINY_MODEL, tmp_path), data["dataset"]).algo_config
     old = Trainer(spec, seed=0)
     ckpt = old.save(tmp_path / "ckpt")
     new = Trainer(spec, seed=1)
@@ -153,7 +154,7 @@ def test_forward_model_init_from_takes_the_weights_and_refuses_another_network(d
     wider = tmp_path / "wider"
     wider.mkdir()
     wide = {**TINY_MODEL, "model.hidden": 24}
-    other = load_spec_file(_shrunk("forward_model", wide, wider), data["dataset"])
+    other = load_train_config(_shrunk("forward_model", wide, wider), data["dataset"])
     assert other.algo_config.model.hidden == 24
     with pytest.raises(ValueError, match="does not fit this config's model section"):
         Trainer(other.algo_config, seed=0).init_from(ckpt)

@@ -372,7 +372,7 @@ def bench_serve(variant: str, bundle: str, args, log_dir: str, loads: list[tuple
             raise RuntimeError(f"serve variant {variant} did not start")
         pids = json.loads(line)["pids"]
         url = f"http://127.0.0.1:{port}/act"
-        tag = re.sub(r"[^A-Za-z0-9_.:-]", "-", variant)  # request ids: serve/api.py ID_PATTERN
+        tag = re.sub(r"[^A-Za-z0-9_.:-]", "-", variant)  # request ids: serve/config.py ID_PATTERN
         return [measured(url, pids, b, r, args, f"{tag}-{r:g}x{n}") for r, n, b in loads]
     finally:
         proc.send_signal(signal.SIGTERM)
