@@ -28,6 +28,7 @@ from typing import Any
 from envs.metrics import reduction_pct
 from envs.outputs import OutputKind, check_output, staged_output
 from envs.profiles import SCENARIOS
+from envs.tables import format_table
 from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
 
 BENCHMARK_OUTPUT = OutputKind("the results of gridrl benchmark", ("benchmark.json",))
@@ -178,22 +179,25 @@ def _summary(cases: list[dict[str, Any]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def format_table(cases: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
+_COLUMNS = ["site", "scenario", "policy kWh", "PI kWh", "oracle", "vs PI %", "gap", "import x PI",
+            "wasted vs PI %", "peak kW", "PI", "chg/min", "PI", "imbal W", "PI", "viol"]  # fmt: skip
+_FORMATS = [None, None, ".3f", ".3f", ".3f", "+.1f", ".2f", ".2f",
+            "+.1f", ".2f", ".2f", ".2f", ".2f", ".0f", ".0f", None]  # fmt: skip
+
+
+def cases_table(cases: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> str:
     """Per case: export (policy, PI, oracle, kWh), its change against the PI, the gap closed, controlled import
     and wasted energy against the PI's, peak export, command changes per minute, phase imbalance and
     violations; then each target's verdict when ``summary`` is given."""
-    lines = [f"{'site':16s}{'scenario':15s}{'policy kWh':>11s}{'PI kWh':>9s}{'oracle':>8s}{'vs PI':>9s}"
-             f"{'gap':>7s}{'import x PI':>12s}{'wasted vs PI':>13s}{'peak kW':>8s}{'PI':>6s}"
-             f"{'chg/min':>8s}{'PI':>6s}{'imbal W':>8s}{'PI':>6s}{'viol':>5s}"]  # fmt: skip
+    rows = []
     for c in cases:
         e, imp = c["export_kwh"], c["controlled_import_kwh"]
         ratio = imp["policy"] / imp["pi"] if imp["pi"] > 1e-9 else math.nan
         pk, osc, imb = c["peak_export_w"], c["oscillations_per_min"], c["phase_imbalance_w"]
-        lines.append(f"{c['site']:16s}{c['scenario']:15s}{e['policy']:11.3f}{e['pi']:9.3f}{e['oracle']:8.3f}"
-                     f"{c['export_reduction_pct']:+8.1f}%{c['gap_closed']:7.2f}{ratio:12.2f}"
-                     f"{c['wasted_reduction_pct']:+12.1f}%{pk['policy'] / 1e3:8.2f}{pk['pi'] / 1e3:6.2f}"
-                     f"{osc['policy']:8.2f}{osc['pi']:6.2f}{imb['policy']:8.0f}{imb['pi']:6.0f}"
-                     f"{c['safety_violations']:5d}")  # fmt: skip
+        rows.append([c["site"], c["scenario"], e["policy"], e["pi"], e["oracle"], c["export_reduction_pct"],
+                     c["gap_closed"], ratio, c["wasted_reduction_pct"], pk["policy"] / 1e3, pk["pi"] / 1e3,
+                     osc["policy"], osc["pi"], imb["policy"], imb["pi"], c["safety_violations"]])  # fmt: skip
+    lines = [format_table(rows, _COLUMNS, fmt=_FORMATS)]
     for name, t in (summary or {}).get("targets", {}).items():
         lines.append(f"{'met ' if t['ok'] else 'MISSED'}  {name}: {json.dumps(t['value'], default=_short)}")
     return "\n".join(lines)
@@ -270,6 +274,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:  # OutputError, ConfigError name the file
         print(f"gridrl benchmark: {exc}", file=sys.stderr)
         return 2
-    print(format_table(cases, summary))
+    print(cases_table(cases, summary))
     print(json.dumps({"out": str(out), **summary}, default=str))
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 from envs.metrics import reduction_pct
 from envs.outputs import OutputError, OutputKind, check_output, staged_output
 from envs.profiles import SCENARIOS
+from envs.tables import criteria_table
 from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
 
 # What `gridrl evaluate` writes: the export domain's plot, the model-based JSON or CityLearn's KPIs.
@@ -162,15 +163,6 @@ def evaluate_export(
     return results
 
 
-def format_criteria(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'criterion':30s}{'value':>12s}  {'target':>10s}  passed"]
-    lines += [
-        f"{r['criterion']:30s}{r['value']:12.2f}  {r['target']:>10s}  {'yes' if r['passed'] else 'NO'}"
-        for r in rows
-    ]
-    return "\n".join(lines)
-
-
 def evaluate_run(spec: Any, exp_dir: Path, seed: int) -> int:
     """``gridrl train --eval-only``: evaluate the run's latest checkpoint with default settings."""
     from rllib_configs.policy import latest_checkpoint
@@ -178,9 +170,9 @@ def evaluate_run(spec: Any, exp_dir: Path, seed: int) -> int:
     ckpt = latest_checkpoint(exp_dir)
     out = exp_dir / "evaluation"
     results = evaluate_export(str(ckpt), out, spec.settings.eval_days, seed, ["pi", "oracle", "zero"])
-    from scripts.simulate import format_table
+    from scripts.simulate import metrics_table
 
-    print(format_table(results), file=sys.stderr)
+    print(metrics_table(results), file=sys.stderr)
     print(json.dumps({"checkpoint": str(ckpt), "evaluation": str(out), "metrics": results["policy"]}))
     return 0
 
@@ -207,7 +199,7 @@ def evaluate_model_based(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from rllib_configs.policy import find_run_info
-    from scripts.simulate import format_table
+    from scripts.simulate import metrics_table
 
     if bool(args.model) != bool(args.dataset):  # the flags first, then the files
         print("gridrl evaluate: --model and --dataset go together", file=sys.stderr)
@@ -257,8 +249,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:  # OutputError, ConfigError (site) name the file
         print(f"gridrl evaluate: {exc}", file=sys.stderr)
         return 2
-    print(format_table(results))
+    print(metrics_table(results))
     if "pi" in results:
-        print(format_criteria(success_criteria(results)))
+        print(criteria_table(success_criteria(results), fmt=".2f"))
     print(json.dumps({"out": str(out), "policy": results["policy"]}))
     return 0

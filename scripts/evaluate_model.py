@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from envs.outputs import OutputKind, check_output, staged_output
+from envs.tables import format_table
 from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
 
 # What `gridrl evaluate-model` always writes.
@@ -185,11 +186,10 @@ def rank_policies(flag: str) -> dict:
 
 def format_rank(rank: dict) -> str:
     m = rank["metric"]
-    lines = [f"{'controller':24s}{'model ' + m:>20s}{'simulator ' + m:>22s}{'trusted':>9s}"]
-    for n in rank["controllers"]:
-        lines.append(
-            f"{n:24s}{rank['model'][n][m]:20.3f}{rank['simulator'][n][m]:22.3f}"
-            f"{rank['model'][n]['trusted_share']:9.2f}"
-        )
-    lines.append(f"Spearman rho ({m}, {len(rank['controllers'])} controllers): {rank['spearman_rho']:.3f}")
-    return "\n".join(lines)
+    rows = [
+        [n, rank["model"][n][m], rank["simulator"][n][m], rank["model"][n]["trusted_share"]]
+        for n in rank["controllers"]
+    ]
+    columns = ["controller", f"model {m}", f"simulator {m}", "trusted"]
+    table = format_table(rows, columns, fmt=[None, ".3f", ".3f", ".2f"])
+    return table + f"\nSpearman rho ({m}, {len(rank['controllers'])} controllers): {rank['spearman_rho']:.3f}"

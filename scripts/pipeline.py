@@ -248,9 +248,9 @@ def run(args: argparse.Namespace) -> int:
 
         from cluster.local import init_ray
         from envs.dynamics.evaluator import format_results
+        from envs.tables import criteria_table
         from rllib_configs.runner import print_summary
-        from scripts.evaluate import format_criteria
-        from scripts.simulate import format_table
+        from scripts.simulate import metrics_table
 
         try:
             stages = Stages(total=10, stream=console.err)
@@ -264,8 +264,8 @@ def run(args: argparse.Namespace) -> int:
             ray.shutdown()
     results, criteria = report["metrics"], report["criteria"]
     fwd, model_based = report["forward_model"], report["model_based"]
-    print(format_table(results))
-    print(format_criteria(criteria))
+    print(metrics_table(results))
+    print(criteria_table(criteria, fmt=".2f"))
     fm = fwd["evaluation"]["criteria"]
     print("forward model on the test split: " + ", ".join(
         f"{r['criterion']} {r['value']:.4g} ({'ok' if r['passed'] else 'NOT met'})" for r in fm))
@@ -288,14 +288,15 @@ def run(args: argparse.Namespace) -> int:
 
 def format_promotion(promotion: dict[str, Any]) -> str:
     """The promotion rule's checks, by the simulator (the verdict) and by the forward model (information)."""
-    lines = [f"{'promotion check':34s}{'simulator':>12s}{'forward model':>15s}  target"]
+    from scripts.retrain import promotion_table
+
     sim, mod = promotion["simulator"], promotion["forward_model"]
-    for a, b in zip(sim["checks"], mod["checks"], strict=True):
-        fmt = (lambda r: f"{r['value']:.2f}{'' if r['passed'] else ' NO'}")  # noqa: E731
-        lines.append(f"{a['check']:34s}{fmt(a):>12s}{fmt(b):>15s}  {a['target']}")
-    yes = {True: "yes", False: "no"}
-    lines.append(f"{'promoted':34s}{yes[sim['promoted']]:>12s}{yes[mod['promoted']]:>15s}  (the simulator's)")
-    return "\n".join(lines)
+    if len(sim["checks"]) != len(mod["checks"]):
+        raise ValueError(
+            f"promotion: {len(sim['checks'])} simulator checks, {len(mod['checks'])} model checks"
+        )
+    verdicts = [("simulator", sim), ("forward model", mod)]
+    return promotion_table("promotion check", verdicts, last="promoted", note="(the simulator's)")
 
 
 def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from envs.tables import format_table
 from scripts.flags import HOURS, SEED, START_H, float_in, int_at_least
 
 
@@ -168,23 +169,31 @@ def _model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def promotion_table(
+    title: str, verdicts: list[tuple[str, dict[str, Any]]], last: str = "passed", note: str = ""
+) -> str:
+    """The promotion rule's checks, one verdict a column: each check's value (``NO`` where it failed) and
+    target, then a row ``last`` that says which verdicts promote (with ``note`` as its target)."""
+    first = verdicts[0][1]["checks"]
+    rows = [
+        [row["check"], *(_check(v["checks"][i]) for _, v in verdicts), row["target"]]
+        for i, row in enumerate(first)
+    ]
+    rows.append([last, *("yes" if v["promoted"] else "no" for _, v in verdicts), note])
+    columns = [title, *(t for t, _ in verdicts), "target"]
+    return format_table(rows, columns, align="<" + ">" * len(verdicts) + "<")
+
+
+def _check(r: dict[str, Any]) -> str:
+    return f"{r['value']:.2f}{'' if r['passed'] else ' NO'}"
+
+
 def format_verdicts(promotion: dict[str, Any]) -> str:
     """The rule's checks: the new policy vs the PI, the old controller vs the PI, the new vs the old."""
     titles = (("new_vs_pi", "new vs PI"), ("old_vs_pi", "old vs PI"), ("new_vs_old", "new vs old"),
               ("forward_model", "model: new vs PI"))  # fmt: skip
-    cols = [(k, t) for k, t in titles if promotion.get(k)]
-    lines = [f"{'promotion check (' + promotion['judge'] + ')':34s}" + "".join(f"{t:>18s}" for _, t in cols)
-             + "  target"]  # fmt: skip
-    first = promotion[cols[0][0]]
-    for i, row in enumerate(first["checks"]):
-        cells = []
-        for k, _ in cols:
-            r = promotion[k]["checks"][i]
-            cells.append(f"{r['value']:.2f}{'' if r['passed'] else ' NO'}")
-        lines.append(f"{row['check']:34s}" + "".join(f"{c:>18s}" for c in cells) + f"  {row['target']}")
-    yes = {True: "yes", False: "no"}
-    lines.append(f"{'passed':34s}" + "".join(f"{yes[promotion[k]['promoted']]:>18s}" for k, _ in cols))
-    return "\n".join(lines)
+    verdicts = [(t, promotion[k]) for k, t in titles if promotion.get(k)]
+    return promotion_table(f"promotion check ({promotion['judge']})", verdicts)
 
 
 def run(args: argparse.Namespace) -> int:

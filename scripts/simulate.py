@@ -17,6 +17,7 @@ from envs.plots import plot_day
 from envs.profiles import SCENARIOS
 from envs.rollout import BASELINES, make_controller, rollout
 from envs.site import DEFAULT_SITE_PATH
+from envs.tables import format_table
 from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
 
 # What `gridrl simulate` writes (always): how a folder of its results is recognised.
@@ -99,17 +100,11 @@ def simulate(
     return results
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """The comparison table printed by simulate and evaluate."""
+def metrics_table(results: dict[str, dict[str, float]]) -> str:
+    """The comparison table of simulate, evaluate and pipeline: a metric a row, a controller a column."""
     names = list(results)
-    lines = [f"{'metric':24s}" + "".join(f"{n:>14s}" for n in names)]
-    for m in METRICS:
-        row = f"{m:24s}"
-        for n in names:
-            v = results[n].get(m, float("nan"))
-            row += f"{v:14.3f}" if isinstance(v, float) else f"{v:14d}"
-        lines.append(row)
-    return "\n".join(lines)
+    rows = [[m, *(results[n].get(m, float("nan")) for n in names)] for m in METRICS]
+    return format_table(rows, ["metric", *names], fmt=".3f")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,6 +127,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # OutputError, and ConfigError naming the file and field
         print(f"gridrl simulate: {exc}", file=sys.stderr)
         return 2
-    print(format_table(results))
+    print(metrics_table(results))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0

@@ -51,7 +51,7 @@ def test_ppo_meets_issue_16_targets_on_whole_days_and_unseen_sites(tmp_path, ray
     v2, 15 minutes on 2 cores. gridrl benchmark's verdict (scripts/benchmark.py ``targets``) must say every target holds.
     """
     from envs.site_sampler import write_sites
-    from scripts.benchmark import format_table, run_cases, summarise
+    from scripts.benchmark import cases_table, run_cases, summarise
 
     spec = load_train_config(REPO / "rllib_configs/export/ppo_residual_warm.yaml")
     summary = run_training(spec, RunOptions(storage_path=tmp_path, seed=0, time_budget_s=15 * 60, checkpoint_every=5))
@@ -59,6 +59,6 @@ def test_ppo_meets_issue_16_targets_on_whole_days_and_unseen_sites(tmp_path, ray
     cases = run_cases(summary["checkpoint"], tmp_path / "bench", sites, ["clear", "broken_clouds", "overcast"],
                       days=1, seed=7, episode_s=86400, start_s=0)  # fmt: skip
     verdict = summarise(cases)
-    print(format_table(cases, verdict))
+    print(cases_table(cases, verdict))
     missed = [name for name, t in verdict["targets"].items() if not t["ok"]]
     assert verdict["targets_met"], f"missed: {missed}"
