@@ -130,6 +130,7 @@ def decide(
     cases: list[dict[str, Any]] | None = None,
     where: str = "",
     name: str = "the candidate",
+    incumbent: str = "the PI",
 ) -> Verdict:
     """Apply the rule to the candidate's and the PI's metrics of record on the same validation days.
 
@@ -142,6 +143,8 @@ def decide(
         cases: Per-day (or per-window) numbers, for the report.
         where: Words naming the days judged on ("5 validation days (clear, ...)"), for the reason.
         name: What the candidate is called in the reason ("the CQL policy").
+        incumbent: What ``pi`` is called in the reason: the PI, or the controller the candidate would replace
+            ("the old bundle's controller"); the checks keep their names.
     """
     red = reduction_pct(candidate["export_kwh"], pi["export_kwh"])
     ratio = import_ratio(candidate, pi)
@@ -160,18 +163,18 @@ def decide(
     why = []
     if not checks[0]["passed"]:
         if pi["export_kwh"] <= 0:
-            why.append("the PI exports nothing on these days: there is nothing to cut")
+            why.append(f"{incumbent} exports nothing on these days: there is nothing to cut")
         else:
             change = -red
             why.append(
-                f"it exports {candidate['export_kwh']:.3f} kWh against the PI's {pi['export_kwh']:.3f} kWh "
-                f"({change:+.1f} %; it must be at least {config.margin_pct:g} % lower)"
+                f"it exports {candidate['export_kwh']:.3f} kWh against {incumbent}'s {pi['export_kwh']:.3f} "
+                f"kWh ({change:+.1f} %; it must be at least {config.margin_pct:g} % lower)"
             )
     if not checks[1]["passed"]:
         why.append(
-            f"its controlled import is {ratio:.2f}x the PI's ({candidate['controlled_import_kwh']:.3f} vs "
-            f"{pi['controlled_import_kwh']:.3f} kWh; at most {config.max_import_ratio:g}x) and its wasted "
-            f"energy (export + controlled import) {w_c:.3f} kWh is not below the PI's {w_pi:.3f} kWh"
+            f"its controlled import is {ratio:.2f}x {incumbent}'s ({candidate['controlled_import_kwh']:.3f} "
+            f"vs {pi['controlled_import_kwh']:.3f} kWh; at most {config.max_import_ratio:g}x) and its wasted "
+            f"energy (export + controlled import) {w_c:.3f} kWh is not below {incumbent}'s {w_pi:.3f} kWh"
         )
     if not checks[2]["passed"]:
         why.append(f"it has {violations} safety violation(s)")
@@ -182,13 +185,13 @@ def decide(
     on = f" on {where}" if where else ""
     if promoted:
         reason = (
-            f"{name} beats the PI in the {judge}{on}: export {candidate['export_kwh']:.3f} kWh against "
+            f"{name} beats {incumbent} in the {judge}{on}: export {candidate['export_kwh']:.3f} kWh against "
             f"{pi['export_kwh']:.3f} kWh ({-red:+.1f} %, margin {config.margin_pct:g} %), controlled import "
-            f"{ratio:.2f}x the PI's, no safety violation"
+            f"{ratio:.2f}x {incumbent}'s, no safety violation"
             + (f", trust {trust:.2f}" if judge != "simulator" else "")
         )
     else:
-        reason = f"{name} does not beat the PI in the {judge}{on}: " + "; ".join(why)
+        reason = f"{name} does not beat {incumbent} in the {judge}{on}: " + "; ".join(why)
     return Verdict(
         promoted=promoted, reason=reason, judge=judge, trust=float(trust), candidate=dict(candidate),
         pi=dict(pi), checks=checks, config=asdict(config), cases=list(cases or []),

@@ -318,10 +318,8 @@ def versus_incumbent(new: Verdict, old: Verdict, config: PromotionConfig, name: 
     where = f"the same {len(new.cases)} validation case(s)" if new.cases else "the same validation days"
     detail = new.trust_detail if new.trust <= old.trust else old.trust_detail
     trust = min(new.trust, old.trust)
-    verdict = decide(new.candidate, old.candidate, config, new.judge, trust, detail, None, where, name)
-    # decide() words its reason for the PI as the incumbent; here the incumbent is the old bundle's controller
-    verdict.reason = verdict.reason.replace("the PI", "the old bundle's controller")
-    return verdict
+    return decide(new.candidate, old.candidate, config, new.judge, trust, detail, None, where, name,
+                  incumbent="the old bundle's controller")  # fmt: skip
 
 
 def judge(controller: Any, name: str, cfg: RetrainConfig, site: str, dataset: Path, model: str) -> Verdict:

@@ -88,6 +88,11 @@ def test_the_rule_on_numbers():
     )
     assert not untrusted.promoted and "not trusted: trust 0.50 < 0.8 (x)" in untrusted.reason
     assert not decide(_metrics(0.0, 0.0), _metrics(0.0, 0.0), cfg).promoted  # nothing to cut
+    # the incumbent is named where it is not the PI (gridrl retrain: the old bundle's controller)
+    old = decide(_metrics(9.0, 4.0), pi, cfg, name="the new", incumbent="the old controller")
+    assert old.reason.startswith("the new does not beat the old controller in the simulator: ")
+    assert "3.97x the old controller's" in old.reason and "the PI" not in old.reason
+    assert "the PI" not in decide(_metrics(5.0, 1.0), pi, cfg, incumbent="the old controller").reason
     with pytest.raises(ValueError, match="margin_pct"):
         PromotionConfig(margin_pct=-1)
     with pytest.raises(ValueError, match="scenarios"):
