@@ -22,23 +22,6 @@ from typing import Any
 from envs.config import ConfigError
 from envs.outputs import OutputError, OutputKind, check_output
 
-SUMMARY_KPIS = (
-    "cost_total",
-    "carbon_emissions_kg",
-    "grid_import_kwh",
-    "grid_export_kwh",
-    "daily_peak_import_mean_kw",
-    "ramping_mean_kw",
-    "ev_departure_success_ratio",
-    "solar_self_consumption_ratio",
-    "co2_emitted_kg",
-    "co2_indirect_reduction_kg",
-    "co2_direct_reduction_kg",
-    "ev_departure_shortfall_kwh",
-    "limit_violations",
-    "episode_return",
-)
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``citylearn`` and its sub-commands to ``subparsers``."""
@@ -217,7 +200,7 @@ def _reward_kwargs(items: list[str]) -> dict[str, Any]:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from envs.citylearn.env import resolve_schema
-    from envs.citylearn.evaluate import evaluate_controllers
+    from envs.citylearn.evaluate import evaluate_controllers, kpi_table
     from rllib_configs.policy import load_module_policy
 
     check_output(args.out, CITYLEARN_EVALUATE_OUTPUT, update=True)  # a file, unwritable: named first
@@ -238,11 +221,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if "controllers:" in str(exc):
             raise ConfigError(None, "--controllers", str(exc).split(": ", 1)[1]) from exc
         raise
-    names = list(results)
-    print(f"{'kpi':32s}" + "".join(f"{n:>16s}" for n in names))
-    for k in SUMMARY_KPIS:
-        vals = [results[n].get(k) for n in names]
-        print(f"{k:32s}" + "".join(f"{v:16.4g}" if v is not None else f"{'-':>16s}" for v in vals))
+    print(kpi_table(results, against=None))
     _say(f"wrote {Path(args.out) / 'kpis.json'} and {Path(args.out) / 'dispatch.png'}")
     return 0
 

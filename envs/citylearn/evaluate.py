@@ -38,6 +38,7 @@ from envs.citylearn.baselines import Controller, make_baseline
 from envs.citylearn.env import CityLearnEnvConfig, CityLearnRLlibEnv, resolve_schema
 from envs.citylearn.kpis import CO2_FACTOR_KG_PER_KWH, EV_AVOIDED_KG_PER_KWH, district_series, episode_kpis
 from envs.config import from_mapping
+from envs.tables import format_table
 
 Progress = Callable[[str], None]
 
@@ -517,27 +518,24 @@ def target_check(results: Mapping[str, Mapping[str, float | None]], policy: str 
             "passed": all(c["passed"] for c in criteria.values())}  # fmt: skip
 
 
-def kpi_table(results: Mapping[str, Mapping[str, float | None]], against: str = "rbc") -> str:
+def kpi_table(results: Mapping[str, Mapping[str, float | None]], against: str | None = "rbc") -> str:
     """The summary KPIs side by side, with which controllers beat ``against`` on each.
 
     Args:
         results: ``{controller: {kpi: value}}`` as :func:`evaluate_controllers` returns.
-        against: The controller the last column compares with (skipped if absent).
+        against: The controller the last column compares with (no such column if absent, or None).
     """
     names = list(results)
     rivals = [n for n in names if n != against] if against in results else []
-    lines = [
-        f"{'kpi':38s}" + "".join(f"{n:>14s}" for n in names) + (f"  better than {against}" if rivals else "")
-    ]
+    rows = []
     for k, higher in SUMMARY_KPIS.items():
-        vals = [results[n].get(k) for n in names]
-        row = f"{k:38s}" + "".join(f"{v:14.4g}" if v is not None else f"{'-':>14s}" for v in vals)
+        row = [k, *(results[n].get(k) for n in names)]
         if rivals:
             ref = results[against].get(k)
-            better = [n for n in rivals if beats(results[n].get(k), ref, higher)]
-            row += "  " + (", ".join(better) or "-")
-        lines.append(row)
-    return "\n".join(lines)
+            row.append(", ".join(n for n in rivals if beats(results[n].get(k), ref, higher)) or "-")
+        rows.append(row)
+    columns = ["kpi", *names] + ([f"better than {against}"] if rivals else [])
+    return format_table(rows, columns, align="<" + ">" * len(names) + "<" * bool(rivals))
 
 
 def beats(

@@ -25,6 +25,7 @@ import torch
 from envs.dynamics.data import SplitData
 from envs.dynamics.model import ForwardModel
 from envs.state_spec import FEAT
+from envs.tables import criteria_table, format_table
 
 EXPORT = FEAT["export_w"]
 ROLLOUT_STEPS = (10, 30)
@@ -259,31 +260,23 @@ def criteria_trust(criteria: list[dict[str, Any]]) -> tuple[float, str]:
     return trust, why
 
 
+_MSE, _MAE = ("mse", "persistence_mse"), ("export_mae_w", "persistence_export_mae_w")
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The table printed by ``gridrl evaluate-model``: model vs persistence, then the criteria."""
     one, roll = report["one_window"], report["rollout"]["open_loop"]
     k = report["k"]
-    lines = [
-        f"{'':34s}{'model':>12s}{'persistence':>14s}",
-        f"{f'{k}-s MSE (normalised)':34s}{one['mse']:12.4f}{one['persistence_mse']:14.4f}",
-        f"{f'{k}-s export MAE (W)':34s}{one['export_mae_w']:12.1f}{one['persistence_export_mae_w']:14.1f}",
-    ]
+    scores = [(f"{k}-s MSE (normalised)", f"{k}-s export MAE (W)", one)]
     for s in ROLLOUT_STEPS:
-        r = roll[f"{s}_steps"]
-        lines.append(
-            f"{f'rollout {s} steps ({s * k} s) MSE':34s}{r['mse']:12.4f}{r['persistence_mse']:14.4f}"
-        )
-        lines.append(
-            f"{f'rollout {s} steps ({s * k} s) export MAE':34s}{r['export_mae_w']:12.1f}"
-            f"{r['persistence_export_mae_w']:14.1f}"
-        )
-    lines.append("")
-    lines.append(f"{'criterion':36s}{'value':>12s}  {'target':>10s}  passed")
-    for r in report["criteria"]:
-        lines.append(
-            f"{r['criterion']:36s}{r['value']:12.4g}  {r['target']:>10s}  {'yes' if r['passed'] else 'NO'}"
-        )
-    return "\n".join(lines)
+        name = f"rollout {s} steps ({s * k} s)"
+        scores.append((f"{name} MSE", f"{name} export MAE", roll[f"{s}_steps"]))
+    rows = []
+    for mse, mae, r in scores:  # each value with its unit's precision: MSE 4 decimals, MAE (W) 1
+        rows.append([mse, *(f"{r[c]:.4f}" for c in _MSE)])
+        rows.append([mae, *(f"{r[c]:.1f}" for c in _MAE)])
+    errors = format_table(rows, ["", "model", "persistence"], align="<>>")
+    return errors + "\n\n" + criteria_table(report["criteria"])
 
 
 def plot_rollout(report: dict[str, Any], path: Path) -> None:

@@ -64,6 +64,7 @@ from envs.metrics import metrics_of_record, reduction_pct
 from envs.promotion import PromotionConfig, Verdict, decide
 from envs.site import load_site
 from envs.state_spec import FEAT
+from envs.tables import format_table
 
 BASELINES = ("pi", "zero", "rbc", "random")
 DEFAULT_THRESHOLD = 0.15  # as ModelEnvConfig.disagreement_threshold
@@ -505,15 +506,11 @@ def format_results(results: dict[str, dict[str, float]]) -> str:
         "phase_imbalance_w",
         "controlled_import_kwh",
     )
-    head = (
-        f"{'controller':12s}" + "".join(f"{c:>22s}" for c in cols) + f"{'vs logged PI %':>16s}{'agree':>7s}"
-        f"{'trust':>7s}"
-    )
-    lines = [head]
-    for name, m in results.items():
-        row = f"{name:12s}" + "".join(f"{m[c]:22.3f}" for c in cols)
-        lines.append(
-            row + f"{m.get('export_reduction_vs_logged_pi_pct', float('nan')):16.1f}{m['trusted_share']:7.2f}"
-            f"{m.get('trust', float('nan')):7.2f}"
-        )
-    return "\n".join(lines)
+    nan = float("nan")
+    rows = [
+        [name, *(m[c] for c in cols), m.get("export_reduction_vs_logged_pi_pct", nan), m["trusted_share"],
+         m.get("trust", nan)]
+        for name, m in results.items()
+    ]  # fmt: skip
+    columns = ["controller", *cols, "vs logged PI %", "agree", "trust"]
+    return format_table(rows, columns, fmt=[None, *[".3f"] * len(cols), ".1f", ".2f", ".2f"])
