@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import polars as pl
 import pyarrow as pa
 
+from envs.tables import format_table
+
 SCHEMA_VERSION = "raw-logs-v1"
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"  # how text formats write timestamps (UTC, milliseconds)
 PHASES = (1, 2, 3)
@@ -163,16 +165,15 @@ def arrow_schema(stream: Stream) -> pa.Schema:
 
 def markdown_table(stream: Stream) -> str:
     """The stream's columns as a Markdown table (for the README)."""
-    rows = ["| column | type | unit | meaning |", "| --- | --- | --- | --- |"]
-    for c in stream.columns:
-        kind = {
-            "timestamp": "timestamp (UTC, ms)",
-            "float": "float64",
-            "int": "int64",
-            "bool": "bool",
-            "string": "string",
-        }[c.kind]
-        rows.append(
-            f"| `{c.name}` | {kind}{', may be empty' if c.nullable else ''} | {c.unit} | {c.description} |"
-        )
-    return "\n".join(rows)
+    kinds = {
+        "timestamp": "timestamp (UTC, ms)",
+        "float": "float64",
+        "int": "int64",
+        "bool": "bool",
+        "string": "string",
+    }
+    rows = [
+        [f"`{c.name}`", kinds[c.kind] + (", may be empty" if c.nullable else ""), c.unit, c.description]
+        for c in stream.columns
+    ]
+    return format_table(rows, ["column", "type", "unit", "meaning"], style="markdown")
