@@ -1,0 +1,63 @@
+"""envs/planner.py: the LP lower bound sits between the relaxed oracle and every real controller.
+
+On a small-tank variant of the default site (so that one hour fills the tanks and the energy limits bind),
+one hour of broken clouds: the LP's least export is <= the PI's and >= the relaxed oracle's minus the
+aggregation tolerance (the LP checks tank levels only at the ends of its 60 s steps); with the import
+capped at the PI's, it is still <= the PI's export; its wasted energy is <= the PI's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from envs.controllers import PIController
+from envs.export_env import ExportControlEnv, ExportEnvConfig
+from envs.metrics import metrics_of_record
+from envs.oracle import OracleController
+from envs.planner import day_arrays, lower_bound
+from envs.rollout import rollout
+from envs.site import DEFAULT_SITE_PATH
+
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def small_cfg(tmp_path_factory) -> ExportEnvConfig:
+    data = yaml.safe_load(DEFAULT_SITE_PATH.read_text())
+    for sl in data["slaves"]:
+        if sl["kind"] == "water_heater":
+            sl.update(tank_kwh=0.6)
+        elif sl["kind"] == "heat_pump":
+            sl.update(tank_kwh=0.5)
+        else:
+            sl.update(energy_kwh=[1.0, 2.0])
+    path = Path(tmp_path_factory.mktemp("planner")) / "small_tanks.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return ExportEnvConfig(site=str(path), scenario="broken_clouds", episode_s=3600, start_s=11 * 3600)
+
+
+@pytest.fixture(scope="module")
+def runs(small_cfg):
+    env = ExportControlEnv(small_cfg)
+    env.reset(seed=SEED)
+    day = day_arrays(env.sim)
+    pi = metrics_of_record(rollout(PIController(), small_cfg, seed=SEED).frame)
+    oracle = metrics_of_record(rollout(OracleController(), small_cfg, seed=SEED).frame)
+    return day, pi, oracle
+
+
+def test_lower_bound_between_oracle_and_pi(runs):
+    day, pi, oracle = runs
+    lb = lower_bound(day)
+    assert lb.status == "optimal", lb.status
+    assert oracle["export_kwh"] > 0.3, oracle  # the tanks fill: a bound of 0 would not pass below
+    assert lb.export_kwh <= pi["export_kwh"], (lb, pi)
+    assert lb.export_kwh >= oracle["export_kwh"] - 0.02 - 0.02 * oracle["export_kwh"], (lb, oracle)
+    capped = lower_bound(day, import_cap_kwh=pi["controlled_import_kwh"])
+    assert lb.export_kwh - 1e-9 <= capped.export_kwh <= pi["export_kwh"], (capped, pi)
+    assert capped.import_kwh <= pi["controlled_import_kwh"] + 1e-6, capped
+    wasted = lower_bound(day, objective="wasted")
+    assert wasted.wasted_kwh <= pi["export_kwh"] + pi["controlled_import_kwh"], (wasted, pi)
