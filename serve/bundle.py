@@ -107,13 +107,12 @@ class ControllerPolicy:
 
 
 @dataclass
-class Bundle:
-    """A loaded, verified bundle."""
+class LoadedBundle:
+    """What every domain's loaded, verified bundle has: its directory and manifest, its name and controller,
+    and a policy behind the domain's safety wrapper (serve/citylearn_bundle.py's is the other domain)."""
 
     path: Path
     manifest: dict[str, Any]
-    normalizer: ObsNormalizer
-    limits: SafetyLimits
 
     @property
     def name(self) -> str:
@@ -122,6 +121,32 @@ class Bundle:
     @property
     def controller(self) -> str:
         return str(self.manifest["controller"])
+
+    def make_policy(self, threads: int = 1) -> Any:
+        """A fresh policy of the bundle's controller (before the safety wrapper)."""
+        raise NotImplementedError
+
+    def wrap(self, policy: Any, **kwargs: Any) -> Any:
+        """``policy`` behind the domain's safety wrapper; ``kwargs`` go to the wrapper (clock, timer)."""
+        raise NotImplementedError
+
+    def make_wrapper(self, **kwargs: Any) -> Any:
+        """The policy behind the safety wrapper; ``kwargs`` go to the wrapper (clock, timer).
+
+        ``threads``: ONNX threads of a new policy. ``policy``: a policy made by :meth:`make_policy` to use
+        instead of a new one (an ONNX session has no state between calls, so sites can share one; a baseline
+        controller has state)."""
+        threads = kwargs.pop("threads", 1)
+        policy = kwargs.pop("policy", None) or self.make_policy(threads)
+        return self.wrap(policy, **kwargs)
+
+
+@dataclass
+class Bundle(LoadedBundle):
+    """A loaded, verified export-domain bundle."""
+
+    normalizer: ObsNormalizer
+    limits: SafetyLimits
 
     @property
     def max_power_per_phase_w(self) -> float:
@@ -142,13 +167,8 @@ class Bundle:
             RuleBasedController(from_mapping(RBCConfig, params, source)), self.max_power_per_phase_w
         )
 
-    def make_wrapper(self, **kwargs: Any) -> SafetyWrapper:
-        """The policy behind the safety wrapper; ``kwargs`` go to :class:`SafetyWrapper` (clock, timer).
-
-        ``policy``: a policy made by :meth:`make_policy` to use instead of a new one (an ONNX session
-        has no state between calls, so sites can share one; a baseline controller has state)."""
-        threads = kwargs.pop("threads", 1)
-        policy = kwargs.pop("policy", None) or self.make_policy(threads)
+    def wrap(self, policy: Any, **kwargs: Any) -> SafetyWrapper:
+        """``policy`` behind :class:`SafetyWrapper`; ``kwargs`` go to it (clock, timer)."""
         return SafetyWrapper(self.limits, self.normalizer, policy, **kwargs)
 
     def check_site(self, site: Site, source: str = "site") -> None:
@@ -269,7 +289,8 @@ def export_baseline(
 # --- loading
 
 
-def _fail(path: Path, problem: str) -> BundleError:
+def bundle_error(path: Path, problem: str) -> BundleError:
+    """The error of a bundle file: its path, then the problem (every domain's loader words it so)."""
     return BundleError(f"{path}: {problem}")
 
 
@@ -280,7 +301,7 @@ def _check_spec(path: Path, spec: dict[str, Any]) -> None:
     theirs = [f.get("name") for f in spec.get("features", [])]
     ours = [f["name"] for f in mine["features"]]
     diff = [f"#{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(theirs, ours, strict=False)) if a != b][:5]
-    raise _fail(
+    raise bundle_error(
         path,
         f"state spec mismatch: bundle has {spec.get('version')!r} (sha256 {str(spec.get('sha256'))[:12]}), "
         f"this runtime has {mine['version']!r} (sha256 {mine['sha256'][:12]}); {len(theirs)} vs {len(ours)} "
@@ -294,16 +315,16 @@ def check_files(root: Path, manifest: dict[str, Any]) -> None:
     mpath = root / MANIFEST
     files = manifest.get("files")
     if not isinstance(files, dict):
-        raise _fail(mpath, "no 'files' table of hashes")
+        raise bundle_error(mpath, "no 'files' table of hashes")
     if manifest.get("controller") == "onnx" and ONNX_FILE not in files:
-        raise _fail(mpath, f"controller 'onnx' but {ONNX_FILE} is not listed in 'files'")
+        raise bundle_error(mpath, f"controller 'onnx' but {ONNX_FILE} is not listed in 'files'")
     for name, entry in files.items():
         p = root / name
         if Path(name).name != name or not p.is_file():
-            raise _fail(p, "listed in the manifest but missing")
+            raise bundle_error(p, "listed in the manifest but missing")
         size, digest = p.stat().st_size, sha256_file(p)
         if size != entry.get("bytes") or digest != entry.get("sha256"):
-            raise _fail(
+            raise bundle_error(
                 p,
                 f"sha256 mismatch: manifest says {str(entry.get('sha256'))[:16]}... "
                 f"({entry.get('bytes')} bytes), file is {digest[:16]}... ({size} bytes): "
@@ -319,7 +340,7 @@ def verify_onnx(
     out_dim = outs[0].shape[-1] if len(outs) == 1 and outs[0].shape else None
     ok_out = out_dim == n_out or isinstance(out_dim, str)  # a symbolic width: the known answers check it
     if len(ins) != 1 or not ins[0].shape or ins[0].shape[-1] != n_in or not ok_out:
-        raise _fail(
+        raise bundle_error(
             path,
             f"graph must map (B, {n_in}) -> (B, {n_out}); got "
             f"{[i.shape for i in ins]} -> {[o.shape for o in outs]}",
@@ -327,10 +348,10 @@ def verify_onnx(
     known = (manifest.get("onnx") or {}).get("known_answers") or {}
     z, want = np.asarray(known.get("inputs", []), np.float32), np.asarray(known.get("outputs", []))
     if z.size == 0:
-        raise _fail(path.parent / MANIFEST, "onnx.known_answers missing")
+        raise bundle_error(path.parent / MANIFEST, "onnx.known_answers missing")
     got = policy.run_normalised(z)
     if got.shape != want.shape or not np.all(np.abs(got - want) <= PARITY_TOL):
-        raise _fail(
+        raise bundle_error(
             path,
             f"known answers differ from the manifest's (max abs diff "
             f"{np.max(np.abs(got - want)) if got.shape == want.shape else 'shape'}): wrong graph or runtime",
@@ -346,19 +367,19 @@ def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any]]:
         root = root.parent
     mpath = root / MANIFEST
     if not mpath.is_file():
-        raise _fail(mpath, "not found (a bundle is a directory with manifest.json)")
+        raise bundle_error(mpath, "not found (a bundle is a directory with manifest.json)")
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(mpath, f"not valid JSON: {exc}") from exc
+        raise bundle_error(mpath, f"not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise _fail(
+        raise bundle_error(
             mpath,
             f"format is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
             f"this runtime reads {FORMAT!r}",
         )
     if manifest.get("manifest_sha256") != _manifest_digest(manifest):
-        raise _fail(mpath, "manifest_sha256 mismatch: the manifest was edited after export")
+        raise bundle_error(mpath, "manifest_sha256 mismatch: the manifest was edited after export")
     return root, manifest
 
 
@@ -368,13 +389,13 @@ def load_bundle(path: str | Path, check_onnx: bool = True) -> Bundle:
     root, manifest = read_manifest(path)
     mpath = root / MANIFEST
     if manifest.get("domain", "export") != "export":
-        raise _fail(
+        raise bundle_error(
             mpath,
             f"a {manifest.get('domain')!r} bundle, not an export-domain one (serve/domains.py load_runtime "
             "loads any domain's bundles)",
         )
     if manifest.get("controller") not in CONTROLLERS:
-        raise _fail(mpath, f"controller {manifest.get('controller')!r} is not one of {CONTROLLERS}")
+        raise bundle_error(mpath, f"controller {manifest.get('controller')!r} is not one of {CONTROLLERS}")
     _check_spec(mpath, manifest.get("state_spec") or {})
     check_files(root, manifest)
     try:
@@ -385,7 +406,7 @@ def load_bundle(path: str | Path, check_onnx: bool = True) -> Bundle:
     except (ConfigError, ValueError) as exc:
         raise BundleError(str(exc)) from exc
     if abs(limits.max_power_per_phase_w - float(manifest["action"]["high_w"])) > 1e-9:
-        raise _fail(mpath, "safety.max_power_per_phase_w differs from action.high_w")
+        raise bundle_error(mpath, "safety.max_power_per_phase_w differs from action.high_w")
     bundle = Bundle(root, manifest, normalizer, limits)
     if manifest["controller"] == "onnx":
         if check_onnx:

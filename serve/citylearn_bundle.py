@@ -67,7 +67,9 @@ from serve.bundle import (
     MANIFEST,
     ONNX_FILE,
     BundleError,
+    LoadedBundle,
     OnnxPolicy,
+    bundle_error,
     check_files,
     export_onnx,
     gridrl_version,
@@ -90,10 +92,6 @@ ACTION_UNIT = (
     "share of the device's power limit per step: a battery's nominal power (+ charges, - discharges); a "
     "charger's maximum charging power (negative: its maximum discharging power, V2G)"
 )
-
-
-def _fail(path: Path, problem: str) -> BundleError:
-    return BundleError(f"{path}: {problem}")
 
 
 # --- policies (raw observation (n_raw,) -> action (n_actions,) in [-1, 1])
@@ -129,22 +127,12 @@ class CityLearnOnnxPolicy:
 
 
 @dataclass
-class CityLearnBundle:
+class CityLearnBundle(LoadedBundle):
     """A loaded, verified CityLearn bundle."""
 
-    path: Path
-    manifest: dict[str, Any]
     devices: DeviceTable
     encoder: ObservationEncoder | None
     limits: CityLearnSafetyLimits
-
-    @property
-    def name(self) -> str:
-        return str(self.manifest["name"])
-
-    @property
-    def controller(self) -> str:
-        return str(self.manifest["controller"])
 
     @property
     def spec_version(self) -> str:
@@ -164,12 +152,8 @@ class CityLearnBundle:
             return CityLearnOnnxPolicy(onnx, self.encoder, self.devices, scale)
         return RBCPolicy(self.devices, (self.manifest.get("params") or {}).get("soc_margin"))
 
-    def make_wrapper(self, **kwargs: Any) -> CityLearnSafetyWrapper:
-        """The policy behind the CityLearn safety wrapper; ``kwargs`` go to the wrapper (clock, timer).
-
-        ``policy``: a policy made by :meth:`make_policy` to use instead of a new one (sites share one)."""
-        threads = kwargs.pop("threads", 1)
-        policy = kwargs.pop("policy", None) or self.make_policy(threads)
+    def wrap(self, policy: Any, **kwargs: Any) -> CityLearnSafetyWrapper:
+        """``policy`` behind the CityLearn safety wrapper; ``kwargs`` go to it (clock, timer)."""
         return CityLearnSafetyWrapper(self.limits, self.devices, policy, **kwargs)
 
 
@@ -178,26 +162,28 @@ def load_citylearn_bundle(path: str | Path, check_onnx: bool = True) -> CityLear
     root, manifest = read_manifest(path)
     mpath = root / MANIFEST
     if manifest.get("domain") != DOMAIN:
-        raise _fail(mpath, f"domain {manifest.get('domain')!r}, not {DOMAIN!r}")
+        raise bundle_error(mpath, f"domain {manifest.get('domain')!r}, not {DOMAIN!r}")
     if manifest.get("controller") not in CONTROLLERS:
-        raise _fail(mpath, f"controller {manifest.get('controller')!r} is not one of {CONTROLLERS}")
+        raise bundle_error(mpath, f"controller {manifest.get('controller')!r} is not one of {CONTROLLERS}")
     check_files(root, manifest)
     try:
         devices = DeviceTable.from_dict(manifest["devices"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise _fail(mpath, f"devices: not a device table ({type(exc).__name__}: {exc})") from None
+        raise bundle_error(mpath, f"devices: not a device table ({type(exc).__name__}: {exc})") from None
     obs, action = manifest.get("observation") or {}, manifest.get("action") or {}
     names = obs.get("names")
     if names != list(devices.observation_names) or obs.get("version") != raw_spec(names)["version"]:
-        raise _fail(mpath, "observation: names or version do not match the device table's raw observation")
+        raise bundle_error(
+            mpath, "observation: names or version do not match the device table's raw observation"
+        )
     low, high = devices.action_bounds()
     if action.get("names") != list(devices.action_names):
-        raise _fail(mpath, "action.names: differ from the device table's action slots")
+        raise bundle_error(mpath, "action.names: differ from the device table's action slots")
     if action.get("low") != low.tolist() or action.get("high") != high.tolist():
-        raise _fail(mpath, "action.low/high: differ from the devices' limits")
+        raise bundle_error(mpath, "action.low/high: differ from the devices' limits")
     missing = devices.missing_for_raw_state()
     if missing:
-        raise _fail(
+        raise bundle_error(
             mpath, f"devices: readings the RBC and the safety checks need are not observed: {missing[:3]}"
         )
     try:
@@ -209,15 +195,15 @@ def load_citylearn_bundle(path: str | Path, check_onnx: bool = True) -> CityLear
         try:
             encoder = ObservationEncoder.from_dict(obs.get("encoding") or {}, names)
         except ValueError as exc:
-            raise _fail(mpath, f"observation.encoding: {exc}") from None
+            raise bundle_error(mpath, f"observation.encoding: {exc}") from None
         if action.get("mode") not in ("direct", "rbc_residual"):
-            raise _fail(mpath, f"action.mode {action.get('mode')!r}: direct or rbc_residual")
+            raise bundle_error(mpath, f"action.mode {action.get('mode')!r}: direct or rbc_residual")
         if action["mode"] == "rbc_residual" and not float(action.get("residual_scale") or 0) > 0:
-            raise _fail(mpath, "action.residual_scale: must be > 0 with mode rbc_residual")
+            raise bundle_error(mpath, "action.residual_scale: must be > 0 with mode rbc_residual")
     else:
         margin = (manifest.get("params") or {}).get("soc_margin", SOC_MARGIN)
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
-            raise _fail(mpath, f"params.soc_margin: a number in [0, 1], got {margin!r}")
+            raise bundle_error(mpath, f"params.soc_margin: a number in [0, 1], got {margin!r}")
     bundle = CityLearnBundle(root, manifest, devices, encoder, limits)
     if manifest["controller"] == "onnx" and check_onnx:
         policy = bundle.make_policy()

@@ -65,8 +65,7 @@ from typing import Any
 import numpy as np
 
 from envs.citylearn.devices import DeviceTable, rbc_action
-from envs.config import from_mapping, to_mapping
-from serve.safety import VIOLATIONS, Decision, Timers, call_policy
+from serve.safety import VIOLATIONS, Decision, ManifestSection, Timers, call_policy
 
 SOURCES = ("policy", "fallback", "safe")
 DEVICE_CHECKS = ("battery_power", "charger_power", "charger_no_vehicle", "ev_soc", "battery_soc")
@@ -74,7 +73,7 @@ DEVICE_CHECKS = ("battery_power", "charger_power", "charger_no_vehicle", "ev_soc
 
 
 @dataclass(frozen=True)
-class CityLearnSafetyLimits:
+class CityLearnSafetyLimits(ManifestSection):
     """What the wrapper enforces besides the devices' own limits (a bundle's manifest carries it)."""
 
     policy_deadline_s: float = 1.0
@@ -104,13 +103,6 @@ class CityLearnSafetyLimits:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "safety") -> CityLearnSafetyLimits:
-        """Typed conversion; unknown keys and bad values raise a ConfigError naming ``source`` and the key."""
-        return from_mapping(cls, data, source=source)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_mapping(self)
 
 
 class RBCPolicy:

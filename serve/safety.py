@@ -71,7 +71,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import numpy as np
 
@@ -101,8 +101,20 @@ VIOLATIONS = ("policy_error", "policy_deadline", "policy_output")
 METER_FEATURES = tuple(f"{k}_w_l{p}" for k in ("export", "pv") for p in (1, 2, 3))
 
 
+class ManifestSection:
+    """A bundle manifest's section as a typed dataclass: every domain's safety limits (``safety``)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "safety") -> Self:
+        """Typed conversion; unknown keys and bad values raise a ConfigError naming ``source`` and the key."""
+        return from_mapping(cls, data, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_mapping(self)
+
+
 @dataclass(frozen=True)
-class SafetyLimits:
+class SafetyLimits(ManifestSection):
     """The limits the wrapper enforces; a bundle's manifest carries them (``safety``)."""
 
     max_power_per_phase_w: float
@@ -153,13 +165,6 @@ class SafetyLimits:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "safety") -> SafetyLimits:
-        """Typed conversion; unknown keys and bad values raise a ConfigError naming ``source`` and the key."""
-        return from_mapping(cls, data, source=source)
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_mapping(self)
 
 
 def _spread(v: np.ndarray) -> float:
