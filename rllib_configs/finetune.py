@@ -183,7 +183,40 @@ def model_run(checkpoint: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def check_overrides(ckpt: Path, info: dict[str, Any], overrides: dict[str, Any]) -> None:
     """KeyError naming the key and the run's config if an override names a key its YAML lacks."""
-    apply_overrides(info["config_yaml"], overrides, f"{ckpt}'s config ({info.get('config')})")
+    _overridden(info["config_yaml"], ckpt, info, overrides)
+
+
+def _overridden(
+    raw: dict[str, Any], ckpt: Path, info: dict[str, Any], overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``raw`` (the YAML of ``ckpt``'s run, described by ``info``) with ``overrides`` (apply_overrides)."""
+    return apply_overrides(raw, overrides or {}, f"{ckpt}'s config ({info.get('config')})")
+
+
+def _write_config(
+    raw: dict[str, Any], ckpt: Path, info: dict[str, Any], overrides: dict[str, Any] | None, configs: Path,
+    name: str, dataset: str | Path,
+) -> tuple[Path, Any]:  # fmt: skip
+    """The fine-tuning run's YAML: ``raw`` (the checkpoint's run's config) with ``overrides``, written to
+    CONFIGS/NAME.yaml and loaded on ``dataset``; returns (path, TrainSpec)."""
+    from rllib_configs.loader import load_train_config
+
+    configs.mkdir(parents=True, exist_ok=True)
+    path = configs / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(_overridden(raw, ckpt, info, overrides), sort_keys=False))
+    return path, load_train_config(path, dataset=str(dataset))
+
+
+def _run(
+    spec: Any, path: Path, ckpt: Path, storage: str | Path, iters: int, seed: int, name: str,
+    init_from: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """run_training's summary of the fine-tuning run, plus ``init_from`` (``ckpt``) and ``config``."""
+    from rllib_configs.runner import RunOptions, run_training
+
+    opts = RunOptions(storage_path=Path(storage), seed=seed, stop_iters=iters, name=name, init_from=init_from)
+    summary = run_training(spec, opts)
+    return {**summary, "init_from": str(ckpt.resolve()), "config": str(path.resolve())}
 
 
 def finetune_policy(
@@ -199,38 +232,27 @@ def finetune_policy(
     """Continue training the policy of ``checkpoint`` on ``dataset`` for ``iters`` iterations (module
     docstring); returns run_training's summary plus ``init_from``, ``init`` ("module" or "policy") and
     ``config`` (the YAML written)."""
-    from rllib_configs.loader import load_train_config
-    from rllib_configs.runner import RunOptions, run_training
-
     ckpt, info = policy_run(checkpoint)
     algorithm = str(info["algorithm"]).upper()
     configs = Path(configs)
-    configs.mkdir(parents=True, exist_ok=True)
     raw = json.loads(json.dumps(info["config_yaml"]))
     # the run's own start (gridrl.init_from: CQL from BC) is not this run's: it starts from ``ckpt``
     (raw.get("gridrl") or {}).pop("init_from", None)
     norm = info.get("normalization")
     if norm:
+        configs.mkdir(parents=True, exist_ok=True)
         norm_path = configs / f"{name}_normalization.json"
         norm_path.write_text(json.dumps(norm, indent=1) + "\n")
         raw = _replace(raw, DATASET_NORMALIZATION, str(norm_path.resolve()))
-    path = configs / f"{name}.yaml"
-    raw = apply_overrides(raw, overrides or {}, f"{ckpt}'s config ({info.get('config')})")
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    spec = load_train_config(path, dataset=str(dataset))
+    path, spec = _write_config(raw, ckpt, info, overrides, configs, name, dataset)
     same = spec.algorithm == algorithm
     if same:
         spec.algo_config.callbacks(
             on_algorithm_init=functools.partial(init_module_from_checkpoint, checkpoint=str(ckpt))
         )
-        opts = RunOptions(storage_path=Path(storage), seed=seed, stop_iters=iters, name=name)
-    else:  # another algorithm's checkpoint (an override changed it): its policy networks only
-        opts = RunOptions(
-            storage_path=Path(storage), seed=seed, stop_iters=iters, name=name, init_from=str(ckpt)
-        )
-    summary = run_training(spec, opts)
-    return {**summary, "init_from": str(ckpt.resolve()), "init": "module" if same else "policy",
-            "config": str(path.resolve())}  # fmt: skip
+    # else another algorithm's checkpoint (an override changed it): its policy networks only (init_from)
+    summary = _run(spec, path, ckpt, storage, iters, seed, name, init_from=None if same else str(ckpt))
+    return {**summary, "init": "module" if same else "policy"}
 
 
 def finetune_model(
@@ -245,16 +267,6 @@ def finetune_model(
 ) -> dict[str, Any]:
     """Continue training the forward model of ``checkpoint`` (a model checkpoint or its run directory) on
     ``dataset`` for ``iters`` iterations; returns run_training's summary plus ``init_from`` and ``config``."""
-    from rllib_configs.loader import load_train_config
-    from rllib_configs.runner import RunOptions, run_training
-
     ckpt, info = model_run(checkpoint)
-    configs = Path(configs)
-    configs.mkdir(parents=True, exist_ok=True)
-    path = configs / f"{name}.yaml"
-    raw = apply_overrides(info["config_yaml"], overrides or {}, f"{ckpt}'s config ({info.get('config')})")
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    spec = load_train_config(path, dataset=str(dataset))
-    opts = RunOptions(storage_path=Path(storage), seed=seed, stop_iters=iters, name=name, init_from=str(ckpt))
-    summary = run_training(spec, opts)
-    return {**summary, "init_from": str(ckpt.resolve()), "config": str(path.resolve())}
+    path, spec = _write_config(info["config_yaml"], ckpt, info, overrides, Path(configs), name, dataset)
+    return _run(spec, path, ckpt, storage, iters, seed, name, init_from=str(ckpt))
