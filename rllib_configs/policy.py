@@ -39,11 +39,31 @@ def find_run_info(checkpoint: str | Path) -> dict[str, Any]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The newest ``checkpoint_*`` directory under a run (experiment or trial) directory."""
-    found = sorted(Path(run_dir).glob("**/checkpoint_*"), key=lambda p: (p.stat().st_mtime, p.name))
+    """The newest checkpoint of a Tune run: an experiment directory or one trial's directory.
+
+    Ray reads it: an experiment's trials come from its experiment state (``ray.tune.ExperimentAnalysis``);
+    a trial's checkpoints from the trial's folder (``ray.tune.Result.from_path``, ``checkpoint_*`` by
+    index), not from the experiment state, which Tune saves periodically and a killed driver may leave
+    behind what is on disk. Of several trials, the one whose newest checkpoint was written last.
+    """
+    from ray.tune import ExperimentAnalysis, Result
+
+    run_dir = Path(run_dir).resolve()
+    try:
+        trial_dirs = [Path(t.path) for t in ExperimentAnalysis(str(run_dir)).trials]
+    except (ValueError, FileNotFoundError):  # no experiment_state-*.json: a trial's directory, or not Tune's
+        trial_dirs = [run_dir]
+    found = []
+    for trial in trial_dirs:
+        try:
+            ckpt = Result.from_path(str(trial)).checkpoint
+        except RuntimeError:  # no such folder, or no result.json/progress.csv: the trial never reported
+            continue
+        if ckpt is not None:
+            found.append(Path(ckpt.path))
     if not found:
-        raise FileNotFoundError(f"no checkpoint under {run_dir}")
-    return found[-1]
+        raise FileNotFoundError(f"no checkpoint under {run_dir} (a Tune experiment or trial directory)")
+    return max(found, key=lambda p: (p.stat().st_mtime, p.name))
 
 
 def module_path(checkpoint: str | Path) -> Path:

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     _, _, names = param_space(spec, args.seed)
     metric, mode = spec.file.metric, spec.file.mode
-    table = write_table(grid, exp_dir, metric, names)
+    table = write_table(grid, exp_dir, metric, names, mode)
     best = grid.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
     plot = plot_sweep(grid, exp_dir, metric, best, names)
     promotion = promote(grid, exp_dir, Path(args.storage_path), spec.domain, spec.algorithm, metric, mode,

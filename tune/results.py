@@ -32,25 +32,39 @@ def _flat_params(config: dict[str, Any] | None, names: dict[str, str]) -> dict[s
     return {names.get(k, k): config.get(k) for k in names}
 
 
-def write_table(grid: Any, exp_dir: Path, metric: str, names: dict[str, str]) -> Path:
-    """results.csv and results.parquet: one row per trial, its params, last metric, best metric."""
+def _number(v: Any) -> float | None:
+    """A metric's value, or None where it is missing or NaN."""
+    return None if v is None or math.isnan(float(v)) else float(v)
+
+
+def write_table(grid: Any, exp_dir: Path, metric: str, names: dict[str, str], mode: str = "max") -> Path:
+    """results.csv and results.parquet: one row per trial, its params, the metric's last value and its best
+    by ``mode``.
+
+    Tune gives both: the best from ``ResultGrid.get_dataframe(filter_metric, filter_mode)`` (each trial's
+    best result); the last from the trial's history (``Result.metrics_dataframe``), not from
+    ``get_dataframe()``, whose last row may lack a metric reported every few iterations (evaluation). A trial
+    that never reported keeps its row, with empty values."""
     import polars as pl
 
+    best_df = grid.get_dataframe(filter_metric=metric, filter_mode=mode)  # pandas; only trials that reported
+    best = {} if best_df.empty or metric not in best_df else dict(zip(best_df["trial_id"], best_df[metric]))
     rows = []
     for r in grid:
         hist = r.metrics_dataframe
-        series = hist[metric].dropna().tolist() if hist is not None and metric in hist else []
+        series = hist[metric].dropna() if hist is not None and metric in hist else ()
+        trial_id = (r.metrics or {}).get("trial_id")
         rows.append({
-            "trial_id": (r.metrics or {}).get("trial_id"),
+            "trial_id": trial_id,
             "status": "ERROR" if r.error else "OK",
             "iterations": (r.metrics or {}).get("training_iteration"),
-            f"last/{metric}": series[-1] if series else None,
-            f"best/{metric}": (max(series) if series else None),
+            f"last/{metric}": _number(series.iloc[-1]) if len(series) else None,
+            f"best/{metric}": _number(best.get(trial_id)),
             **{f"param/{k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
                for k, v in _flat_params(r.config or {}, names).items()},
             "path": r.path,
         })
-    df = pl.DataFrame(rows)
+    df = pl.DataFrame(rows, schema_overrides={f"last/{metric}": pl.Float64, f"best/{metric}": pl.Float64})
     df.write_csv(exp_dir / "results.csv")
     df.write_parquet(exp_dir / "results.parquet")
     return exp_dir / "results.csv"
