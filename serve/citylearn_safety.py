@@ -5,7 +5,7 @@ CityLearn bundle is served: envs/citylearn/observations.py ``raw_spec``) and ret
 :class:`serve.safety.Decision`, the export domain's, whose ``action_w`` here holds the central action
 vector (one value per device, in the bundle's ``action.names`` order: a battery's share of its nominal
 power, + charges; a charger's share of its maximum charging power, negative = V2G where the charger can).
-It calls the wrapped policy itself (serve/safety.py :func:`~serve.safety.call_policy`, the export
+It calls the wrapped policy itself (serve/safety.py :func:`~serve.safety.policy_step`, the export
 wrapper's own code), so it can time it, catch it and replace it. Numpy only: the devices' limits and
 where their state sits in the raw vector come from the bundle's :class:`envs.citylearn.devices.DeviceTable`.
 
@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from envs.citylearn.devices import DeviceTable, rbc_action
-from serve.safety import VIOLATIONS, Decision, ManifestSection, Timers, call_policy
+from serve.safety import Decision, ManifestSection, Timers, policy_step
 
 SOURCES = ("policy", "fallback", "safe")
 DEVICE_CHECKS = ("battery_power", "charger_power", "charger_no_vehicle", "ev_soc", "battery_soc")
@@ -199,18 +199,12 @@ class CityLearnSafetyWrapper:
             return self._emit(np.zeros(self.n_actions), "safe", ["state_invalid"], 0.0)
         fired: list[str] = []
         rbc = self._fallback_action(x)
-        policy_s = 0.0
-        if now < self.timers.fallback_until:
+        action, policy_s = policy_step(
+            self.policy, x, self.n_actions, self.limits, self.timers, self.timer, fired, now
+        )
+        source = "policy"
+        if action is None:
             source, action = "fallback", rbc
-        else:
-            action, policy_s = call_policy(
-                self.policy, x, self.n_actions, self.limits, self.timers, self.timer, fired
-            )
-            source = "policy"
-            if action is None:
-                if fired[-1] in VIOLATIONS:
-                    self.timers.fall_back(now, self.limits.violation_fallback_s, fired[-1])
-                source, action = "fallback", rbc
         if action is None:  # the fallback itself failed: nothing trustworthy this step
             return self._emit(np.zeros(self.n_actions), "safe", fired, policy_s)
         return self._emit(self.limit(x, action, fired), source, fired, policy_s)

@@ -251,6 +251,28 @@ def call_policy(
     return np.minimum(np.maximum(a.reshape(n_actions), -1.0), 1.0), elapsed
 
 
+def policy_step(
+    policy: Callable[[np.ndarray], Any],
+    x: np.ndarray,
+    n_actions: int,
+    limits: Any,
+    timers: Timers,
+    timer: Callable[[], float],
+    fired: list[str],
+    now: float,
+) -> tuple[np.ndarray | None, float]:
+    """One step's policy answer, as every domain's wrapper takes it: ``(action in [-1, 1], seconds)``, or
+    ``(None, seconds)`` where the fallback acts instead: during a timed fallback (the policy is not called)
+    or when :func:`call_policy` refuses the answer; a refusal that is a violation starts a fallback of
+    ``limits.violation_fallback_s``."""
+    if now < timers.fallback_until:
+        return None, 0.0
+    action, policy_s = call_policy(policy, x, n_actions, limits, timers, timer, fired)
+    if action is None and fired[-1] in VIOLATIONS:
+        timers.fall_back(now, limits.violation_fallback_s, fired[-1])
+    return action, policy_s
+
+
 class SafetyWrapper:
     """Wraps a policy: validates the state, calls the policy, checks and limits its action, falls back.
 
@@ -311,19 +333,17 @@ class SafetyWrapper:
         fired: list[str] = []
         z_max = self._anomaly(x, now, fired)
         pi_w = self._fallback_action(x)
-        policy_s = 0.0
-        if now < self.timers.fallback_until or pi_w is None:
+        proposal, policy_s = None, 0.0
+        if pi_w is not None:  # the PI failed: the policy is not asked, the step is a safe one
+            proposal, policy_s = policy_step(
+                self.policy, x, N_ACTIONS, self.limits, self.timers, self.timer, fired, now
+            )
+        if proposal is None:
             source, action = "fallback", pi_w
         else:
-            proposal, policy_s = self._call_policy(x, fired)
-            if proposal is None:
-                if fired[-1] in VIOLATIONS:
-                    self._fall_back(now, self.limits.violation_fallback_s, fired[-1])
-                source, action = "fallback", pi_w
-            else:
-                source, action = "policy", to_watts(proposal, self.max_w)
-                action = self._rate_limit(x, action, fired)
-                action = self._limit_imbalance(x, action, pi_w, fired)
+            source, action = "policy", to_watts(proposal, self.max_w)
+            action = self._rate_limit(x, action, fired)
+            action = self._limit_imbalance(x, action, pi_w, fired)
         if action is None:  # the fallback itself failed: nothing trustworthy this step
             return self._emit(self._ramp_down(), "safe", fired, z_max, policy_s)
         action = self._no_import(x, action, fired)
@@ -370,9 +390,6 @@ class SafetyWrapper:
         if not np.all(np.isfinite(w)):
             return None
         return to_watts(to_unit(w, self.max_w), self.max_w)  # the env's own path: to_unit, then to_watts
-
-    def _call_policy(self, x: np.ndarray, fired: list[str]) -> tuple[np.ndarray | None, float]:
-        return call_policy(self.policy, x, N_ACTIONS, self.limits, self.timers, self.timer, fired)
 
     def _rate_limit(self, x: np.ndarray, action: np.ndarray, fired: list[str]) -> np.ndarray:
         """Around the last targets sent; after a (re)start, around the previous targets in the state."""
