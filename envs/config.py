@@ -2,18 +2,22 @@
 
 Every gridrl configuration (sites, env settings, rewards, datasets, sweeps) is a dataclass whose fields are
 documented where they are declared. This module is the one place that turns a mapping into such a
-dataclass: unknown keys, missing keys and wrong types are errors, never silently dropped.
+dataclass, through pydantic: unknown keys, missing keys and wrong types are errors, never silently dropped.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator
 
 T = TypeVar("T")
 
@@ -47,114 +51,90 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _yaml_scalars(schema: Any) -> Any:
+    """pydantic's lax mode as YAML means it: a list fills a tuple, but numbers, booleans and strings are taken
+    as written ("3" is not an int, 1 is not true), and a key a dataclass does not declare is refused."""
+    if isinstance(schema, list):
+        for item in schema:
+            _yaml_scalars(item)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("int", "float", "bool", "str"):
+            schema["strict"] = True
+        elif schema.get("type") == "dataclass-args":
+            schema["extra_behavior"] = "forbid"
+        for key, value in schema.items():
+            if key != "default":  # a field's default value is data, not schema
+                _yaml_scalars(value)
+    return schema
 
 
-def _convert(value: Any, tp: Any, source: Any, path: str) -> Any:
-    """Convert ``value`` to type ``tp`` or raise ConfigError naming ``path``."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, source, path)
-            except ConfigError as exc:
-                errors.append(exc.problem)
-        raise ConfigError(source, path, f"expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(source, path, f"must be one of {list(args)}, got {value!r}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_mapping(tp, value, source, path)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(source, path, f"expected a list, got {type(value).__name__} {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(source, path, f"expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(v, a, source, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item_tp = args[0] if args else Any
-        items = [_convert(v, item_tp, source, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(source, path, f"expected a mapping, got {type(value).__name__}")
-        key_tp, val_tp = args if args else (Any, Any)
-        return {
-            _convert(k, key_tp, source, f"{path}.{k}"): _convert(v, val_tp, source, f"{path}.{k}")
-            for k, v in value.items()
-        }
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(source, path, f"expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(source, path, f"expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(source, path, f"expected true/false, got {type(value).__name__} {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(source, path, f"expected a string, got {type(value).__name__} {value!r}")
-        return value
-    return value
+@functools.cache
+def yaml_validator(tp: Any) -> SchemaValidator:
+    """pydantic's validator of type ``tp`` for values read from YAML or JSON (see ``_yaml_scalars``).
+
+    Raises pydantic's PydanticUserError family when pydantic cannot check ``tp`` (an arbitrary class).
+    """
+    return SchemaValidator(_yaml_scalars(copy.deepcopy(TypeAdapter(tp).core_schema)))
+
+
+def _type_at(tp: Any, loc: tuple[Any, ...]) -> Any:
+    """The annotated type at pydantic's error location ``loc`` under ``tp`` (Optional unwrapped)."""
+    for part in (*loc, None):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+            tp = args[0]
+        if part is None:
+            return tp
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp)[part]
+        elif typing.get_origin(tp) is tuple and args[-1] is not Ellipsis:
+            tp = args[part]
+        else:  # an item of a list or tuple[X, ...], a value of a dict
+            tp = args[-1 if typing.get_origin(tp) is dict else 0] if args else Any
+    return tp
+
+
+def _where(path: str, loc: tuple[Any, ...]) -> str:
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "<root>"
 
 
 def from_mapping(cls: type[T], data: Any, source: str | Path | None = None, path: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, checking keys and types recursively.
+    """Build dataclass ``cls`` from ``data`` through pydantic, checking keys and types recursively.
 
     Args:
-        cls: A dataclass type; nested dataclasses, lists, tuples, unions and Literals are handled.
+        cls: A dataclass type; nested dataclasses, lists, tuples, dicts, Optionals and Literals are handled.
         data: The mapping read from YAML/JSON (or the CLI).
         source: File the data came from, for error messages.
         path: Dotted path of ``data`` within the file, for error messages.
 
     Returns:
-        An instance of ``cls``. Its ``__post_init__`` may add range checks; a ValueError raised
-        there is re-raised as ConfigError naming the field path.
+        An instance of ``cls``. Its ``__post_init__`` may add range checks; a ValueError raised there
+        whose message starts with a field name (``"field: problem"``) is a ConfigError naming that field.
     """
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(source, path or "<root>", f"expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        where = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise ConfigError(source, where, f"unknown key (known: {', '.join(sorted(fields))})")
-    kwargs = {}
-    for name, f in fields.items():
-        where = f"{path}.{name}" if path else name
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], source, where)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(source, where, "required but missing")
     try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        msg = str(exc)
-        field, _, problem = msg.partition(": ")
-        if field in fields and problem:
-            where = f"{path}.{field}" if path else field
-            raise ConfigError(source, where, problem) from exc
-        raise ConfigError(source, path or "<root>", msg) from exc
+        return yaml_validator(cls).validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]  # the first, in field order
+        loc, kind, value = err["loc"], err["type"], err["input"]
+        if kind == "missing":
+            problem = "required but missing"
+        elif kind == "unexpected_keyword_argument":
+            known = ", ".join(sorted(f.name for f in dataclasses.fields(_type_at(cls, loc[:-1]))))
+            problem = f"unknown key (known: {known})"
+        elif kind in ("dataclass_type", "dict_type"):
+            problem = f"expected a mapping, got {type(value).__name__}"
+        elif kind == "value_error":  # raised by a __post_init__
+            cause = err["ctx"]["error"]
+            if isinstance(cause, ConfigError):
+                raise cause from None
+            field, _, problem = str(cause).partition(": ")
+            known = {f.name for f in dataclasses.fields(_type_at(cls, loc))}
+            loc, problem = ((*loc, field), problem) if field in known and problem else (loc, str(cause))
+        else:
+            problem = f"{err['msg']}, got {type(value).__name__} {value!r}"
+        raise ConfigError(source, _where(path, loc), problem) from exc
 
 
 def to_mapping(obj: Any) -> Any:
