@@ -12,7 +12,7 @@ A training config file looks like::
 Every other top-level key is the name of an ``AlgorithmConfig`` builder method and its mapping holds
 that method's keyword arguments. The loader checks, before anything runs, that each method exists,
 each keyword is one the method (or a parent class's version of it) accepts, and each value has the
-annotated type where the annotation is checkable; a mistake is a :class:`~envs.config.ConfigError`
+annotated type where pydantic can check the annotation; a mistake is a :class:`~envs.config.ConfigError`
 naming the file and the key. ``env_config`` of the gridrl envs is converted to its typed dataclass
 here, once, so its errors surface at load time too.
 
@@ -25,12 +25,16 @@ Values may use ``${dataset}`` (the ``--dataset`` directory) and ``${repo}`` (the
 from __future__ import annotations
 
 import inspect
+import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from envs.config import ConfigError, load_yaml
+from pydantic import PydanticUserError, ValidationError
+
+from envs.config import ConfigError, load_yaml, yaml_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Keys that are not builder methods.
@@ -70,39 +74,35 @@ class TrainSpec:
     raw: dict[str, Any]
 
 
-def _resolve_annotation(ann: Any, fn: Any) -> Any:
-    if isinstance(ann, str):
-        ns = {**vars(typing), **getattr(inspect.getmodule(fn), "__dict__", {})}
-        try:
-            return eval(ann, ns)  # noqa: S307 - annotations of RLlib's own signatures
-        except Exception:
-            return None
-    return None if ann is inspect.Parameter.empty else ann
-
-
-def _type_ok(value: Any, ann: Any) -> bool | None:
-    """True/False when the annotation is checkable, None when it is not."""
-    origin = typing.get_origin(ann)
-    if ann is None or ann is Any:
+def _annotation(param: inspect.Parameter, fn: Any) -> Any:
+    """``param``'s annotation resolved by ``typing`` in ``fn``'s module; None when there is none, and the
+    annotation as written (a string) when it names a type RLlib imports only for type checkers."""
+    if param.annotation is inspect.Parameter.empty:
         return None
-    if origin is typing.Union:
-        results = [_type_ok(value, a) for a in typing.get_args(ann)]
-        if any(r is True for r in results):
-            return True
-        return None if any(r is None for r in results) else False
-    if ann is type(None):
-        return value is None
-    if origin in (list, tuple):
-        return isinstance(value, (list, tuple))
-    if origin is dict:
-        return isinstance(value, dict)
-    if ann is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ann is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if ann in (bool, str, dict, list):
-        return isinstance(value, ann)
-    return None
+    holder = types.SimpleNamespace(__annotations__={param.name: param.annotation})
+    try:
+        return typing.get_type_hints(holder, vars(inspect.getmodule(fn)))[param.name]
+    except Exception:  # NameError and the like
+        return param.annotation
+
+
+def _names_an_object(annotation: Any) -> bool:
+    """The argument takes a class or a callable, which a YAML gives as a dotted path (see _import_object)."""
+    return re.search(r"\b(Type|type|Callable)\b", str(annotation)) is not None  # not NoneType
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """False when pydantic says a YAML ``value`` is not of ``annotation``; True when it is, or when the
+    annotation is not one pydantic can check (a class, a callable, an unknown type)."""
+    if annotation is None or isinstance(annotation, str) or _names_an_object(annotation):
+        return True
+    try:
+        yaml_validator(annotation).validate_python(value)
+    except ValidationError:
+        return False
+    except (PydanticUserError, TypeError):  # a type pydantic has no schema for: not checked here
+        pass
+    return True
 
 
 def _old_stack_only(fn: Any) -> set[str]:
@@ -126,14 +126,13 @@ def builder_parameters(config_cls: type, method: str) -> tuple[dict[str, Any], s
         old |= _old_stack_only(fn)
         for name, p in inspect.signature(fn).parameters.items():
             if name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
-                params[name] = _resolve_annotation(p.annotation, fn)
+                params[name] = _annotation(p, fn)
     return params, old
 
 
 def _import_object(value: Any, annotation: Any) -> Any:
     """A dotted path given for a class- or callable-typed builder argument, imported."""
-    kinds = ("Type", "Callable", "[type]", "<class 'type'>")  # Type[X], Callable, Optional[type], type
-    if not isinstance(value, str) or "." not in value or not any(t in str(annotation) for t in kinds):
+    if not isinstance(value, str) or "." not in value or not _names_an_object(annotation):
         return value
     import importlib
 
@@ -222,7 +221,7 @@ def load_train_config(path: str | Path, dataset: str | None = None, model: str |
                 raise ConfigError(
                     p, f"{key}.{name}", "RLlib's old API stack only: the new API stack (used here) ignores it"
                 )
-            if value is not None and _type_ok(value, params[name]) is False:
+            if value is not None and not _fits(value, params[name]):
                 raise ConfigError(p, f"{key}.{name}", f"wrong type {type(value).__name__} ({value!r}); expected {params[name]}")
         try:
             kwargs = {name: _import_object(value, params[name]) for name, value in kwargs.items()}
