@@ -58,6 +58,9 @@ class RunOptions:
     `ray job submit`) sees no GPU but the cluster's learner nodes have one."""
     init_from: str | None = None
     """Initialise the policy from this checkpoint or run directory (overrides gridrl.init_from)."""
+    mlflow: str | None = None
+    """MLflow tracking URI (``--mlflow``, resolved by rllib_configs.tracking.resolve); None: no MLflow. A
+    resumed run keeps the tracking it started with (Tune restores its callbacks)."""
 
     def stop(
         self, timesteps_key: str = f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}"
@@ -215,6 +218,8 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
     else:
         if storage.exists(exp_dir):
             raise FileExistsError(f"{exp_dir} exists: pass --resume to continue it, or --name for a new run")
+        from rllib_configs.tracking import mlflow_callbacks
+
         parent, name = storage.parent_and_name(exp_dir)
         run_config = tune.RunConfig(
             name=name,
@@ -222,7 +227,7 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
             stop=stop,
             checkpoint_config=checkpoints,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            callbacks=[progress_callback()],
+            callbacks=[progress_callback(), *mlflow_callbacks(opts.mlflow, name, {"config": str(spec.path)})],
             verbose=0,
         )
         write_run_info(exp_dir, info if info is not None else run_info(spec, param_space, opts))

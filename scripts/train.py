@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run --name under --storage-path")
     p.add_argument("--eval-only", action="store_true", help="only evaluate the run's last checkpoint against the PI")
     p.add_argument("--max-failures", type=int_at_least(0), default=0, help="restart a crashed trial from its checkpoint N times")
+    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
+                   help="track in MLflow (Tune's MLflowLoggerCallback): to URI, or without one to a file store in "
+                        "<storage-path>/mlruns; needs mlflow (pip install gridrl[mlflow])")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
     p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded local Ray (default 2)")
     return p
@@ -49,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from rllib_configs.loader import load_train_config
     from rllib_configs.runner import RunOptions, experiment_dir, print_summary, run_training
 
+    from rllib_configs.tracking import TrackingError, resolve
+
     try:
         spec = load_train_config(args.config, dataset=args.dataset, model=args.model)
-    except ConfigError as exc:
+        mlflow = resolve(args.mlflow, args.storage_path)
+    except (ConfigError, TrackingError) as exc:
         print(f"gridrl train: {exc}", file=sys.stderr)
         return 2
     opts = RunOptions(
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         stop_timesteps=args.stop_timesteps, time_budget_s=args.time_budget, num_env_runners=args.num_env_runners,
         checkpoint_every=args.checkpoint_every, resume=args.resume, name=args.name, max_failures=args.max_failures,
         init_from=args.init_from, num_learners=args.num_learners, num_gpus_per_learner=args.num_gpus_per_learner,
+        mlflow=mlflow,
     )
     init_ray(args.address, num_cpus=args.num_cpus)
     if args.eval_only:

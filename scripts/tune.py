@@ -45,6 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="promotion rule: the margin on export against the PI (default 5)")
     p.add_argument("--no-rule", action="store_true",
                    help="do not judge the promoted checkpoint by the promotion rule")
+    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
+                   help="track in MLflow (Tune's MLflowLoggerCallback): to URI, or without one to a file store in "
+                        "<storage-path>/mlruns; needs mlflow (pip install gridrl[mlflow])")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
     p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded local Ray (default 2)")
     return p
@@ -64,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
               "sweep results and promotions are not written to object-store URIs yet (gridrl train accepts them)",
               file=sys.stderr)
         return 2
+    from rllib_configs.tracking import TrackingError, resolve
+
     try:
         spec = load_sweep(args.config, dataset=args.dataset)
-    except ConfigError as exc:
+        mlflow = resolve(args.mlflow, args.storage_path)
+    except (ConfigError, TrackingError) as exc:
         print(f"gridrl tune: {exc}", file=sys.stderr)
         return 2
     rule = None  # the promotion rule's validation days, checked before the sweep runs
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     opts = SweepOptions(
         storage_path=Path(args.storage_path), num_samples=args.num_samples or spec.file.num_samples,
         max_concurrent=args.max_concurrent, seed=args.seed, resume=args.resume, name=args.name, address=args.address,
+        mlflow=mlflow,
     )
     init_ray(args.address, num_cpus=args.num_cpus)
     try:

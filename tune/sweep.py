@@ -38,6 +38,8 @@ class SweepOptions:
     name: str | None = None
     address: str | None = None
     """The cluster address gridrl joined (None: an embedded local Ray it sized itself)."""
+    mlflow: str | None = None
+    """MLflow tracking URI (``--mlflow``, resolved by rllib_configs.tracking.resolve); None: no MLflow."""
 
 
 def experiment_dir(spec: SweepSpec, opts: SweepOptions) -> Path:
@@ -145,6 +147,8 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions) -> Any:
     write_run_info(exp_dir, {**run_info(spec.train, config, RunOptions(storage_path=exp_dir, seed=opts.seed)),
                              "sweep": str(spec.path.resolve()), "search_space": names})
     stop_iters = int(spec.file.stop.get("training_iteration", 0)) or None
+    from rllib_configs.tracking import mlflow_callbacks
+
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -165,6 +169,7 @@ def run_sweep(spec: SweepSpec, opts: SweepOptions) -> Any:
                 checkpoint_frequency=max(1, (stop_iters or 2) // 2), checkpoint_at_end=True, num_to_keep=2,
                 checkpoint_score_attribute=spec.file.metric, checkpoint_score_order=spec.file.mode,
             ),
+            callbacks=mlflow_callbacks(opts.mlflow, exp_dir.name, {"sweep": str(spec.path)}),
             verbose=1,
         ),
     )
