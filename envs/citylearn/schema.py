@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from envs.citylearn import profiles
+from envs.citylearn.prepare import CHARGER_COLUMNS as REQUIRED_CHARGER_COLUMNS
 from envs.citylearn.site import CityLearnSite
 
 REWARD_CLASS = "envs.citylearn.reward.MultiObjectiveReward"
@@ -67,16 +68,8 @@ CHARGER_INACTIVE = [
     "connected_electric_vehicle_at_charger_battery_capacity",
     "incoming_electric_vehicle_at_charger_estimated_arrival_time",
 ]
-CHARGER_COLUMNS = [
-    "electric_vehicle_charger_state",
-    "electric_vehicle_id",
-    "electric_vehicle_departure_time",
-    "electric_vehicle_required_soc_departure",
-    "electric_vehicle_estimated_arrival_time",
-    "electric_vehicle_estimated_soc_arrival",
-    "electric_vehicle_session_id",
-    "electric_vehicle_current_soc",
-]
+CHARGER_COLUMNS = [*REQUIRED_CHARGER_COLUMNS, "electric_vehicle_session_id", "electric_vehicle_current_soc"]
+"""A charger file's columns: those CityLearn requires (envs/citylearn/prepare.py checks them), then ours."""
 
 
 @dataclass(frozen=True)
