@@ -41,8 +41,9 @@ tiny weight on import), ``export`` with ``import_cap_kwh`` (import <= cap), ``wa
 
 The plan (MILP) and its execution
 ---------------------------------
-Per step: heat pump on/off (binary, minimum on and off times in steps), EV off or at a constant level in
-``[min_power_w, max_power_w]`` (binary + semi-continuous; only in steps where it is plugged throughout),
+Per step: heat pump on/off (binary, decided per ``switch_s`` = 300 s, which covers its minimum on and off
+times), EV off or at a constant level in ``[min_power_w, max_power_w]`` (on/off per ``switch_s``, the level
+per step; only in steps where it is plugged throughout),
 the water heater's energy. With ``L_k`` the EV + heat-pump level, the model's export is
 ``max(f_k(L_k + W), f_k(L_k) - e_wh,k)`` and its import ``g_k(L_k)``, where ``f_k(L) = sum_t (S+_t - L)+``
 and ``g_k(L) = sum_t (L - S+_t)+`` (tangent cuts at quantiles of the step's surplus): the water heater
@@ -68,10 +69,14 @@ from envs.dispatch import (
     SP_KIND,
     SP_MAX_W,
     SP_MIN_OFF,
+    SP_MIN_ON,
     SP_MIN_W,
+    SP_PHASE,
+    SP_RAMP,
     SP_TANK_J,
 )
-from envs.simulator import SS_FILL, Simulator
+from envs.simulator import SS_APPLIED, SS_FILL, SS_IS_ON, SS_SENT_VAL, SS_TIS, Simulator
+from envs.site import Site
 
 WH = 3600.0  # J per Wh
 MAX_CUTS = 10  # supporting lines per device and step (a subset of the hull's pieces: still valid)
@@ -311,3 +316,214 @@ def lower_bound(
         status="optimal" if res.status == 0 else f"{res.status}: {res.message}", solve_s=secs, shape=shape,
         extra={"device_kwh": [float(x[e].sum() / 1000.0) for e in e_vars]},
     )  # fmt: skip
+
+
+@dataclass
+class Plan:
+    """Per step of ``dt_s`` seconds: heat pump on (0/1) and EV level (W, 0 = off), per slave (K, S)."""
+
+    dt_s: int
+    power_w: np.ndarray  # (K, S) planned power of the lumpy devices (EV, heat pump); water heaters: 0
+    wh_wh: np.ndarray  # (K, S) planned water-heater energy (Wh), for reports
+    result: BoundResult
+
+
+def _tangents(s: np.ndarray) -> list[tuple[float, float, float]]:
+    """Tangent points of f(L) = sum_t (s_t - L)+ / 3600 (Wh): (q, f(q), f'(q+)) at quantiles of ``s``."""
+    if s.size == 0:
+        return [(0.0, 0.0, 0.0)]
+    qs = np.unique(np.concatenate([[0.0], np.quantile(s, np.linspace(0.0, 1.0, 9))]))
+    return [(float(q), float(np.clip(s - q, 0.0, None).sum() / WH), -float((s > q).sum()) / WH) for q in qs]
+
+
+def solve_plan(
+    day: DayArrays, dt_s: int = 60, import_weight: float = 1.0, time_limit: float = 60.0,
+    mip_rel_gap: float = 0.01, switch_s: int = 300,
+) -> Plan:  # fmt: skip
+    """The day's MILP plan on the real devices (see the module docstring): minimise the model's export +
+    ``import_weight`` x its controlled import. Heat pumps on/off with minimum on and off times; EVs off or in
+    [min, max] in steps where they are plugged throughout; water heaters trim the rest. On/off decisions
+    (heat pump, EV) are taken per ``switch_s`` seconds (a multiple of ``dt_s``): far fewer binaries, and the
+    heat pump's minimum times hold by construction when ``switch_s`` covers them."""
+    if switch_s % dt_s:
+        raise ValueError(f"switch_s ({switch_s}) must be a multiple of dt_s ({dt_s})")
+    per = switch_s // dt_s
+    p = day.params
+    n_s = p.shape[0]
+    sp = _blocks(np.clip(day.surplus_w, 0.0, None), dt_s)
+    valid = _blocks(np.ones(day.n), dt_s) > 0.5
+    plug = _blocks(day.plugged, dt_s)
+    draw = _blocks(day.draw_w, dt_s).sum(1) / WH
+    k_n = sp.shape[0]
+    length = valid.sum(1)
+    sunny = sp.max(1) > 0.0
+    n_seg = -(-k_n // per)
+    kinds = [int(p[s, SP_KIND]) for s in range(n_s)]
+    wh_power = sum(p[s, SP_MAX_W] for s in range(n_s) if kinds[s] not in (KIND_EV, KIND_HEAT_PUMP))
+    m = _Model()
+    level_terms: list[list[tuple[int, float]]] = [[] for _ in range(k_n)]  # L_k = sum of lumpy powers (W)
+    wh_terms: list[list[tuple[int, float]]] = [[] for _ in range(k_n)]  # water-heater energy (Wh)
+    power_idx: dict[int, np.ndarray] = {}
+    wh_idx: dict[int, np.ndarray] = {}
+    for s in range(n_s):
+        kind, pmax, pmin, tank = kinds[s], p[s, SP_MAX_W], p[s, SP_MIN_W], p[s, SP_TANK_J] / WH
+        energy_terms: list[list[tuple[int, float]]] = [[] for _ in range(k_n)]
+        if kind == KIND_HEAT_PUMP:
+            seg_ok = np.array([sunny[j : j + per].any() for j in range(0, k_n, per)])
+            on = m.var(n_seg, 0.0, seg_ok.astype(float), integer=True)
+            start = m.var(n_seg, 0.0, 1.0, cost=1e-3)
+            stop = m.var(n_seg, 0.0, 1.0)
+            mu, md = math.ceil(p[s, SP_MIN_ON] / switch_s), math.ceil(p[s, SP_MIN_OFF] / switch_s)
+            for g in range(n_seg):
+                prev = [(on[g - 1], -1.0)] if g else []
+                m.row([(start[g], 1.0), (on[g], -1.0), *[(i, -c) for i, c in prev]], lo=0.0)  # on - prev
+                m.row([(stop[g], 1.0), (on[g], 1.0), *prev], lo=0.0)  # stop >= prev - on
+                if mu > 1:
+                    window = range(max(0, g - mu + 1), g + 1)
+                    m.row([(start[j], 1.0) for j in window] + [(on[g], -1.0)], hi=0.0)
+                if md > 1:
+                    window = range(max(0, g - md + 1), g + 1)
+                    m.row([(stop[j], 1.0) for j in window] + [(on[g], 1.0)], hi=1.0)
+            for k in range(k_n):
+                level_terms[k].append((on[k // per], pmax))
+                energy_terms[k].append((on[k // per], pmax * length[k] / WH))
+            power_idx[s] = on[np.arange(k_n) // per]
+        elif kind == KIND_EV:
+            ok = (plug[:, :, s].sum(1) >= length) & sunny & (length > 0)
+            seg_ok = np.array([ok[j : j + per].all() for j in range(0, k_n, per)])
+            z = m.var(n_seg, 0.0, seg_ok.astype(float), integer=True)
+            pw = m.var(k_n, 0.0, pmax * ok)
+            for k in range(k_n):
+                m.row([(pw[k], 1.0), (z[k // per], -pmin)], lo=0.0)
+                m.row([(pw[k], 1.0), (z[k // per], -pmax)], hi=0.0)
+                level_terms[k].append((pw[k], 1.0))
+            m.row([(pw[k], length[k] / WH) for k in range(k_n)], hi=day.fill0[s] * 1000.0)
+            power_idx[s] = pw
+        else:
+            ew = m.var(k_n, 0.0, pmax * length / WH)
+            for k in range(k_n):
+                wh_terms[k].append((ew[k], 1.0))
+                energy_terms[k].append((ew[k], 1.0))
+            wh_idx[s] = ew
+        if tank > 0 and kind != KIND_EV:
+            level = m.var(k_n, 0.0, tank)
+            unmet = m.var(k_n)
+            for k in range(k_n):
+                prev = [(level[k - 1], -1.0)] if k else []
+                rhs = -draw[k, s] + (day.fill0[s] * tank if k == 0 else 0.0)
+                terms = [(level[k], 1.0), *prev, (unmet[k], -1.0)] + [(i, -c) for i, c in energy_terms[k]]
+                m.row(terms, lo=rhs, hi=rhs)
+    x_pre = m.var(k_n)  # export before the water heaters trim
+    y = m.var(k_n, cost=1.0)  # export
+    imp = m.var(k_n, cost=import_weight)
+    for k in range(k_n):
+        lev = level_terms[k]
+        if not sunny[k]:  # no surplus: no export, and anything on imports
+            m.row([(imp[k], 1.0)] + [(i, -c * length[k] / WH) for i, c in lev], lo=0.0)
+            continue
+        for q, fq, df in _tangents(sp[k][valid[k]]):
+            # x_pre >= f(q) + f'(q) (L - q);  y >= f(q) + f'(q) (L + W - q);  imp >= g(q) + g'(q) (L - q)
+            m.row([(x_pre[k], 1.0)] + [(i, -df * c) for i, c in lev], lo=fq - df * q)
+            m.row([(y[k], 1.0)] + [(i, -df * c) for i, c in lev], lo=fq + df * (wh_power - q))
+            dg = df + length[k] / WH
+            gq = fq - sp[k].sum() / WH + q * length[k] / WH
+            m.row([(imp[k], 1.0)] + [(i, -dg * c) for i, c in lev], lo=gq - dg * q)
+        m.row([(y[k], 1.0), (x_pre[k], -1.0), *wh_terms[k]], lo=0.0)  # y >= x_pre - e_wh
+    res, secs, shape = m.solve(time_limit, mip_rel_gap)
+    if res.x is None:
+        raise RuntimeError(f"solve_plan: HiGHS found no plan ({res.status}: {res.message})")
+    x = np.round(res.x, 9)
+    power = np.zeros((k_n, n_s))
+    whe = np.zeros((k_n, n_s))
+    for s, idx in power_idx.items():
+        power[:, s] = (x[idx] > 0.5) * p[s, SP_MAX_W] if kinds[s] == KIND_HEAT_PUMP else x[idx]
+    for s, idx in wh_idx.items():
+        whe[:, s] = x[idx]
+    result = BoundResult(
+        export_kwh=float(x[y].sum() / 1000.0), import_kwh=float(x[imp].sum() / 1000.0),
+        status="optimal" if res.status == 0 else f"{res.status}: {res.message}", solve_s=secs,
+        mip_gap=float(getattr(res, "mip_gap", 0.0) or 0.0), shape=shape,
+    )  # fmt: skip
+    return Plan(dt_s, power, whe, result)
+
+
+class PlanController:
+    """Executes :func:`solve_plan`'s day plan in the real simulator, with the oracle's privileges (foresight
+    of the day, perfect link; bound by ``bind`` as envs/rollout.py does for the oracle). Heat pumps and EVs
+    follow the plan; water heaters absorb the next second's true surplus left by them (greedy). Needs one
+    slave per phase (the default site and envs/site_sampler.py's sites): targets are then slave commands."""
+
+    name = "plan"
+    needs_perfect_link = True
+
+    def __init__(self, dt_s: int = 60, import_weight: float = 1.0, time_limit: float = 60.0,
+                 mip_rel_gap: float = 0.01, switch_s: int = 300) -> None:  # fmt: skip
+        self.dt_s, self.import_weight, self.switch_s = dt_s, import_weight, switch_s
+        self.time_limit, self.mip_rel_gap = time_limit, mip_rel_gap
+        self.sim: Simulator | None = None
+        self.plan: Plan | None = None
+
+    def prepare_site(self, site: Site) -> Site:
+        phases = [sl.phase for sl in site.slaves]
+        if len(set(phases)) != len(phases):
+            raise ValueError(f"PlanController: site {site.name!r} has several slaves on one phase ({phases})")
+        return site
+
+    def bind(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.day = day_arrays(sim)
+        self.plan = solve_plan(
+            self.day, self.dt_s, self.import_weight, self.time_limit, self.mip_rel_gap, self.switch_s
+        )
+
+    def reset(self, batch: int = 1) -> None:
+        if batch != 1:
+            raise ValueError("PlanController runs one episode at a time")
+
+    def _predict(self, s: int, cmd: float) -> float:
+        """The power slave ``s`` will draw during this step if sent ``cmd`` now (the kernel's rules)."""
+        sim, p, t = self.sim, self.day.params, self.sim.t
+        ss = sim.ss[0, s]
+        sent = ss[SS_SENT_VAL]
+        changed = abs(cmd - sent) > sim.consts[0] or ((cmd > 0.0) != (sent > 0.0))
+        sp = cmd if changed else sent
+        kind, pmax = int(p[s, SP_KIND]), p[s, SP_MAX_W]
+        if kind == KIND_HEAT_PUMP:
+            on = ss[SS_IS_ON] > 0.5
+            want = sp >= 0.5 * pmax
+            if on and not want and ss[SS_TIS] < p[s, SP_MIN_ON]:
+                want = True
+            if not on and want and ss[SS_TIS] < p[s, SP_MIN_OFF]:
+                want = False
+            if p[s, SP_TANK_J] > 0 and ss[SS_FILL] >= 1.0:
+                want = False
+            return pmax if want else 0.0
+        pmin, prev, ramp = p[s, SP_MIN_W], ss[SS_APPLIED], p[s, SP_RAMP]
+        if kind == KIND_EV:
+            if self.day.plugged[t, s] < 0.5 or ss[SS_FILL] <= 0.0 or sp < pmin:
+                return 0.0
+            return pmin if prev < pmin else min(max(prev + min(max(sp - prev, -ramp), ramp), pmin), pmax)
+        return min(max(prev + min(max(sp - prev, -ramp), ramp), 0.0), pmax)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if self.sim is None or self.plan is None:
+            raise RuntimeError("PlanController.bind(sim) must be called before act()")
+        t = self.sim.t
+        k = min(t // self.plan.dt_s, self.plan.power_w.shape[0] - 1)
+        p = self.day.params
+        targets = np.zeros((1, 3))
+        residual = self.day.surplus_w[t] - self.sim.consts[2]  # next second's true surplus - setpoint
+        trimmers = []
+        for s in range(p.shape[0]):
+            kind = int(p[s, SP_KIND])
+            if kind in (KIND_EV, KIND_HEAT_PUMP):
+                cmd = float(self.plan.power_w[k, s])
+                targets[0, int(p[s, SP_PHASE])] = cmd
+                residual -= self._predict(s, cmd)
+            else:
+                trimmers.append(s)
+        for s in trimmers:
+            cmd = float(np.clip(residual, 0.0, p[s, SP_MAX_W]))
+            targets[0, int(p[s, SP_PHASE])] = cmd
+            residual -= cmd
+        return targets

@@ -17,7 +17,7 @@ from envs.controllers import PIController
 from envs.export_env import ExportControlEnv, ExportEnvConfig
 from envs.metrics import metrics_of_record
 from envs.oracle import OracleController
-from envs.planner import day_arrays, lower_bound
+from envs.planner import PlanController, day_arrays, lower_bound
 from envs.rollout import rollout
 from envs.site import DEFAULT_SITE_PATH
 
@@ -61,3 +61,18 @@ def test_lower_bound_between_oracle_and_pi(runs):
     assert capped.import_kwh <= pi["controlled_import_kwh"] + 1e-6, capped
     wasted = lower_bound(day, objective="wasted")
     assert wasted.wasted_kwh <= pi["export_kwh"] + pi["controlled_import_kwh"], (wasted, pi)
+
+
+def test_executed_plan_is_achievable_and_above_the_bound(small_cfg, runs):
+    """The plan, executed on the real devices, can never beat the LP bound; with foresight and a perfect
+    link it wastes no more energy than the PI on this hour."""
+    day, pi, _ = runs
+    ctl = PlanController(time_limit=30.0)
+    plan = metrics_of_record(rollout(ctl, small_cfg, seed=SEED).frame)
+    assert ctl.plan.result.status == "optimal", ctl.plan.result
+    lb = lower_bound(day)
+    wasted = lower_bound(day, objective="wasted")
+    assert plan["export_kwh"] >= lb.export_kwh - 1e-6, (plan, lb)
+    assert plan["export_kwh"] + plan["controlled_import_kwh"] >= wasted.wasted_kwh - 1e-6, (plan, wasted)
+    plan_wasted = plan["export_kwh"] + plan["controlled_import_kwh"]
+    assert plan_wasted <= pi["export_kwh"] + pi["controlled_import_kwh"], (plan, pi)
