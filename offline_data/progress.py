@@ -29,7 +29,7 @@ def _is_tty(stream: TextIO) -> bool:
 
 
 def _width(stream: TextIO) -> dict[str, Any]:
-    """tqdm follows the terminal's width; a terminal that reports none (a container's pty) gets 100 columns."""
+    """tqdm follows the terminal's width; a terminal reporting none (a container's pty) gets 100 columns."""
     try:
         if os.get_terminal_size(stream.fileno()).columns > 0:
             return {"dynamic_ncols": True}
@@ -57,8 +57,8 @@ class Progress:
     def __enter__(self) -> Progress:
         self.t0 = time.perf_counter()
         if self.tty:
-            self.bar = tqdm(total=self.total, desc=f"{self.stage:<10}", unit=f" {self.unit}", file=self.stream,
-                            mininterval=_REDRAW_S, leave=True, **_width(self.stream))  # fmt: skip
+            self.bar = tqdm(total=self.total, desc=f"{self.stage:<10}", unit=f" {self.unit}",
+                            file=self.stream, mininterval=_REDRAW_S, leave=True, **_width(self.stream))
         return self
 
     def update(self, n: int = 1, note: str = "") -> None:

@@ -43,8 +43,8 @@ def resolve(flag: str | None, storage_path: str | Path) -> str | None:
     if not flag:
         if storage.is_uri(str(storage_path)):
             raise TrackingError(
-                f"--mlflow without a URI keeps a local file store under --storage-path, which is {storage_path}: "
-                "give --mlflow a tracking URI (a tracking server's http://..., or file:///a/local/folder)"
+                "--mlflow without a URI keeps a local file store under --storage-path, which is "
+                f"{storage_path}: give --mlflow a tracking URI (a tracking server's http://..., or file:///a/local/folder)"
             )
         flag = (Path(storage_path).resolve() / STORE_DIR).as_uri()
     if flag.startswith("sqlite:"):
@@ -52,8 +52,8 @@ def resolve(flag: str | None, storage_path: str | Path) -> str | None:
             import sqlalchemy  # noqa: F401
         except ImportError as exc:
             raise TrackingError(
-                f"--mlflow {flag}: a sqlite store needs SQLAlchemy, which mlflow-skinny (gridrl[mlflow]) does "
-                "not install: pip install mlflow, or use a file: URI or a tracking server"
+                f"--mlflow {flag}: a sqlite store needs SQLAlchemy, which mlflow-skinny (gridrl[mlflow]) "
+                "does not install: pip install mlflow, or use a file: URI or a tracking server"
             ) from exc
     return flag
 
@@ -74,7 +74,8 @@ def mlflow_callbacks(uri: str | None, experiment: str, tags: dict[str, str] | No
                 tags = {**self.tags, "trial_name": str(trial)}
                 run = self.mlflow_util.start_run(tags=tags, run_name=str(trial))
                 self._trial_runs[trial] = run.info.run_id
-            self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=short_params(trial.config))
+            params = short_params(trial.config)
+            self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=params)
 
     return [Callback(tracking_uri=uri, experiment_name=experiment, tags=dict(tags or {}))]
 

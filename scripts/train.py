@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     from envs.config import ConfigError
     from rllib_configs.loader import load_train_config
     from rllib_configs.runner import RunOptions, experiment_dir, print_summary, run_training
-
     from rllib_configs.tracking import TrackingError, resolve
 
     try:

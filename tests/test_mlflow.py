@@ -38,7 +38,8 @@ def test_a_training_run_writes_its_metrics_to_a_file_store(tmp_path, ray_session
     spec.algo_config.env_runners(num_envs_per_env_runner=8, rollout_fragment_length=32)
     spec.algo_config.training(train_batch_size_per_learner=256, minibatch_size=128, num_epochs=1)
     summary = run_training(spec, RunOptions(storage_path=tmp_path, stop_iters=2, seed=0, mlflow=uri))
-    results = [json.loads(line) for line in (Path(summary["trial_dir"]) / "result.json").read_text().splitlines()]
+    trial = Path(summary["trial_dir"])
+    results = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
     assert [r["training_iteration"] for r in results] == [1, 2]
 
     assert (tmp_path / STORE_DIR).is_dir()

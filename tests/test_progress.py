@@ -58,7 +58,8 @@ def test_build_bar_is_one_line_in_a_log_and_nothing_when_disabled():
             bar.update(1, d)
     text = log.getvalue()
     assert "\r" not in text and text.count("\n") == 1
-    assert text.startswith("validate  : 100%|") and "4/4" in text and "days/s" in text and "2025-06-04" in text
+    assert text.startswith("validate  : 100%|") and "4/4" in text and "days/s" in text
+    assert "2025-06-04" in text
     quiet = _Pipe()
     with Progress("validate", 4, stream=quiet, enabled=False) as bar:
         bar.update(4)

@@ -34,11 +34,10 @@ def _trainable(config):
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
+    import ray
     from ray import tune
 
     from cluster.local import init_ray
-
-    import ray
 
     init_ray(num_cpus=2, log_to_driver=False)
     storage = tmp_path_factory.mktemp("tune_results")

@@ -48,7 +48,9 @@ def write_table(grid: Any, exp_dir: Path, metric: str, names: dict[str, str], mo
     import polars as pl
 
     best_df = grid.get_dataframe(filter_metric=metric, filter_mode=mode)  # pandas; only trials that reported
-    best = {} if best_df.empty or metric not in best_df else dict(zip(best_df["trial_id"], best_df[metric]))
+    best = {}
+    if not best_df.empty and metric in best_df:
+        best = dict(zip(best_df["trial_id"], best_df[metric], strict=True))
     rows = []
     for r in grid:
         hist = r.metrics_dataframe
