@@ -214,43 +214,6 @@ class Timers:
         self.reasons.append(reason)
 
 
-def call_policy(
-    policy: Callable[[np.ndarray], Any],
-    x: np.ndarray,
-    n_actions: int,
-    limits: Any,
-    timers: Timers,
-    timer: Callable[[], float],
-    fired: list[str],
-) -> tuple[np.ndarray | None, float]:
-    """Call ``policy(x)``, timed and caught: ``(its action clipped to [-1, 1], seconds)``, or ``(None, s)``
-    with the check that fired appended to ``fired`` (policy_error, policy_late, policy_deadline,
-    policy_output: see the module docstring). ``limits`` has ``policy_deadline_s``, ``deadline_misses`` and
-    ``output_tolerance`` (:class:`SafetyLimits`, or another domain's limits: serve/citylearn_safety.py)."""
-    t0 = timer()
-    try:
-        out = policy(x)
-    except Exception:  # noqa: BLE001 - any failure of the policy is a violation, never a crash
-        fired.append("policy_error")
-        return None, float(timer() - t0)
-    elapsed = float(timer() - t0)
-    if not elapsed <= limits.policy_deadline_s:
-        timers.late += 1
-        fired.append("policy_deadline" if timers.late >= limits.deadline_misses else "policy_late")
-        return None, elapsed
-    timers.late = 0
-    try:
-        a = np.asarray(out, dtype=np.float64)
-        ok = a.size == n_actions and a.ndim <= 2
-    except Exception:  # noqa: BLE001 - an output that is not numbers is a wrong output
-        a, ok = np.full(n_actions, np.nan), False
-    tol = 1.0 + limits.output_tolerance
-    if not ok or not np.all(np.abs(a) <= tol):  # also False for NaN
-        fired.append("policy_output")
-        return None, elapsed
-    return np.minimum(np.maximum(a.reshape(n_actions), -1.0), 1.0), elapsed
-
-
 def policy_step(
     policy: Callable[[np.ndarray], Any],
     x: np.ndarray,
@@ -261,16 +224,41 @@ def policy_step(
     fired: list[str],
     now: float,
 ) -> tuple[np.ndarray | None, float]:
-    """One step's policy answer, as every domain's wrapper takes it: ``(action in [-1, 1], seconds)``, or
-    ``(None, seconds)`` where the fallback acts instead: during a timed fallback (the policy is not called)
-    or when :func:`call_policy` refuses the answer; a refusal that is a violation starts a fallback of
-    ``limits.violation_fallback_s``."""
+    """One step's policy answer, as every domain's wrapper takes it: ``policy(x)`` timed and caught,
+    ``(its action clipped to [-1, 1], seconds)``; or ``(None, seconds)`` where the fallback acts instead:
+    during a timed fallback (the policy is not called), or when the answer is refused, with the check that
+    fired appended to ``fired`` (policy_error, policy_late, policy_deadline, policy_output: see the module
+    docstring); a refusal that is a violation starts a fallback of ``limits.violation_fallback_s``.
+    ``limits`` has those fields and ``policy_deadline_s``, ``deadline_misses``, ``output_tolerance``
+    (:class:`SafetyLimits`, or another domain's limits: serve/citylearn_safety.py)."""
+
+    def refuse(check: str, elapsed: float) -> tuple[None, float]:
+        fired.append(check)
+        if check in VIOLATIONS:
+            timers.fall_back(now, limits.violation_fallback_s, check)
+        return None, elapsed
+
     if now < timers.fallback_until:
         return None, 0.0
-    action, policy_s = call_policy(policy, x, n_actions, limits, timers, timer, fired)
-    if action is None and fired[-1] in VIOLATIONS:
-        timers.fall_back(now, limits.violation_fallback_s, fired[-1])
-    return action, policy_s
+    t0 = timer()
+    try:
+        out = policy(x)
+    except Exception:  # noqa: BLE001 - any failure of the policy is a violation, never a crash
+        return refuse("policy_error", float(timer() - t0))
+    elapsed = float(timer() - t0)
+    if not elapsed <= limits.policy_deadline_s:
+        timers.late += 1
+        return refuse("policy_deadline" if timers.late >= limits.deadline_misses else "policy_late", elapsed)
+    timers.late = 0
+    try:
+        a = np.asarray(out, dtype=np.float64)
+        ok = a.size == n_actions and a.ndim <= 2
+    except Exception:  # noqa: BLE001 - an output that is not numbers is a wrong output
+        a, ok = np.full(n_actions, np.nan), False
+    tol = 1.0 + limits.output_tolerance
+    if not ok or not np.all(np.abs(a) <= tol):  # also False for NaN
+        return refuse("policy_output", elapsed)
+    return np.minimum(np.maximum(a.reshape(n_actions), -1.0), 1.0), elapsed
 
 
 class SafetyWrapper:
