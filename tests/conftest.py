@@ -23,6 +23,18 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray (2 CPUs) for the tests of one module, shut down after them."""
+    import ray
+
+    from cluster.local import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> Path:
     """A small dataset built by the project itself: 2 days x 1.5 daylight hours of PI logs, 2 % defects."""

@@ -62,17 +62,6 @@ def mall_schema(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_trains_one_iteration_then_evaluates(name, ray_session, tmp_path, request):

@@ -325,17 +325,6 @@ def test_model_based_evaluation_of_baselines(trained, dataset, tmp_path):
         assert np.isfinite(m["export_kwh"]) and 0.0 <= m["trusted_share"] <= 1.0
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.smoke
 def test_forward_model_trains_through_the_runner(dataset, tmp_path, ray_session):
     import yaml

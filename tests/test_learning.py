@@ -17,17 +17,6 @@ from scripts.evaluate import evaluate_export
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ppo_beats_the_pi_on_held_out_cloudy_days(tmp_path, ray_session):
     """Within a 15-minute budget on 2 cores, PPO exports less than the PI on held-out cloudy hours.

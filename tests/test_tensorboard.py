@@ -50,17 +50,6 @@ def read_scalars(path: Path) -> dict[str, dict[int, float]]:
     return dict(scalars)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.smoke
 def test_tensorboard_event_files_hold_the_training_metrics(tmp_path, ray_session):
     spec = load_train_config(REPO / "rllib_configs/export/ppo.yaml")

@@ -19,17 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 ONLINE = ["export/ppo", "export/ppo_residual", "export/a2c", "export/sac"]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 def _states(n: int = 100) -> np.ndarray:
     from envs.export_env import ExportEnvConfig
     from envs.rollout import make_controller, rollout

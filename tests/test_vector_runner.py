@@ -128,17 +128,6 @@ def test_vector_runner_falls_back_to_rllibs_loop_for_episodes():
     assert sum(len(e) for e in chunks) == 30 and all(e.t_started == 0 for e in chunks)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.smoke
 def test_vectorised_ppo_trains_checkpoints_resumes_and_evaluates(tmp_path, ray_session):
     """The shipped PI-residual config (VectorEnvRunner, batched simulator), made small: 2 iterations,
