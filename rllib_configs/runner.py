@@ -109,9 +109,13 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def configure(spec: TrainSpec, opts: RunOptions) -> Any:
-    """The AlgorithmConfig to run: the file's config plus the run options (seed, runners, GPU)."""
+    """The AlgorithmConfig to run: the file's config plus the run options (seed, runners, GPU). gridrl's env
+    names are registered with Tune here, so the config builds (``config.build_algo()``) wherever it is made."""
     import torch
 
+    from rllib_configs.envs import register_rllib_envs
+
+    register_rllib_envs()
     config = spec.algo_config.copy(copy_frozen=False)
     config.debugging(seed=opts.seed)
     if opts.num_env_runners is not None:
@@ -201,9 +205,6 @@ def run_training(spec: TrainSpec, opts: RunOptions) -> dict[str, Any]:
         checkpoints = tune.CheckpointConfig(num_to_keep=3)  # the trainable checkpoints itself
         extra_metrics = forward_model.SUMMARY_METRICS
     else:
-        from rllib_configs.envs import register_rllib_envs
-
-        register_rllib_envs()
         param_space = configure(spec, opts)
         trainable, info, stop = param_space.algo_class, None, opts.stop()  # info: written for a new run only
         checkpoints = tune.CheckpointConfig(

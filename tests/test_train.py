@@ -120,9 +120,6 @@ def test_offline_bc_same_seed_same_first_iteration(small_dataset, tmp_path, ray_
 
 @pytest.mark.smoke
 def test_save_and_restore_give_the_same_greedy_action(tmp_path, ray_session):
-    from rllib_configs.envs import register_rllib_envs
-
-    register_rllib_envs()  # run_training registers them; this test builds the algorithm itself
     spec = load_train_config(REPO / "rllib_configs/export/ppo.yaml")
     opts = RunOptions(storage_path=tmp_path, seed=2, num_env_runners=0)
     config = configure(spec, opts)
