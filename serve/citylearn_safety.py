@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from envs.citylearn.devices import DeviceTable, rbc_action
-from serve.safety import Decision, ManifestSection, Timers, policy_step
+from serve.safety import Decision, FallbackGate, ManifestSection, policy_step
 
 SOURCES = ("policy", "fallback", "safe")
 DEVICE_CHECKS = ("battery_power", "charger_power", "charger_no_vehicle", "ev_soc", "battery_soc")
@@ -117,7 +117,7 @@ class RBCPolicy:
         return rbc_action(self.devices, self.devices.state_from_raw(raw), **self.kwargs).astype(np.float64)
 
 
-class CityLearnSafetyWrapper:
+class CityLearnSafetyWrapper(FallbackGate):
     """Wraps a CityLearn policy: validates the state, calls the policy, limits its action, falls back.
 
     Args:
@@ -179,23 +179,15 @@ class CityLearnSafetyWrapper:
 
     def reset(self) -> None:
         """Forget the timers and the fallback's state (a new episode or a restart); counts are kept."""
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
-        self.timers = Timers()
+        self._restart()
 
     def reset_counts(self) -> None:
         self.counts = {}
 
-    @property
-    def in_fallback(self) -> bool:
-        return self.clock() < self.timers.fallback_until
-
     def decide(self, state: Any) -> Decision:
         """The actions to send for ``state`` (the raw vector, (n_raw,) or (1, n_raw)), with provenance."""
-        now = float(self.clock())
-        x = self._valid_state(state)
+        now, x = self._checked_state(state, self.limits.invalid_state_fallback_s)
         if x is None:
-            self.timers.fall_back(now, self.limits.invalid_state_fallback_s, "state_invalid")
             return self._emit(np.zeros(self.n_actions), "safe", ["state_invalid"], 0.0)
         fired: list[str] = []
         rbc = self._fallback_action(x)

@@ -261,7 +261,40 @@ def policy_step(
     return np.minimum(np.maximum(a.reshape(n_actions), -1.0), 1.0), elapsed
 
 
-class SafetyWrapper:
+class FallbackGate:
+    """What every domain's safety wrapper does around its own checks: the clock and the :class:`Timers` of its
+    timed fallback, the policy's reset, and an invalid state's start of a fallback. A subclass sets
+    ``policy`` and ``clock``, calls :meth:`_restart` in its ``reset`` and defines :meth:`_valid_state`."""
+
+    policy: Any
+    clock: Callable[[], float]
+    timers: Timers
+
+    @property
+    def in_fallback(self) -> bool:
+        return self.clock() < self.timers.fallback_until
+
+    def _restart(self) -> None:
+        """Reset the policy (where it can be) and forget the timers."""
+        if hasattr(self.policy, "reset"):
+            self.policy.reset()
+        self.timers = Timers()
+
+    def _checked_state(self, state: Any, invalid_fallback_s: float) -> tuple[float, np.ndarray | None]:
+        """This step's clock and its valid state vector; None for an invalid state, which starts a fallback of
+        ``invalid_fallback_s`` (check ``state_invalid``)."""
+        now = float(self.clock())
+        x = self._valid_state(state)
+        if x is None:
+            self.timers.fall_back(now, invalid_fallback_s, "state_invalid")
+        return now, x
+
+    def _valid_state(self, state: Any) -> np.ndarray | None:
+        """``state`` as the domain's valid state vector, or None (the domain's checks)."""
+        raise NotImplementedError
+
+
+class SafetyWrapper(FallbackGate):
     """Wraps a policy: validates the state, calls the policy, checks and limits its action, falls back.
 
     Args:
@@ -301,23 +334,14 @@ class SafetyWrapper:
     def reset(self) -> None:
         """Forget the previous action, the timers and the fallback's state (a new episode or a restart)."""
         self.fallback.reset(1)
-        if hasattr(self.policy, "reset"):
-            self.policy.reset()
-        self.timers = Timers()
+        self._restart()
         self.last_w: np.ndarray | None = None
-
-    @property
-    def in_fallback(self) -> bool:
-        return self.clock() < self.timers.fallback_until
 
     def decide(self, state: Any) -> Decision:
         """The targets to send for ``state`` (raw state vector, (F,) or (1, F)), with their provenance."""
-        now = float(self.clock())
-        x = self._valid_state(state)
+        now, x = self._checked_state(state, self.limits.anomaly_fallback_s)
         if x is None:
-            self._fall_back(now, self.limits.anomaly_fallback_s, "state_invalid")
-            action = self._ramp_down()
-            return self._emit(action, "safe", ["state_invalid"], np.nan, 0.0)
+            return self._emit(self._ramp_down(), "safe", ["state_invalid"], np.nan, 0.0)
         fired: list[str] = []
         z_max = self._anomaly(x, now, fired)
         pi_w = self._fallback_action(x)
