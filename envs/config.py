@@ -137,6 +137,17 @@ def from_mapping(cls: type[T], data: Any, source: str | Path | None = None, path
         raise ConfigError(source, _where(path, loc), problem) from exc
 
 
+def lookup(tree: Any, path: str, sep: str = ".") -> Any:
+    """The value at ``path`` (keys joined by ``sep``) in nested mappings, or None where a key is missing or
+    a step is not a mapping: ``lookup(result, "env_runners/episode_return_mean", "/")``."""
+    node = tree
+    for key in path.split(sep):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
 def to_mapping(obj: Any) -> Any:
     """Inverse of from_mapping: a dataclass (recursively) as plain dicts/lists, ready for YAML/JSON."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -23,6 +23,7 @@ from ray.rllib.utils.metrics import (
     NUM_ENV_STEPS_SAMPLED_LIFETIME,
 )
 
+from envs.config import lookup
 from rllib_configs import storage
 from rllib_configs.loader import TrainSpec
 from rllib_configs.policy import write_run_info
@@ -79,15 +80,6 @@ class RunOptions:
         return stop
 
 
-def _get(result: dict[str, Any], path: str) -> Any:
-    node: Any = result
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
     """The metrics a summary line reports, by RLlib's metric names, flattened with '/'."""
     keys = [
@@ -98,7 +90,7 @@ def summary_metrics(result: dict[str, Any]) -> dict[str, Any]:
         f"{ENV_RUNNER_RESULTS}/{NUM_ENV_STEPS_SAMPLED_LIFETIME}",
         f"{EVALUATION_RESULTS}/{ENV_RUNNER_RESULTS}/{EPISODE_RETURN_MEAN}",
     ]
-    out = {k: _get(result, k) for k in keys if _get(result, k) is not None}
+    out = {k: v for k in keys if (v := lookup(result, k, "/")) is not None}
     learners = result.get(LEARNER_RESULTS, {}) or {}
     for module_id, stats in learners.items():
         if isinstance(stats, dict):

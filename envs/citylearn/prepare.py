@@ -51,7 +51,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from envs.config import ConfigError
+from envs.config import ConfigError, lookup
 
 REWARD_CLASS = "envs.citylearn.reward.MultiObjectiveReward"
 REQUIRED = (
@@ -520,15 +520,6 @@ def find_entry(schema: Any, key: str, prefix: str = "") -> str | None:
     return None
 
 
-def _subtree(schema: dict[str, Any], entry: str) -> Any:
-    node: Any = schema
-    for part in entry.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _loading_context(exc: BaseException) -> str | None:
     """The schema entry CityLearn's loader was building when ``exc`` was raised (from its frames' locals)."""
     context = None
@@ -561,7 +552,7 @@ def entry_of_error(exc: BaseException, schema: dict[str, Any]) -> str:
     names += re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\W*$", text)  # e.g. "Unknown action: foo_storage"
     for name in names:
         for where in ([context] if context else []) + [""]:
-            node = _subtree(schema, where) if where else schema
+            node = lookup(schema, where) if where else schema
             found = find_entry(node, name, f"{where}." if where else "")
             if found:
                 return found
