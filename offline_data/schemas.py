@@ -18,6 +18,7 @@ types below (timestamps as ``timestamp[ms, UTC]``, or RFC 3339 strings). Columns
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -67,6 +68,11 @@ class Stream:
         return tuple(c.name for c in self.columns if c.kind in kinds)
 
 
+def _ts(event: str, clock: str) -> Column:
+    """The ``ts`` column of every stream: when ``event`` happened, on the clock of the device that logs it."""
+    return Column("ts", "timestamp", "-", f"time {event} ({clock} clock, UTC)")
+
+
 def _per_phase(prefix: str, unit: str, text: str) -> tuple[Column, ...]:
     return tuple(Column(f"{prefix}_l{p}", "float", unit, f"{text}, phase {p}") for p in PHASES)
 
@@ -76,7 +82,7 @@ METER = Stream(
     "Grid and PV meters: one row per reading, about 1 Hz, on the meter's clock. A reading that never "
     "reached the logger has no row (its counter value is skipped).",
     (
-        Column("ts", "timestamp", "-", "time the reading was taken (meter clock, UTC)"),
+        _ts("the reading was taken", "meter"),
         Column("seq", "int", "-", "reading counter of the meter: +1 per reading taken, lost ones included"),
         *_per_phase("export_w", "W", "grid meter active power, export positive (import negative)"),
         *_per_phase("pv_w", "W", "PV meter active power"),
@@ -88,7 +94,7 @@ COMMANDS = Stream(
     "Master controller: one row per command sent to a slave over Zigbee, at irregular times, with the "
     "time the slave's acknowledgement arrived, or none (command lost, or superseded by a newer one).",
     (
-        Column("ts", "timestamp", "-", "time the master sent the command (master clock, UTC)"),
+        _ts("the master sent the command", "master"),
         Column("slave_id", "string", "-", "id of the controllable load (as in the site file)"),
         Column("phase", "int", "-", "phase the slave is wired to (1, 2 or 3)"),
         Column("seq", "int", "-", "command sequence number of this slave, +1 per command sent"),
@@ -109,7 +115,7 @@ PI_STATE = Stream(
     "PI controller: one row per control cycle, 1 Hz on the controller's clock. A cycle reacts to the "
     "meter reading of the second it runs in; its targets are in force from the next second.",
     (
-        Column("ts", "timestamp", "-", "time the cycle decided (controller clock, UTC)"),
+        _ts("the cycle decided", "controller"),
         Column("cycle", "int", "-", "cycle counter: +1 per second, 0 at a (re)start of the controller"),
         Column("setpoint_w", "float", "W", "export setpoint"),
         Column("error_w", "float", "W", "export error the cycle saw (export - setpoint)"),
@@ -126,25 +132,19 @@ PI_STATE = Stream(
 
 STREAMS: dict[str, Stream] = {s.name: s for s in (METER, COMMANDS, PI_STATE)}
 
-_PL = {
-    "timestamp": pl.Datetime("ms", "UTC"),
-    "float": pl.Float64,
-    "int": pl.Int64,
-    "bool": pl.Boolean,
-    "string": pl.String,
+_KINDS: dict[str, tuple[Any, pa.DataType, str]] = {
+    "timestamp": (pl.Datetime("ms", "UTC"), pa.timestamp("ms", tz="UTC"), "timestamp (UTC, ms)"),
+    "float": (pl.Float64, pa.float64(), "float64"),
+    "int": (pl.Int64, pa.int64(), "int64"),
+    "bool": (pl.Boolean, pa.bool_(), "bool"),
+    "string": (pl.String, pa.string(), "string"),
 }
-_PA = {
-    "timestamp": pa.timestamp("ms", tz="UTC"),
-    "float": pa.float64(),
-    "int": pa.int64(),
-    "bool": pa.bool_(),
-    "string": pa.string(),
-}
+"""Each column kind: its polars dtype once parsed, its Parquet (arrow) type, its name in the README table."""
 
 
 def polars_schema(stream: Stream) -> pl.Schema:
     """The parsed (typed) form of ``stream`` as a polars schema."""
-    return pl.Schema({c.name: _PL[c.kind] for c in stream.columns})
+    return pl.Schema({c.name: _KINDS[c.kind][0] for c in stream.columns})
 
 
 def arrow_schema(stream: Stream) -> pa.Schema:
@@ -153,7 +153,7 @@ def arrow_schema(stream: Stream) -> pa.Schema:
         [
             pa.field(
                 c.name,
-                _PA[c.kind],
+                _KINDS[c.kind][1],
                 nullable=c.nullable,
                 metadata={"unit": c.unit, "description": c.description},
             )
@@ -165,15 +165,8 @@ def arrow_schema(stream: Stream) -> pa.Schema:
 
 def markdown_table(stream: Stream) -> str:
     """The stream's columns as a Markdown table (for the README)."""
-    kinds = {
-        "timestamp": "timestamp (UTC, ms)",
-        "float": "float64",
-        "int": "int64",
-        "bool": "bool",
-        "string": "string",
-    }
     rows = [
-        [f"`{c.name}`", kinds[c.kind] + (", may be empty" if c.nullable else ""), c.unit, c.description]
+        [f"`{c.name}`", _KINDS[c.kind][2] + (", may be empty" if c.nullable else ""), c.unit, c.description]
         for c in stream.columns
     ]
     return format_table(rows, ["column", "type", "unit", "meaning"], style="markdown")
