@@ -17,17 +17,6 @@ from rllib_configs.tracking import STORE_DIR, TrackingError, resolve
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from cluster.local import init_ray
-
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.smoke
 def test_a_training_run_writes_its_metrics_to_a_file_store(tmp_path, ray_session):
     from mlflow.tracking import MlflowClient
