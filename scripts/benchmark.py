@@ -26,21 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from envs.metrics import reduction_pct
-from envs.outputs import OutputKind, check_output, staged_output
+from envs.outputs import OutputKind, staged_output
 from envs.profiles import SCENARIOS
 from envs.tables import format_table
-from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
+from scripts.flags import SEED, add_day_window, add_output, command_parser, int_at_least
 
 BENCHMARK_OUTPUT = OutputKind("the results of gridrl benchmark", ("benchmark.json",))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "benchmark",
-        help="a policy against PI and oracle: whole days, every weather, its site and unseen sites",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, "benchmark", __doc__)
     p.add_argument(
         "--checkpoint", required=True, help="checkpoint dir (a trial's checkpoint_NNNNNN or best/)"
     )
@@ -55,13 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"comma-separated weathers (default {','.join(SCENARIOS)})",
     )
     p.add_argument("--days", type=int_at_least(1), default=1, help="held-out days per case (default 1)")
-    p.add_argument("--hours", type=HOURS, default=24.0, help="hours per day from --start-h (default 24)")
-    p.add_argument("--start-h", type=START_H, default=0.0, help="start of each day's window (default 0)")
+    add_day_window(p)
     p.add_argument("--seed", type=SEED, default=0, help="selects the held-out days and the drawn sites")
-    p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
-    p.add_argument(
-        "--force", action="store_true", help="replace an earlier `gridrl benchmark` result at --out"
-    )
+    add_output(p, "benchmark")
     return p
 
 
@@ -228,7 +219,7 @@ def plot(cases: list[dict[str, Any]], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from envs.site_sampler import write_sites
-    from rllib_configs.policy import find_run_info
+    from scripts.evaluate import checked_run_info
 
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if unknown := [s for s in scenarios if s not in SCENARIOS]:
@@ -237,12 +228,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if problem := check_window(args.hours, args.start_h):
-        print(f"gridrl benchmark: {problem}", file=sys.stderr)
-        return 2
     try:
-        check_output(args.out, BENCHMARK_OUTPUT, force=args.force)  # before anything is loaded
-        info = find_run_info(args.checkpoint)
+        info = checked_run_info(args, BENCHMARK_OUTPUT)
         if info.get("domain", "export") != "export":
             raise ValueError(
                 f"{args.checkpoint}: a {info.get('domain')} policy; gridrl benchmark takes export ones"

@@ -21,6 +21,7 @@ from typing import Any
 
 from envs.config import ConfigError
 from envs.outputs import OutputError, OutputKind, check_output
+from scripts.flags import add_ray
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -131,10 +132,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="then evaluate the last checkpoint on the held-out weeks (gridrl evaluate)",
     )
-    t.add_argument(
-        "--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)"
-    )
-    t.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded local Ray (default 2)")
+    add_ray(t)
     p.set_defaults(func=run)
     return p
 

@@ -21,7 +21,7 @@ from envs.controllers import DitherConfig
 from envs.outputs import OutputError
 from envs.profiles import SCENARIOS
 from rllib_configs.storage import storage_path
-from scripts.flags import HOURS, SEED, FlagError, flag_error, float_in, int_at_least
+from scripts.flags import HOURS, SEED, FlagError, command_parser, flag_error, float_in, int_at_least
 
 # GenerateConfig field -> the flag it comes from (messages name what the user typed).
 GENERATE_FLAGS = {
@@ -67,12 +67,7 @@ def _int_pair(text: str) -> tuple:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "data",
-        help="simulated raw logs and the offline RLlib dataset",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser(subparsers, "data", __doc__)
     sub = parser.add_subparsers(dest="data_command", metavar="{generate,build}", required=True)
     store = storage_path()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from envs.outputs import OutputKind, staged_output
 from envs.profiles import SCENARIOS
-from scripts.flags import HOURS, SEED, START_H, check_window, float_in, int_at_least
+from scripts.flags import SEED, add_day_window, add_output, check_window, float_in, int_at_least
 
 # What `gridrl edge` writes (always): how a folder of its results is recognised.
 EDGE_OUTPUT = OutputKind("the results of gridrl edge", ("metrics.json", "checks.json", "decisions.jsonl"))
@@ -31,10 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, help="bundle directory (gridrl export)")
     p.add_argument("--site", default=None, help="site YAML (default: the shipped default site)")
     p.add_argument("--days", type=int_at_least(1), default=1, help="number of days (default 1)")
-    p.add_argument("--hours", type=HOURS, default=24.0, help="hours per day from --start-h (default 24)")
-    p.add_argument(
-        "--start-h", type=START_H, default=0.0, help="start of each day's window, local hour (default 0)"
-    )
+    add_day_window(p)
     p.add_argument(
         "--scenario",
         default="broken_clouds",
@@ -70,8 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="CityLearn bundles: first simulated step (default: the first of the bundle's training window)",
     )
-    p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
-    p.add_argument("--force", action="store_true", help="replace an earlier `gridrl edge` result at --out")
+    add_output(p, "edge")
     return p
 
 

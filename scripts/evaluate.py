@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from envs.metrics import reduction_pct
-from envs.outputs import OutputError, OutputKind, check_output, staged_output
+from envs.outputs import OutputKind, check_output, staged_output
 from envs.profiles import SCENARIOS
 from envs.tables import criteria_table
-from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
+from scripts.flags import SEED, add_day_window, add_output, check_window, int_at_least
 
 # What `gridrl evaluate` writes: the export domain's plot, the model-based JSON or CityLearn's KPIs.
 EVALUATE_OUTPUT = OutputKind(
@@ -54,8 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--site", default=None, help="site YAML (default: the site the policy was trained on)")
     p.add_argument("--days", type=int_at_least(1), default=2, help="held-out days (default 2)")
-    p.add_argument("--hours", type=HOURS, default=24.0, help="hours per day, from --start-h (default 24)")
-    p.add_argument("--start-h", type=START_H, default=0.0, help="start of each day's window, local hour")
+    add_day_window(p)
     p.add_argument(
         "--scenario",
         default="broken_clouds",
@@ -66,10 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--baselines", default="pi,oracle,zero", help="comma-separated baselines (default pi,oracle,zero)"
     )
     p.add_argument("--seed", type=SEED, default=0, help="selects the held-out days")
-    p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
-    p.add_argument(
-        "--force", action="store_true", help="replace an earlier `gridrl evaluate` result at --out"
-    )
+    add_output(p, "evaluate")
     mb = p.add_argument_group(
         "model-based evaluation (no simulator)",
         "With --model and --dataset, the policy and the baselines run through the learned forward model from "
@@ -177,6 +173,18 @@ def evaluate_run(spec: Any, exp_dir: Path, seed: int) -> int:
     return 0
 
 
+def checked_run_info(args: argparse.Namespace, output: OutputKind) -> dict[str, Any]:
+    """What `gridrl evaluate` and `gridrl benchmark` check before they load anything, then the checkpoint's
+    run info (rllib_configs/policy.py find_run_info): ValueError where --hours and --start-h end after
+    midnight, OutputError where --out holds something else, FileNotFoundError for a checkpoint of no run."""
+    from rllib_configs.policy import find_run_info
+
+    if problem := check_window(args.hours, args.start_h):
+        raise ValueError(problem)
+    check_output(args.out, output, force=args.force)
+    return find_run_info(args.checkpoint)
+
+
 def evaluate_model_based(args: argparse.Namespace) -> int:
     """``gridrl evaluate --model M --dataset D``: the policy's metrics estimated with the forward model."""
     from envs.dynamics.evaluator import evaluate_with_model, format_results
@@ -198,19 +206,14 @@ def evaluate_model_based(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rllib_configs.policy import find_run_info
     from scripts.simulate import metrics_table
 
     if bool(args.model) != bool(args.dataset):  # the flags first, then the files
         print("gridrl evaluate: --model and --dataset go together", file=sys.stderr)
         return 2
-    if problem := check_window(args.hours, args.start_h):
-        print(f"gridrl evaluate: {problem}", file=sys.stderr)
-        return 2
     try:
-        check_output(args.out, EVALUATE_OUTPUT, force=args.force)  # before anything is loaded
-        info = find_run_info(args.checkpoint)
-    except (FileNotFoundError, OutputError) as exc:
+        info = checked_run_info(args, EVALUATE_OUTPUT)
+    except (FileNotFoundError, ValueError) as exc:  # OutputError too
         print(f"gridrl evaluate: {exc}", file=sys.stderr)
         return 2
     if args.model or args.dataset:

@@ -19,19 +19,14 @@ from pathlib import Path
 
 from envs.outputs import OutputKind, check_output, staged_output
 from envs.tables import format_table
-from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
+from scripts.flags import HOURS, SEED, START_H, check_window, command_parser, int_at_least
 
 # What `gridrl evaluate-model` always writes.
 EVALUATE_MODEL_OUTPUT = OutputKind("the results of gridrl evaluate-model", ("model_metrics.json",))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "evaluate-model",
-        help="evaluate a forward dynamics model on a dataset's test split (and rank policies with it)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, "evaluate-model", __doc__)
     p.add_argument(
         "--checkpoint", required=True, help="forward-model checkpoint dir, or its training run dir (newest)"
     )

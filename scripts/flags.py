@@ -106,3 +106,42 @@ def flag_error(exc: Exception, flags: dict[str, str]) -> FlagError | None:
     if getattr(exc, "source", None) == "command line" and field in flags:
         return FlagError(flags[field], exc.problem)  # type: ignore[attr-defined]
     return None
+
+
+def command_parser(sub: argparse._SubParsersAction, name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``gridrl NAME``, whose ``--help`` prints ``doc`` (its module's docstring) with the line
+    breaks kept, listed under scripts/cli.py's one-line help."""
+    from scripts.cli import COMMANDS
+
+    return sub.add_parser(
+        name, help=COMMANDS[name][1], description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_day_window(p: argparse.ArgumentParser) -> None:
+    """``--hours`` and ``--start-h``: the window of each simulated day (checked by :func:`check_window`)."""
+    p.add_argument("--hours", type=HOURS, default=24.0, help="hours of each day from --start-h (default 24)")
+    p.add_argument("--start-h", type=START_H, default=0.0, help="local hour each day starts at (default 0)")
+
+
+def add_output(p: argparse.ArgumentParser, command: str) -> None:
+    """``--out`` (required; written whole: envs/outputs.py staged_output) and ``--force``."""
+    p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
+    p.add_argument(
+        "--force", action="store_true", help=f"replace an earlier `gridrl {command}` result at --out"
+    )
+
+
+def add_ray(p: argparse.ArgumentParser) -> None:
+    """``--address`` and ``--num-cpus``: where the command's Ray runs (cluster/local.py init_ray)."""
+    p.add_argument("--address", help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
+    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded Ray (default 2)")
+
+
+def add_mlflow(p: argparse.ArgumentParser) -> None:
+    """``--mlflow [URI]``, resolved by rllib_configs/tracking.py."""
+    p.add_argument(
+        "--mlflow", nargs="?", const="", default=None, metavar="URI",
+        help="track in MLflow (Tune's MLflowLoggerCallback): to URI, or without one to a file store in "
+             "<storage-path>/mlruns; needs mlflow (pip install gridrl[mlflow])",
+    )  # fmt: skip

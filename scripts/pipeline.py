@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from offline_data.progress import Stages
-from scripts.flags import SEED, float_in, int_at_least
+from scripts.flags import SEED, add_ray, command_parser, float_in
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,20 +92,14 @@ CONFIGS = {name: f"rllib_configs/export/{name}.yaml" for name in ("forward_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "pipeline",
-        help="the end-to-end main job: logs -> dataset -> BC -> CQL -> evaluation -> bundle",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, "pipeline", __doc__)
     p.add_argument(
         "--profile", choices=sorted(PROFILES), default="demo",
         help="demo (default, minutes), full (a week of logs) or tiny (every stage at its smallest: CI)",
     )  # fmt: skip
     p.add_argument("--out", default="runs/pipeline", help="output directory (default runs/pipeline)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of every stage")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: embedded local Ray)")
-    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded Ray (default 2)")
+    add_ray(p)
     p.add_argument(
         "--margin-pct", type=float_in(0, 99.999), default=None,
         help="promotion rule: the CQL policy ships only if it exports at least this %% less than the PI on "

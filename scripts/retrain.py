@@ -32,19 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from envs.tables import format_table
-from scripts.flags import HOURS, SEED, START_H, float_in, int_at_least
+from scripts.flags import HOURS, SEED, START_H, add_ray, check_window, command_parser, float_in, int_at_least
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from envs.promotion import PromotionConfig
 
     rule = PromotionConfig()
-    p = sub.add_parser(
-        "retrain",
-        help="retrain a bundle on new logs; ship the new one only if it beats the old by the promotion rule",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, "retrain", __doc__)
     p.add_argument("--bundle", required=True, help="the bundle deployed now (its folder or manifest.json)")
     p.add_argument(
         "--logs", required=True, nargs="+", action="extend", type=Path, metavar="LOGS",
@@ -133,8 +128,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=120,
         help="forward-model judge: seconds per window (default 120)",
     )
-    p.add_argument("--address", default=None, help="Ray cluster address (default: embedded local Ray)")
-    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded Ray (default 2)")
+    add_ray(p)
     return p
 
 
@@ -143,11 +137,8 @@ def _config(args: argparse.Namespace) -> Any:
     from rllib_configs.finetune import parse_overrides
     from serve.retrain import RetrainConfig
 
-    if args.val_start_hour + args.val_hours > 24:
-        raise ValueError(
-            f"--val-start-hour {args.val_start_hour:g} + --val-hours {args.val_hours:g}: "
-            "the window must fit in a day"
-        )
+    if problem := check_window(args.val_hours, args.val_start_hour, "--val-hours", "--val-start-hour"):
+        raise ValueError(problem)
     rule = PromotionConfig(margin_pct=args.margin_pct, days=args.val_days, hours=args.val_hours,
                            start_h=args.val_start_hour, model_windows=args.model_windows,
                            model_horizon_s=args.model_horizon_s)  # fmt: skip

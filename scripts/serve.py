@@ -24,18 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from envs.profiles import SCENARIOS
-from scripts.flags import PORT, SEED, START_H, float_in, int_at_least
+from scripts.flags import PORT, SEED, START_H, command_parser, float_in, int_at_least
 
 APP_NAME = "gridrl-export"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "serve",
-        help="serve a bundle on Ray Serve: shadow, A/B, rollout or production, behind the safety wrapper",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, "serve", __doc__)
     p.add_argument("--bundle", required=True, help="bundle folder (gridrl export)")
     p.add_argument(
         "--mode",

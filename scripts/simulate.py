@@ -18,7 +18,7 @@ from envs.profiles import SCENARIOS
 from envs.rollout import BASELINES, make_controller, rollout
 from envs.site import DEFAULT_SITE_PATH
 from envs.tables import format_table
-from scripts.flags import HOURS, SEED, START_H, check_window, int_at_least
+from scripts.flags import SEED, add_day_window, add_output, check_window, int_at_least
 
 # What `gridrl simulate` writes (always): how a folder of its results is recognised.
 SIMULATE_OUTPUT = OutputKind("the results of gridrl simulate", ("metrics.json", "traces", "day_000.png"))
@@ -46,15 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         choices=[*SCENARIOS, "random"],
         help="weather of the days (default broken_clouds: a cloudy day; random: drawn per day)",
     )
-    p.add_argument(
-        "--hours", type=HOURS, default=24.0, help="simulate only this many hours from midnight + --start-h"
-    )
-    p.add_argument("--start-h", type=START_H, default=0.0, help="start of the window, local hour (default 0)")
+    add_day_window(p)
     p.add_argument("--seed", type=SEED, default=0, help="seed: the same seed gives the same days and traces")
-    p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")
-    p.add_argument(
-        "--force", action="store_true", help="replace an earlier `gridrl simulate` result at --out"
-    )
+    add_output(p, "simulate")
     return p
 
 

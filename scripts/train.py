@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from scripts.flags import SEED, float_in, int_at_least  # range-checked where parsed (issue 21)
+from scripts.flags import SEED, add_mlflow, add_ray, float_in, int_at_least  # range-checked (issue 21)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,11 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run --name under --storage-path")
     p.add_argument("--eval-only", action="store_true", help="only evaluate the run's last checkpoint against the PI")
     p.add_argument("--max-failures", type=int_at_least(0), default=0, help="restart a crashed trial from its checkpoint N times")
-    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
-                   help="track in MLflow (Tune's MLflowLoggerCallback): to URI, or without one to a file store in "
-                        "<storage-path>/mlruns; needs mlflow (pip install gridrl[mlflow])")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
-    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded local Ray (default 2)")
+    add_mlflow(p)
+    add_ray(p)
     return p
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from scripts.flags import HOURS, SEED, START_H, float_in, int_at_least
+from scripts.flags import HOURS, SEED, START_H, add_mlflow, add_ray, float_in, int_at_least
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,11 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="promotion rule: the margin on export against the PI (default 5)")
     p.add_argument("--no-rule", action="store_true",
                    help="do not judge the promoted checkpoint by the promotion rule")
-    p.add_argument("--mlflow", nargs="?", const="", default=None, metavar="URI",
-                   help="track in MLflow (Tune's MLflowLoggerCallback): to URI, or without one to a file store in "
-                        "<storage-path>/mlruns; needs mlflow (pip install gridrl[mlflow])")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS or an embedded local Ray)")
-    p.add_argument("--num-cpus", type=int_at_least(1), default=2, help="CPUs of the embedded local Ray (default 2)")
+    add_mlflow(p)
+    add_ray(p)
     return p
 
 
