@@ -19,9 +19,17 @@ from pathlib import Path
 from envs.config import ConfigError, from_mapping, load_yaml, to_mapping
 from envs.controllers import DitherConfig
 from envs.outputs import OutputError
-from envs.profiles import SCENARIOS
 from rllib_configs.storage import storage_path
-from scripts.flags import HOURS, SEED, FlagError, command_parser, flag_error, float_in, int_at_least
+from scripts.flags import (
+    HOURS,
+    SEED,
+    FlagError,
+    add_scenario,
+    command_parser,
+    flag_error,
+    float_in,
+    int_at_least,
+)
 
 # GenerateConfig field -> the flag it comes from (messages name what the user typed).
 GENERATE_FLAGS = {
@@ -124,12 +132,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="local start hour of a shorter window (default 0 for whole days, else 10)",
     )
-    g.add_argument(
-        "--scenario",
-        default="random",
-        choices=[*SCENARIOS, "random"],
-        help="weather of every day (default random: drawn per day)",
-    )
+    add_scenario(g, "every day", default="random")
     g.add_argument(
         "--controller",
         choices=("pi", "dithered_pi"),

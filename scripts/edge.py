@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from envs.outputs import OutputKind, staged_output
-from envs.profiles import SCENARIOS
-from scripts.flags import SEED, add_day_window, add_output, check_window, float_in, int_at_least
+from scripts.flags import SEED, add_day_window, add_output, add_scenario, check_window, float_in, int_at_least
 
 # What `gridrl edge` writes (always): how a folder of its results is recognised.
 EDGE_OUTPUT = OutputKind("the results of gridrl edge", ("metrics.json", "checks.json", "decisions.jsonl"))
@@ -32,12 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--site", default=None, help="site YAML (default: the shipped default site)")
     p.add_argument("--days", type=int_at_least(1), default=1, help="number of days (default 1)")
     add_day_window(p)
-    p.add_argument(
-        "--scenario",
-        default="broken_clouds",
-        choices=[*SCENARIOS, "random"],
-        help="weather (default broken_clouds)",
-    )
+    add_scenario(p)
     p.add_argument("--seed", type=SEED, default=0, help="selects the days: the same seed gives the same days")
     p.add_argument(
         "--days-of",

@@ -12,9 +12,8 @@ from typing import Any
 
 from envs.metrics import reduction_pct
 from envs.outputs import OutputKind, check_output, staged_output
-from envs.profiles import SCENARIOS
 from envs.tables import criteria_table
-from scripts.flags import SEED, add_day_window, add_output, check_window, int_at_least
+from scripts.flags import SEED, add_day_window, add_output, add_scenario, check_window, int_at_least
 
 # What `gridrl evaluate` writes: the export domain's plot, the model-based JSON or CityLearn's KPIs.
 EVALUATE_OUTPUT = OutputKind(
@@ -55,12 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--site", default=None, help="site YAML (default: the site the policy was trained on)")
     p.add_argument("--days", type=int_at_least(1), default=2, help="held-out days (default 2)")
     add_day_window(p)
-    p.add_argument(
-        "--scenario",
-        default="broken_clouds",
-        choices=[*SCENARIOS, "random"],
-        help="weather (default broken_clouds)",
-    )
+    add_scenario(p, "the held-out days")
     p.add_argument(
         "--baselines", default="pi,oracle,zero", help="comma-separated baselines (default pi,oracle,zero)"
     )

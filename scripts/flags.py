@@ -124,6 +124,19 @@ def add_day_window(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-h", type=START_H, default=0.0, help="local hour each day starts at (default 0)")
 
 
+def add_scenario(
+    p: argparse._ActionsContainer, what: str = "the days", default: str = "broken_clouds"
+) -> None:
+    """``--scenario`` (on a parser or a group): the weather of ``what``, from envs/profiles.py SCENARIOS or
+    random (drawn per day)."""
+    from envs.profiles import SCENARIOS
+
+    p.add_argument(
+        "--scenario", default=default, choices=[*SCENARIOS, "random"],
+        help=f"weather of {what}; random: drawn per day (default {default})",
+    )  # fmt: skip
+
+
 def add_output(p: argparse.ArgumentParser, command: str) -> None:
     """``--out`` (required; written whole: envs/outputs.py staged_output) and ``--force``."""
     p.add_argument("--out", required=True, help="output directory (written whole at the end, or not at all)")

@@ -23,8 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from envs.profiles import SCENARIOS
-from scripts.flags import PORT, SEED, START_H, command_parser, float_in, int_at_least
+from scripts.flags import PORT, SEED, START_H, add_scenario, command_parser, float_in, int_at_least
 
 APP_NAME = "gridrl-export"
 
@@ -72,12 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="drive this many hours of simulated site traffic (1 request per simulated second), then stop",
     )
-    p.add_argument(
-        "--scenario",
-        default="broken_clouds",
-        choices=[*SCENARIOS, "random"],
-        help="weather of the simulated traffic (default broken_clouds)",
-    )
+    add_scenario(p, "the simulated traffic")
     p.add_argument(
         "--start-hour", type=START_H, default=10.0, help="local start hour of the simulated traffic"
     )

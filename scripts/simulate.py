@@ -14,11 +14,10 @@ from envs.export_env import ExportEnvConfig
 from envs.metrics import METRICS, add_gap_closed, metrics_of_record
 from envs.outputs import OutputKind, staged_output
 from envs.plots import plot_day
-from envs.profiles import SCENARIOS
 from envs.rollout import BASELINES, make_controller, rollout
 from envs.site import DEFAULT_SITE_PATH
 from envs.tables import format_table
-from scripts.flags import SEED, add_day_window, add_output, check_window, int_at_least
+from scripts.flags import SEED, add_day_window, add_output, add_scenario, check_window, int_at_least
 
 # What `gridrl simulate` writes (always): how a folder of its results is recognised.
 SIMULATE_OUTPUT = OutputKind("the results of gridrl simulate", ("metrics.json", "traces", "day_000.png"))
@@ -40,12 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--controllers", default="pi,oracle,zero", help=f"comma-separated, from {','.join(BASELINES)}"
     )
     p.add_argument("--days", type=int_at_least(1), default=1, help="number of days to simulate (default 1)")
-    p.add_argument(
-        "--scenario",
-        default="broken_clouds",
-        choices=[*SCENARIOS, "random"],
-        help="weather of the days (default broken_clouds: a cloudy day; random: drawn per day)",
-    )
+    add_scenario(p)
     add_day_window(p)
     p.add_argument("--seed", type=SEED, default=0, help="seed: the same seed gives the same days and traces")
     add_output(p, "simulate")
