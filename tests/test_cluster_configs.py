@@ -394,7 +394,10 @@ def test_serve_config_passes_serves_schema():
     schema = ServeDeploySchema.model_validate(load(CLUSTER / "serve_config.yaml"))
     (app,) = schema.applications
     assert app.import_path == "serve.app:build_app"
-    assert set(app.args) == {"bundle", "mode", "rollout_pct"}
+    assert {"bundle", "mode", "rollout_pct"} <= set(app.args)
+    from serve.config import ServeConfig
+
+    ServeConfig.from_args(app.args, source="serve_config.yaml")  # every key known, every value valid
     assert app.args["mode"] in {"shadow", "ab", "rollout", "production"}
     assert 0 <= app.args["rollout_pct"] <= 100
     assert app.args["bundle"].startswith("/mnt/gridrl/"), "the bundle must be on storage every node reaches"
