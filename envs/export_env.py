@@ -60,6 +60,9 @@ class ExportEnvConfig:
     envs/site_sampler.py (PV, latitude, devices' phases and sizes, loads, link; same devices and action
     bound), so a policy learns sites, not one site. The vector env splits its members into N groups, one
     drawn site each (one simulator kernel call per group and step)."""
+    draw_phases: bool = True
+    """With ``site_draws``: draw which phase each device is on (True), or keep ``site``'s layout (False:
+    for a policy that is told its site's layout in its configuration, rllib_configs/pi_residual.py)."""
     warm_start: str = "none"
     """Where a window starts from. 'none': slaves off, tanks near their configured fill, the EV with its
     whole demand, whatever the hour. 'pi': the state the site's PI leaves at the window start: the day is
@@ -94,7 +97,7 @@ class ExportEnvConfig:
         """A site drawn around ``site`` for the next episode (used when ``site_draws`` > 0)."""
         from envs.site_sampler import random_site
 
-        return from_mapping(Site, random_site(rng, "drawn", self.site), source="envs/site_sampler.py")
+        return from_mapping(Site, random_site(rng, "drawn", self.site, self.draw_phases), source="envs/site_sampler.py")
 
     def draw_episode(self, rng: np.random.Generator, site: Site) -> tuple[DayProfile, Window]:
         """Draw a day (scenario) and a window in it from ``rng``."""

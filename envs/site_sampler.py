@@ -26,8 +26,11 @@ def _u(rng: np.random.Generator, lo: float, hi: float, digits: int = 1) -> float
     return round(float(rng.uniform(lo, hi)), digits)
 
 
-def random_site(rng: np.random.Generator, name: str, base: str | Path | None = None) -> dict[str, Any]:
-    """A site mapping (the YAML's form) drawn around ``base`` (default: the shipped default site)."""
+def random_site(
+    rng: np.random.Generator, name: str, base: str | Path | None = None, permute_phases: bool = True
+) -> dict[str, Any]:
+    """A site mapping (the YAML's form) drawn around ``base`` (default: the shipped default site).
+    ``permute_phases=False`` keeps each device on its phase in ``base`` (the other draws are the same)."""
     data = yaml.safe_load(Path(base or DEFAULT_SITE_PATH).read_text())
     site = copy.deepcopy(data)
     site["name"] = name
@@ -43,7 +46,8 @@ def random_site(rng: np.random.Generator, name: str, base: str | Path | None = N
     }
     phases = rng.permutation([1, 2, 3])
     for slave, phase in zip(site["slaves"], phases):
-        slave["phase"] = int(phase)
+        if permute_phases:
+            slave["phase"] = int(phase)
         kind = slave["kind"]
         if kind == "water_heater":
             slave.update(max_power_w=_u(rng, 2000.0, 4000.0, 0), tank_kwh=_u(rng, 5.0, 12.0),

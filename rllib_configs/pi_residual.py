@@ -69,10 +69,22 @@ class ResidualConfig:
     """The network's output (and its initial exploration std) in [-1, 1] action units."""
     normalization: str = "default"
     """Statistics the networks' inputs are normalised with: 'default' or a normalization.json path."""
+    allocation: str = "residual"
+    """'residual': the network's 3 outputs are per-phase corrections of the PI's targets. 'learned': the
+    network steers how the PI's total is spread over the phases (see :func:`learned_targets`): output 0
+    is the preference for the phases with continuous devices (``continuous_w``), output 1 a correction
+    of the total; output 2 is unused. Zero outputs are the PI in both."""
+    continuous_w: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """'learned': per phase, the power of its continuously modulating devices (water heaters), W: the
+    site's layout, as its master knows it (the default site: 3000 W on L1)."""
 
     def __post_init__(self) -> None:
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
             raise ValueError("pi_residual: max_power_per_phase_w and residual_scale must be > 0, gains >= 0")
+        if self.allocation not in ("residual", "learned"):
+            raise ValueError(f"allocation: 'residual' or 'learned', got {self.allocation!r}")
+        if self.allocation == "learned" and (min(self.continuous_w) < 0 or max(self.continuous_w) <= 0):
+            raise ValueError("continuous_w: allocation 'learned' needs a phase with continuous devices (W > 0)")
 
 
 def allocate_to_phases(total: torch.Tensor, export_l: torch.Tensor, avail_l: torch.Tensor) -> torch.Tensor:
@@ -97,6 +109,29 @@ def pi_targets(obs: torch.Tensor, kp: float, ki: float) -> torch.Tensor:
     u = u_prev + kp * obs[..., FEAT["export_w_delta_1s"]] + ki * obs[..., FEAT["export_error_w"]]
     u = torch.minimum(u.clamp_min(0.0), avail.clamp_min(0.0).sum(-1))
     return allocate_to_phases(u, obs[..., _EXPORT] + obs[..., _ACKED], avail)
+
+
+def learned_targets(obs: torch.Tensor, out: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
+    """Per-phase targets (B, 3) in W with a learned allocation (``allocation: learned``).
+
+    The PI's total ``u`` plus ``out[..., 1] * residual_scale`` (action units, i.e. of the per-phase bound) is
+    spread by :func:`allocate_to_phases` with each phase's claim in its first pass (the PI's: its own
+    surplus) moved by ``out[..., 0]`` times its continuous power share: at +1 a phase with continuous devices
+    claims all its available power first and the others nothing (the planner's rule for low or broken surplus: a water heater
+    follows it exactly, where a heat pump or an EV at 6 A would import on the dips), at -1 it claims
+    nothing first. ``out == 0`` gives the PI's targets exactly."""
+    obs = torch.nan_to_num(obs.double())
+    out = out.double()
+    avail = obs[..., _AVAIL].clamp_min(0.0)
+    u_prev = obs[..., _TARGET].sum(-1)
+    u = u_prev + cfg.kp * obs[..., FEAT["export_w_delta_1s"]] + cfg.ki * obs[..., FEAT["export_error_w"]]
+    u = u + out[..., 1] * cfg.residual_scale * cfg.max_power_per_phase_w
+    u = torch.minimum(u.clamp_min(0.0), avail.sum(-1))
+    share = torch.as_tensor(cfg.continuous_w, dtype=obs.dtype, device=obs.device) / max(cfg.continuous_w)
+    own = (obs[..., _EXPORT] + obs[..., _ACKED]).clamp_min(0.0)
+    pref = out[..., :1]
+    claim = torch.minimum(own, avail) * (1.0 - pref.clamp_min(0.0) * (1.0 - share)) + pref * share * avail
+    return allocate_to_phases(u, torch.minimum(claim.clamp_min(0.0), avail), avail)
 
 
 def pi_action(obs: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
@@ -140,6 +175,13 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
     def _with_pi(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         cfg = self.residual
         logits = out[Columns.ACTION_DIST_INPUTS]
+        if cfg.allocation == "learned":
+            net_mean, log_std = logits.chunk(2, dim=-1)
+            mean = learned_targets(batch[Columns.OBS], net_mean, cfg) * (2.0 / cfg.max_power_per_phase_w) - 1.0
+            out[Columns.ACTION_DIST_INPUTS] = torch.cat(
+                [mean.to(logits.dtype), log_std + math.log(cfg.residual_scale)], dim=-1
+            )
+            return out
         base = pi_action(batch[Columns.OBS], cfg).to(logits.dtype)
         out[Columns.ACTION_DIST_INPUTS] = centred_on(base, logits, cfg.residual_scale)
         return out

@@ -18,6 +18,7 @@ from rllib_configs.policy import deterministic_module
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "rllib_configs/export/ppo_residual.yaml"
 CQL_CONFIG = REPO / "rllib_configs/export/cql_residual.yaml"
+ALLOC_CONFIG = REPO / "rllib_configs/export/ppo_alloc_warm.yaml"
 
 
 def test_torch_allocation_is_the_dispatchers():
@@ -40,7 +41,9 @@ def _module_with_zero_correction(config: Path = CONFIG, dataset: Path | None = N
     return env, module
 
 
-@pytest.mark.parametrize(("config", "tolerance_w"), [(CONFIG, 0.01), (CQL_CONFIG, 0.4)], ids=["ppo", "cql"])
+@pytest.mark.parametrize(
+    ("config", "tolerance_w"), [(CONFIG, 0.01), (CQL_CONFIG, 0.4), (ALLOC_CONFIG, 0.01)], ids=["ppo", "cql", "alloc"]
+)
 def test_greedy_targets_with_zero_correction_are_the_pis(config, tolerance_w, small_dataset):
     """Closed loop, 10 cloudy minutes: the module's greedy graph and PIController send the same targets.
 
@@ -106,3 +109,39 @@ def test_a_relative_checkpoint_path_is_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = module_path("run/checkpoint_000001")
     assert p.is_absolute() and p == tmp_path / "run" / "checkpoint_000001" / MODULE_SUBDIR
+
+
+def test_learned_allocation_is_the_pi_at_zero_and_fills_the_continuous_phase_first_at_one():
+    from envs.state_spec import FEAT, N_FEATURES
+    from rllib_configs.pi_residual import ResidualConfig, learned_targets, pi_targets
+
+    cfg = ResidualConfig(allocation="learned", continuous_w=(0.0, 3000.0, 0.0))
+    rng = np.random.default_rng(0)
+    obs = torch.as_tensor(rng.normal(0.0, 800.0, (256, N_FEATURES)))
+    for p in (1, 2, 3):
+        obs[:, FEAT[f"available_w_l{p}"]] = torch.as_tensor(rng.choice([0.0, 1800.0, 3000.0, 7360.0], 256))
+    pi = pi_targets(obs, cfg.kp, cfg.ki)
+    assert float(pi.sum()) > 0 and float((pi[:, 0] > 0).double().mean()) > 0.2, "the PI must spread to L1 too"
+    out = torch.zeros(256, 3)
+    torch.testing.assert_close(learned_targets(obs, out, cfg), pi, rtol=0, atol=1e-9)
+    out[:, 0] = 1.0  # prefer the continuous phase (L2): it takes what it can first, the total is the PI's
+    ours = learned_targets(obs, out, cfg)
+    torch.testing.assert_close(ours.sum(-1), pi.sum(-1))
+    avail2 = obs[:, FEAT["available_w_l2"]]
+    torch.testing.assert_close(ours[:, 1], torch.minimum(pi.sum(-1), avail2))
+    out[:, 0], out[:, 1] = 0.0, 1.0  # the total's correction: residual_scale of the per-phase bound
+    shifted = obs.clone()  # the same as an export error 150 W higher: the PI's own clamps then apply
+    shifted[:, FEAT["export_error_w"]] += 150.0 / cfg.ki
+    torch.testing.assert_close(learned_targets(obs, out, cfg).sum(-1), pi_targets(shifted, cfg.kp, cfg.ki).sum(-1))
+
+
+def test_the_learned_allocation_config_loads_and_needs_a_continuous_phase(tmp_path):
+    from envs.config import ConfigError
+
+    alloc = REPO / "rllib_configs/export/ppo_alloc_warm.yaml"
+    spec = load_train_config(alloc)
+    assert spec.algo_config.env_config["draw_phases"] is False
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(alloc.read_text().replace("continuous_w: [3000.0, 0.0, 0.0]", "continuous_w: [0.0, 0.0, 0.0]"))
+    with pytest.raises(ConfigError, match="continuous_w"):
+        load_train_config(bad)
