@@ -9,7 +9,7 @@ the config their own run was trained with:
   (dotted keys, as the pipeline's profiles shrink configs) and loaded with the new dataset. An override of
   a key the YAML does not have is an error naming the key and the file.
 * **The policy** keeps the normalisation its networks were trained with: the run's statistics (its
-  ``gridrl_run.json``) are written to ``CONFIGS/<name>_normalization.json`` and replace
+  ``gridrl_run.json``) are written to ``CONFIGS/policy_normalization.json`` and replace
   ``${dataset}/normalization.json`` in the YAML (the new dataset's statistics would shift every input
   of the networks it starts from). It starts from the checkpoint's whole RLModule where the algorithm is
   the same (CQL's Q networks and their targets too: an actor trained against fresh critics forgets what it
@@ -193,69 +193,26 @@ def _overridden(
     return apply_overrides(raw, overrides or {}, f"{ckpt}'s config ({info.get('config')})")
 
 
-def _write_config(
-    raw: dict[str, Any], ckpt: Path, info: dict[str, Any], overrides: dict[str, Any] | None, configs: Path,
-    name: str, dataset: str | Path,
-) -> tuple[Path, Any]:  # fmt: skip
-    """The fine-tuning run's YAML: ``raw`` (the checkpoint's run's config) with ``overrides``, written to
-    CONFIGS/NAME.yaml and loaded on ``dataset``; returns (path, TrainSpec)."""
-    from rllib_configs.loader import load_train_config
-
-    configs.mkdir(parents=True, exist_ok=True)
-    path = configs / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(_overridden(raw, ckpt, info, overrides), sort_keys=False))
-    return path, load_train_config(path, dataset=str(dataset))
+FINETUNED = ("policy", "forward_model")
+"""What :func:`finetune` continues training; each is also the name of its run and of its YAML."""
 
 
-def _run(
-    spec: Any, path: Path, ckpt: Path, storage: str | Path, iters: int, seed: int, name: str,
-    init_from: str | None,
-) -> dict[str, Any]:  # fmt: skip
-    """run_training's summary of the fine-tuning run, plus ``init_from`` (``ckpt``) and ``config``."""
-    from rllib_configs.runner import RunOptions, run_training
-
-    opts = RunOptions(storage_path=Path(storage), seed=seed, stop_iters=iters, name=name, init_from=init_from)
-    summary = run_training(spec, opts)
-    return {**summary, "init_from": str(ckpt.resolve()), "config": str(path.resolve())}
-
-
-def finetune_policy(
-    checkpoint: str | Path,
-    dataset: str | Path,
-    storage: str | Path,
-    configs: str | Path,
-    iters: int,
-    seed: int = 0,
-    overrides: dict[str, Any] | None = None,
-    name: str = "policy",
-) -> dict[str, Any]:
-    """Continue training the policy of ``checkpoint`` on ``dataset`` for ``iters`` iterations (module
-    docstring); returns run_training's summary plus ``init_from``, ``init`` ("module" or "policy") and
-    ``config`` (the YAML written)."""
-    ckpt, info = policy_run(checkpoint)
-    algorithm = str(info["algorithm"]).upper()
-    configs = Path(configs)
+def _policy_yaml(info: dict[str, Any], configs: Path) -> dict[str, Any]:
+    """The policy run's YAML to fine-tune from: without the run's own start, with its normalisation."""
     raw = json.loads(json.dumps(info["config_yaml"]))
-    # the run's own start (gridrl.init_from: CQL from BC) is not this run's: it starts from ``ckpt``
+    # the run's own start (gridrl.init_from: CQL from BC) is not this run's: it starts from the checkpoint
     (raw.get("gridrl") or {}).pop("init_from", None)
     norm = info.get("normalization")
     if norm:
         configs.mkdir(parents=True, exist_ok=True)
-        norm_path = configs / f"{name}_normalization.json"
+        norm_path = configs / "policy_normalization.json"
         norm_path.write_text(json.dumps(norm, indent=1) + "\n")
         raw = _replace(raw, DATASET_NORMALIZATION, str(norm_path.resolve()))
-    path, spec = _write_config(raw, ckpt, info, overrides, configs, name, dataset)
-    same = spec.algorithm == algorithm
-    if same:
-        spec.algo_config.callbacks(
-            on_algorithm_init=functools.partial(init_module_from_checkpoint, checkpoint=str(ckpt))
-        )
-    # else another algorithm's checkpoint (an override changed it): its policy networks only (init_from)
-    summary = _run(spec, path, ckpt, storage, iters, seed, name, init_from=None if same else str(ckpt))
-    return {**summary, "init": "module" if same else "policy"}
+    return raw
 
 
-def finetune_model(
+def finetune(
+    what: str,
     checkpoint: str | Path,
     dataset: str | Path,
     storage: str | Path,
@@ -263,10 +220,35 @@ def finetune_model(
     iters: int,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
-    name: str = "forward_model",
 ) -> dict[str, Any]:
-    """Continue training the forward model of ``checkpoint`` (a model checkpoint or its run directory) on
-    ``dataset`` for ``iters`` iterations; returns run_training's summary plus ``init_from`` and ``config``."""
-    ckpt, info = model_run(checkpoint)
-    path, spec = _write_config(info["config_yaml"], ckpt, info, overrides, Path(configs), name, dataset)
-    return _run(spec, path, ckpt, storage, iters, seed, name, init_from=str(ckpt))
+    """Continue training ``what`` (``policy`` or ``forward_model``, :data:`FINETUNED`) of ``checkpoint`` on
+    ``dataset`` for ``iters`` iterations (module docstring): the run STORAGE/WHAT, its YAML (the checkpoint's
+    run's with ``overrides``) written to CONFIGS/WHAT.yaml. Returns run_training's summary plus ``init_from``
+    (the checkpoint), ``config`` (the YAML written) and, for the policy, ``init``: "module" (the whole
+    RLModule, the same algorithm) or "policy" (its policy networks only: an override changed the algorithm).
+    """
+    from rllib_configs.loader import load_train_config
+    from rllib_configs.runner import RunOptions, run_training
+
+    if what not in FINETUNED:
+        raise ValueError(f"finetune: {what!r} is not one of {FINETUNED}")
+    configs = Path(configs)
+    ckpt, info = policy_run(checkpoint) if what == "policy" else model_run(checkpoint)
+    raw = _policy_yaml(info, configs) if what == "policy" else info["config_yaml"]
+    configs.mkdir(parents=True, exist_ok=True)
+    path = configs / f"{what}.yaml"
+    path.write_text(yaml.safe_dump(_overridden(raw, ckpt, info, overrides), sort_keys=False))
+    spec = load_train_config(path, dataset=str(dataset))
+    init_from: str | None = str(ckpt)
+    extra = {}
+    if what == "policy":
+        same = spec.algorithm == str(info["algorithm"]).upper()
+        if same:  # the whole module through a callback; else its policy networks only (init_from)
+            spec.algo_config.callbacks(
+                on_algorithm_init=functools.partial(init_module_from_checkpoint, checkpoint=str(ckpt))
+            )
+            init_from = None
+        extra = {"init": "module" if same else "policy"}
+    opts = RunOptions(storage_path=Path(storage), seed=seed, stop_iters=iters, name=what, init_from=init_from)
+    summary = run_training(spec, opts)
+    return {**summary, "init_from": str(ckpt.resolve()), "config": str(path.resolve()), **extra}

@@ -386,7 +386,7 @@ def retrain(
     """Run the loop (module docstring) into ``out`` (new or empty; Ray already started); returns the report,
     also written to ``out/report.json``."""
     from offline_data.extend import extend_dataset
-    from rllib_configs.finetune import finetune_model, finetune_policy
+    from rllib_configs.finetune import finetune
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -397,10 +397,11 @@ def retrain(
                         out / "dataset", cfg.seed, False, command_line)  # fmt: skip
     merged.pop("manifest")
     dataset = out / "dataset"
-    model = stages.run("fine-tune the forward model", finetune_model, lineage.model, dataset, out / "runs",
-                       out / "configs", cfg.model_iters, cfg.seed, cfg.model_overrides)  # fmt: skip
-    policy = stages.run("fine-tune the policy", finetune_policy, lineage.policy, dataset, out / "runs",
-                        out / "configs", cfg.policy_iters, cfg.seed, cfg.policy_overrides)  # fmt: skip
+    where = (dataset, out / "runs", out / "configs")
+    model = stages.run("fine-tune the forward model", finetune, "forward_model", lineage.model, *where,
+                       cfg.model_iters, cfg.seed, cfg.model_overrides)  # fmt: skip
+    policy = stages.run("fine-tune the policy", finetune, "policy", lineage.policy, *where, cfg.policy_iters,
+                        cfg.seed, cfg.policy_overrides)  # fmt: skip
     candidate_dir = out / CANDIDATE_DIR
     candidate = stages.run("export the new policy as a candidate bundle (ONNX parity-checked)",
                            _export_candidate, policy["checkpoint"], candidate_dir, cfg.seed)  # fmt: skip
