@@ -61,6 +61,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--rank-horizon", type=int_at_least(1), default=600, help="seconds per window (default 600)"
     )
     rank.add_argument(
+        "--rank-availability",
+        choices=("energy", "replay"),
+        default="energy",
+        help="available power in the model's rollouts: energy (a phase is no longer available once the "
+        "controller has commanded it the energy the logged controller did before the log's availability "
+        "dropped; default) or replay (as logged, whatever the controller did)",
+    )
+    rank.add_argument(
         "--sim-seed",
         type=SEED,
         default=None,
@@ -159,6 +167,7 @@ def _evaluate(args: argparse.Namespace, ckpt: Path, split, out: Path) -> tuple[d
         args.sim_hours,
         args.sim_start_h,
         gen_seed=args.sim_seed,
+        availability=args.rank_availability,
     )
     return report, rank
 

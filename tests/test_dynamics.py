@@ -109,6 +109,67 @@ def test_rollout_kernel_reproduces_logged_states(dataset):
         np.testing.assert_allclose(out[:, own], log[:, own], rtol=1e-5, atol=0.05)
 
 
+def test_availability_budgets_are_the_logged_energy_until_the_drop():
+    """Per row and phase, the budget is acked_kwh_since_available at the last second before the logged
+    availability dropped; none (inf) where the segment runs to the end of the log or the phase is off."""
+    from envs.dynamics.data import SplitData
+
+    n, f = 8, len(FEATURE_NAMES)
+    obs = np.zeros((n, f), np.float32)
+    av, kwh = FEAT["available_w_l1"], FEAT["acked_kwh_since_available_l1"]
+    obs[:, av] = [3000, 3000, 3000, 0, 3000, 3000, 3000, 3000]  # one episode: a drop at row 3
+    obs[:, kwh] = [0.1, 0.2, 0.3, 0.0, 0.05, 0.1, 0.15, 0.2]
+    new_obs = np.roll(obs, -1, axis=0)
+    new_obs[-1] = obs[-1]  # still available after the log's last row: no drop logged
+    split = SplitData(obs, np.zeros((n, 3), np.float32), new_obs, np.zeros(n, np.int64), np.arange(n),
+                      np.arange(n), ("e",))  # fmt: skip
+    b = split.availability_budgets()[:, 0]
+    np.testing.assert_allclose(b[:3], 0.3, rtol=1e-6)
+    assert np.all(np.isinf(b[3:]))
+    new_obs[-1, av] = 0.0  # the log shows the drop after its last row
+    split._budgets = None
+    np.testing.assert_allclose(split.availability_budgets()[4:, 0], 0.2, rtol=1e-6)
+
+
+def test_a_policy_absorbing_more_than_the_log_loses_the_phase_earlier(trained, dataset):
+    """Energy-accounted availability: with the logged phase 1 available to the end of a window and dropping
+    right after, a budget of what the logged controller commanded to it in the window; a policy that takes
+    the phase's full power loses its availability before the window ends, and its state says so through the
+    state spec's kernel (headroom counters restart); no control keeps it as long as the log. Replaying the
+    logged availability instead, the full-power policy keeps absorbing to the end."""
+    trainer, _ = trained
+    split = load_split(dataset, "test")
+    horizon = 40
+    starts = split.rollout_starts(horizon, HISTORY_S)
+    ctx0 = LoggedContext.from_split(split, starts, horizon)
+    av1 = FEAT["available_w_l1"]
+    whole = np.flatnonzero((ctx0.states[:, :, av1] > 0).all(1))
+    assert len(whole), "the test day has no window with phase 1 available throughout"
+    starts = starts[whole[:: max(len(whole) // 4, 1)][:4]]
+
+    def run(action: float, availability: str) -> np.ndarray:
+        ctx = LoggedContext.from_split(split, starts, horizon)
+        ctx.states[:, -1, av1] = 0.0  # the log's availability drops right after the window ...
+        kwh = FEAT["acked_kwh_since_available_l1"]
+        ctx.budget_kwh[:, :, 0] = ctx.states[:, -2, kwh][:, None]  # ... having taken this much
+        stepper = ModelStepper(trainer.model.eval(), trainer.max_power_w, "mean", True, availability)
+        stepper.reset(ctx)
+        a = np.full((len(starts), 3), -1.0)
+        a[:, 0] = action
+        return np.stack([stepper.step(a)[0] for _ in range(horizon)], axis=1)  # (B, T, F)
+
+    full = run(1.0, "energy")
+    on = full[:, :-1, av1] > 0  # the log is available through step T - 1
+    assert not on.all(1).any(), "a full-power policy kept phase 1 as long as the log"
+    first_off = np.argmin(on, axis=1)
+    assert (first_off < horizon - 1).all()
+    b = np.arange(len(starts))
+    for name in ("available_for_s_l1", "acked_kwh_since_available_l1"):
+        assert np.all(full[b, first_off, FEAT[name]] == 0.0), name
+    assert (run(-1.0, "energy")[:, :-1, av1] > 0).all(), "no control lost phase 1 before the log did"
+    assert (run(1.0, "replay")[:, :-1, av1] > 0).all()
+
+
 def test_short_training_reduces_validation_loss(dataset):
     trainer = Trainer(_spec(dataset), seed=1)
     before = trainer.validate()

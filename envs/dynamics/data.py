@@ -11,7 +11,7 @@ state its ``lookahead_obs`` (tests/test_dynamics.py checks it).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,12 @@ import pyarrow.parquet as pq
 from envs.actions import N_ACTIONS
 from envs.arrow import to_numpy_2d
 from envs.normalization import ObsNormalizer
-from envs.state_spec import FEATURE_NAMES, N_FEATURES
+from envs.state_spec import FEAT, FEATURE_NAMES, N_FEATURES
 
 SPLITS = ("train", "val", "test")
+_AVAIL = [FEAT[f"available_w_l{p}"] for p in (1, 2, 3)]
+_KWH = [FEAT[f"acked_kwh_since_available_l{p}"] for p in (1, 2, 3)]
+BUDGET_GAP_S = 60  # availability_budgets: a log resumed within this many seconds continues a segment
 COLUMNS = ("obs", "actions", "new_obs", "eps_id", "t", "time_s")
 
 
@@ -44,6 +47,7 @@ class SplitData:
     """(N,) int64 UTC second of ``obs``."""
     episode_ids: tuple[str, ...]
     """The dataset's ``eps_id`` of each episode code."""
+    _budgets: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -64,6 +68,56 @@ class SplitData:
         brk[1:] = (self.episode[1:] != self.episode[:-1]) | (self.t[1:] != self.t[:-1] + 1)
         firsts = np.flatnonzero(brk)
         return firsts[np.searchsorted(firsts, np.arange(n), side="right") - 1]
+
+    def availability_budgets(self) -> np.ndarray:
+        """(N, 3) per row and phase: the acknowledged energy (kWh) the logged controller commanded to the
+        phase from the start of the row's availability segment (``available_w_l*`` > 0 without a break) to
+        the last second before the log's availability dropped, i.e. ``acked_kwh_since_available_l*`` at the
+        segment's last second. ``inf`` where the phase is unavailable at the row, or its segment runs to the
+        end of the log without a logged drop (the log does not say how much more it would have taken). A
+        segment open at the end of a contiguous run continues in the next run if the log resumes within
+        ``BUDGET_GAP_S`` with the phase available (episodes end at quarantined rows; a tank goes on filling).
+
+        What a real log holds (state spec v2's headroom features): the model rollouts use it to end a phase's
+        availability once a policy has commanded it that much energy (envs/dynamics/rollout.py). Computed
+        once per split.
+        """
+        if self._budgets is not None:
+            return self._budgets
+        n = len(self)
+        avail = self.obs[:, _AVAIL] > 0.0
+        kwh = self.obs[:, _KWH].astype(np.float64)
+        last = np.zeros(n, bool)  # last row of its contiguous run
+        if n:
+            last[:-1] = (self.episode[1:] != self.episode[:-1]) | (self.t[1:] != self.t[:-1] + 1)
+            last[-1] = True
+        out = np.full((n, 3), np.inf)
+        for j in range(3):
+            a = avail[:, j]
+            nxt = np.zeros(n, bool)  # available at the next row of the same run
+            nxt[:-1] = a[1:] & ~last[:-1]
+            after = self.new_obs[:, _AVAIL[j]] > 0.0  # the state after a run's last row
+            end = a & ~nxt  # the segment's last row in the split
+            dropped = end & (~last | ~after)  # ... followed by a logged drop
+            seg_end = np.flatnonzero(end)
+            if not len(seg_end):
+                continue
+            rows = np.flatnonzero(a)
+            e = seg_end[np.searchsorted(seg_end, rows)]  # the end of each available row's segment
+            budget_at_end = np.where(dropped, kwh[:, j], np.inf)
+            # A segment open at its run's end goes on in the next run when the log resumes within
+            # BUDGET_GAP_S still available (a quarantined row ends an episode, not the tank's filling):
+            # its budget is this run's energy plus the next run's budget (whose counter restarted at 0).
+            run_ends = np.flatnonzero(last)
+            for r in range(len(run_ends) - 2, -1, -1):
+                end_row, nxt_row = run_ends[r], run_ends[r] + 1
+                gap = self.time_s[nxt_row] - self.time_s[end_row]
+                if end[end_row] and not dropped[end_row] and a[nxt_row] and 0 < gap <= BUDGET_GAP_S:
+                    nxt_end = seg_end[np.searchsorted(seg_end, nxt_row)]
+                    budget_at_end[end_row] = kwh[end_row, j] + budget_at_end[nxt_end]
+            out[rows, j] = budget_at_end[e]
+        self._budgets = out
+        return out
 
     def window_starts(self, length: int) -> np.ndarray:
         """Rows that start a window of ``length`` consecutive steps inside one episode."""

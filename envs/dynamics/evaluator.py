@@ -116,13 +116,14 @@ def model_rollout(
     context: LoggedContext,
     horizon: int,
     max_power_per_phase_w: float,
+    availability: str = "energy",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run ``controller`` through the model from the context's starts.
+    """Run ``controller`` through the model from the context's starts (``availability``: ModelStepper's).
 
     Returns:
         (states (B, T, 30), disagreement (B, T), safety violations (B, T)).
     """
-    stepper = ModelStepper(model, max_power_per_phase_w, member="mean", replay=True)
+    stepper = ModelStepper(model, max_power_per_phase_w, "mean", replay=True, availability=availability)
     obs = stepper.reset(context)
     controller.reset(len(obs))
     if isinstance(controller, PIController):  # warm start: the integrator is the total of the last targets
@@ -162,8 +163,12 @@ def estimate_controllers(
     threshold: float = DEFAULT_THRESHOLD,
     progress: bool = True,
     model_trust: tuple[float, str] | None = None,
+    availability: str = "energy",
 ) -> tuple[dict[str, dict[str, float]], dict[str, pl.DataFrame]]:
     """Metrics of record of each controller through the model, and of the logged PI, on the same windows.
+
+    ``availability``: 'energy' (a phase's availability ends once a controller has commanded it the logged
+    segment's energy) or 'replay' (as logged); envs/dynamics/rollout.py.
 
     With ``model_trust`` (envs/dynamics/evaluate.py ``criteria_trust`` of the model), each controller's
     metrics carry ``trust`` and ``trust_parts`` (:func:`trust_parts`); without it, only ``trusted_share``.
@@ -176,7 +181,7 @@ def estimate_controllers(
     results["logged_pi"] = {**metrics_of_record(traces["logged_pi"]), "trusted_share": 1.0}
     for name, ctrl in controllers.items():
         t0 = time.perf_counter()
-        states, dis, viol = model_rollout(model, ctrl, context, horizon, max_power_per_phase_w)
+        states, dis, viol = model_rollout(model, ctrl, context, horizon, max_power_per_phase_w, availability)
         traces[name] = trace_from_states(states, context.states[:, 0], deadband_w, viol)
         results[name] = {
             **metrics_of_record(traces[name]),
@@ -451,6 +456,7 @@ def rank_check(
     sim_start_h: float = 8.0,
     metric: str = "export_kwh",
     gen_seed: int | None = None,
+    availability: str = "energy",
 ) -> dict[str, Any]:
     """Model-based estimates vs the simulator's results for the same controllers: Spearman's rho.
 
@@ -458,7 +464,8 @@ def rank_check(
     (rllib_configs/policy.py ``load_policy``). With
     ``gen_seed`` (the seed the dataset's logs were generated with) the simulator replays the test split's own
     days and scores the same windows (:func:`simulate_logged_windows`); without it, ``sim_days`` held-out
-    days of ``sim_hours`` from ``sim_start_h``. Writes DIR/rank_check.json.
+    days of ``sim_hours`` from ``sim_start_h``. ``availability``: how the model rollouts treat available power
+    (:func:`estimate_controllers`). Writes DIR/rank_check.json.
     """
     max_w, deadband = site_limits_of(dataset)
     controllers: dict[str, Controller] = {}
@@ -468,7 +475,9 @@ def rank_check(
     model = ForwardModel.load(resolve_model_checkpoint(model_checkpoint))
     split = load_split(dataset, "test")
     starts = daylight_starts(split, windows, horizon_s, seed)
-    est, _ = estimate_controllers(model, split, controllers, starts, horizon_s, max_w, deadband)
+    est, _ = estimate_controllers(
+        model, split, controllers, starts, horizon_s, max_w, deadband, availability=availability
+    )
     if gen_seed is None:
         sim = simulate_controllers(controllers, sim_days, sim_hours, sim_start_h, seed, site_path(dataset))
     else:
@@ -484,6 +493,7 @@ def rank_check(
         "windows": int(len(starts)),
         "horizon_s": horizon_s,
         "sim": "logged windows" if gen_seed is not None else "held-out days",
+        "availability": availability,
         "gen_seed": gen_seed,
         "sim_days": sim_days,
         "sim_hours": sim_hours,

@@ -19,7 +19,7 @@ from envs.actions import N_ACTIONS
 from envs.config import from_mapping
 from envs.dynamics.data import SplitData, load_split, site_path
 from envs.dynamics.model import ForwardModel
-from envs.dynamics.rollout import HISTORY_S, LoggedContext, ModelStepper
+from envs.dynamics.rollout import AVAILABILITY_MODES, HISTORY_S, LoggedContext, ModelStepper
 from envs.profiles import DAY_S
 from envs.reward import RewardWeights, reward_from_power
 from envs.site import load_site
@@ -53,6 +53,10 @@ class ModelEnvConfig:
     or no control in 600 s daylight rollouts, reached by every uniformly random one."""
     member: str = "random"
     """Which member steps the state: 'random' (one drawn per second, from the env's generator) or 'mean'."""
+    availability: str = "energy"
+    """Available power in the model's rollouts: 'energy' (a phase stops being available once the policy has
+    commanded it the energy the logged controller did before the log's availability dropped: a tank filled
+    faster is full sooner) or 'replay' (the logged availability as it is); envs/dynamics/rollout.py."""
     min_pv_w: float = 500.0
     """Episodes start only from logged states with at least this much PV (daylight: where control matters)."""
     reward: RewardWeights = field(default_factory=RewardWeights)
@@ -68,6 +72,8 @@ class ModelEnvConfig:
             raise ValueError(f"horizon_s: must be within [1, {DAY_S}], got {self.horizon_s}")
         if self.member not in ("random", "mean"):
             raise ValueError(f"member: 'random' or 'mean', got {self.member!r}")
+        if self.availability not in AVAILABILITY_MODES:
+            raise ValueError(f"availability: one of {AVAILABILITY_MODES}, got {self.availability!r}")
         if self.disagreement_threshold < 0:
             raise ValueError("disagreement_threshold: must be >= 0")
 
@@ -121,8 +127,9 @@ class ExportModelEnv(gym.Env):
     ## Description
     The export-control task of ``gridrl/ExportControl-v0``, with the simulator replaced by the forward model
     (envs/dynamics/model.py) stepped one second at a time in log-replay mode (envs/dynamics/rollout.py): PV,
-    available power, missing readings and the setpoint follow the logged day; export and acknowledged power
-    per phase come from the model; every other feature is computed by the state spec's kernel.
+    missing readings and the setpoint follow the logged day, and available power too, until the policy has
+    commanded a phase the energy the logged controller did (``config.availability``); export and acknowledged
+    power per phase come from the model; every other feature is computed by the state spec's kernel.
 
     ## Action Space
     ``Box(-1, 1, (3,), float32)``: per-phase targets, ``[0, max_power_per_phase_w]`` W (envs/actions.py).
@@ -169,7 +176,7 @@ class ExportModelEnv(gym.Env):
                 f"{cfg.dataset}/{cfg.split}: no logged state with PV >= {cfg.min_pv_w} W and "
                 f"{cfg.horizon_s} s of log after it"
             )
-        self.stepper = ModelStepper(self.model, self.max_power_w, cfg.member, replay=True)
+        self.stepper = ModelStepper(self.model, self.max_power_w, cfg.member, True, cfg.availability)
         self.observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (N_ACTIONS,), np.float32)
         self.t = 0

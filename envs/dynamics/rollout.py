@@ -12,8 +12,24 @@ totals the kernel's windows need). Two modes:
   honest forecast of the weather at these horizons); readings never go missing. ``gridrl evaluate-model``
   scores this mode.
 * ``replay=True`` (**log replay**, the model env's and the evaluator's mode): what no controller can change
-  is replayed from the logged episode the rollout started in: PV readings, available power, missing
-  readings, setpoint. The model supplies export and acknowledged power per phase: what the actions change.
+  is replayed from the logged episode the rollout started in: PV readings, missing readings, setpoint, and
+  the available power within the limits below. The model supplies export and acknowledged power per phase:
+  what the actions change.
+
+**Energy-accounted availability** (``availability='energy'``, the default of log replay). A phase's
+availability is not exogenous: a tank that the policy fills faster than the logged controller did is full
+sooner, and takes nothing more. From the log alone (state spec v2's ``acked_kwh_since_available_l*``), each
+logged availability segment has a budget (envs/dynamics/data.py ``availability_budgets``): the acknowledged
+energy the logged controller commanded to the phase from the segment's start until the log's availability
+dropped, looked up beyond the rollout's horizon to the end of the logged run. In the rollout the phase is
+available only where the log says so, and it becomes unavailable, until the log's own segment ends, as soon
+as the acknowledged energy the rollout has commanded to it since the segment's start (the feature kernel's
+own counter) reaches that budget plus the phase's credit. The credit is what a policy that took less than
+the logged controller left unused at a logged drop: its tank is that much emptier, so the next logged
+segment may take that much more (never longer than the log's segment lasts, since the log cannot tell a full
+tank from an EV that left). Acknowledged energy is what the log has; it stands for delivered energy. A
+segment whose drop the log does not show has no budget. ``availability='replay'`` replays the logged
+available power as it is (earlier versions): a policy that fills a tank then keeps absorbing in the model.
 
 Each step also returns the ensemble's disagreement: the RMS over the learned features (weighted like the
 loss) of the members' standard deviation, in normalised units.
@@ -62,6 +78,8 @@ _NONNEG = [SIG[f"{n}_w_l{p}"] for n in ("acked", "available") for p in _PH]
 _PV_L = [FEAT[f"pv_w_l{p}"] for p in _PH]
 _AVAIL_L = [FEAT[f"available_w_l{p}"] for p in _PH]
 _CLOCK = [FEAT[n] for n in CLOCK_FEATURES]
+AVAILABILITY_MODES = ("energy", "replay")
+BUDGET_TOL_KWH = 1e-4  # 0.36 kJ: the logged budgets are float32; the logged controller itself never trips
 
 
 @kernel
@@ -79,23 +97,29 @@ class LoggedContext:
         history: (B, HISTORY_S + 1, F) logged states of the ``HISTORY_S`` s up to the start (last = start).
         actions: (B, HISTORY_S, 3) logged actions of those seconds before the start.
         time_s: (B,) UTC second of the start state.
+        budget_kwh: (B, T + 1, 3) the logged availability budget of each state's segment per phase
+            (:meth:`SplitData.availability_budgets`; ``inf`` = none), or None (availability as logged).
     """
 
     states: np.ndarray
     history: np.ndarray
     actions: np.ndarray
     time_s: np.ndarray
+    budget_kwh: np.ndarray | None = None
 
     @classmethod
     def from_split(cls, split: SplitData, starts: np.ndarray, horizon: int) -> LoggedContext:
         """Context of rows ``starts`` (from :meth:`SplitData.rollout_starts`) for ``horizon`` steps."""
         starts = np.asarray(starts, np.int64)
         rows = starts[:, None] + np.arange(-HISTORY_S, 1)
+        # State t of a window is row start + t's (the last, maybe past the run's end, takes row T - 1's).
+        ahead = np.minimum(starts[:, None] + np.arange(horizon + 1), starts[:, None] + horizon - 1)
         return cls(
             states=split.states(starts, horizon),
             history=split.obs[rows].astype(np.float64),
             actions=split.actions[rows[:, :-1]].astype(np.float64),
             time_s=split.time_s[starts].astype(np.float64),
+            budget_kwh=split.availability_budgets()[ahead],
         )
 
 
@@ -127,6 +151,8 @@ class ModelStepper:
         member: 'mean' (the ensemble mean steps the state), 'random' (a member drawn per second and episode
             from the ``rng`` given to :meth:`reset`) or a member index.
         replay: Log-replay mode (see the module docstring); False = open loop.
+        availability: In log replay, 'energy' (a phase's availability ends once the rollout has commanded it
+            the logged segment's energy, see the module docstring) or 'replay' (the logged availability).
     """
 
     def __init__(
@@ -135,10 +161,13 @@ class ModelStepper:
         max_power_per_phase_w: float,
         member: str | int = "mean",
         replay: bool = True,
+        availability: str = "energy",
     ):
+        if availability not in AVAILABILITY_MODES:
+            raise ValueError(f"availability: one of {AVAILABILITY_MODES}, got {availability!r}")
         self.model = model.eval()
         self.max_w = float(max_power_per_phase_w)
-        self.member, self.replay = member, replay
+        self.member, self.replay, self.availability = member, replay, availability
         self.device = model.obs_mean.device
         w = model.loss_weight.cpu().numpy().astype(np.float64)
         self._dis_w = w / w.sum()
@@ -161,7 +190,25 @@ class ModelStepper:
         self.state = context.history[:, -1].copy()
         self.t = 0
         self._sig = np.zeros((len(context.time_s), N_SIGNALS))
+        b = len(context.time_s)
+        self.full = np.zeros((b, 3), bool)  # energy-accounted: the phase took its logged segment's budget
+        self.credit_kwh = np.zeros((b, 3))  # ... and what a lighter policy left unused at logged drops
         return self.state.copy()
+
+    def _available(self, log_now: np.ndarray, log_next: np.ndarray) -> np.ndarray:
+        """Available power per phase (B, 3) at t + 1 under energy accounting (the module docstring), from the
+        logged states at t and t + 1; updates the exhausted flags and credits."""
+        t = min(self.t, self.ctx.budget_kwh.shape[1] - 1)
+        budget = self.ctx.budget_kwh[:, t] + self.credit_kwh
+        taken = self.kstate[:, KS_KWH : KS_KWH + 3]  # commanded since the rollout's segment began (incl. t)
+        on_now = self.state[:, _AVAIL_L] > 0.0
+        self.full |= on_now & (taken > budget + BUDGET_TOL_KWH)
+        logged_next = log_next[:, _AVAIL_L]
+        drop = (log_now[:, _AVAIL_L] > 0.0) & ~(logged_next > 0.0)  # the log's segment ends at t
+        left = np.where(on_now & ~self.full & np.isfinite(budget), np.maximum(budget - taken, 0.0), 0.0)
+        self.credit_kwh = np.where(drop, left, self.credit_kwh)
+        self.full &= logged_next > 0.0  # a logged break ends the segment: the next starts afresh
+        return np.where(self.full, 0.0, logged_next)
 
     def _norm(self, x: np.ndarray) -> torch.Tensor:
         return self.model.normalize(torch.as_tensor(x, dtype=torch.float32, device=self.device))
@@ -212,6 +259,9 @@ class ModelStepper:
         exo = self.state if log is None else log  # exogenous: held (open loop) or replayed
         sig[:, _PV_SIG] = exo[:, _PV_L]
         sig[:, _AVAIL_SIG] = exo[:, _AVAIL_L]
+        if log is not None and self.availability == "energy" and self.ctx.budget_kwh is not None:
+            now = self.ctx.states[:, min(self.t, self.ctx.states.shape[1] - 1)]
+            sig[:, _AVAIL_SIG] = self._available(now, log)
         if log is not None:
             sig[:, SIG["setpoint_w"]] = log[:, FEAT["setpoint_w"]]
             sig[np.ix_(log[:, FEAT["meter_age_s"]] > 0, _METER_SIG)] = np.nan
