@@ -149,21 +149,14 @@ def stage_configs(prof: Profile, out: Path) -> dict[str, Path]:
     import yaml
 
     from envs.config import load_yaml
+    from rllib_configs.finetune import apply_overrides
 
     paths = {}
     for name, rel in CONFIGS.items():
         paths[name] = REPO / rel
         if not prof.shrink.get(name):
             continue
-        data = load_yaml(REPO / rel)
-        for dotted, value in prof.shrink[name].items():
-            *parents, leaf = dotted.split(".")
-            node = data
-            for key in parents:
-                node = node[key]
-            if leaf not in node:
-                raise KeyError(f"{rel}: no key {dotted} to override")
-            node[leaf] = value
+        data = apply_overrides(load_yaml(REPO / rel), prof.shrink[name], rel)
         paths[name] = out / "configs" / f"{name}.yaml"
         paths[name].parent.mkdir(parents=True, exist_ok=True)
         paths[name].write_text(yaml.safe_dump(data, sort_keys=False))
