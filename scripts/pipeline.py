@@ -22,9 +22,7 @@ Ray's session folder; the summary names both.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,7 +210,7 @@ def dataset_summary(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scripts.quiet import quiet_console, ray_logs_dir
+    from scripts.quiet import ray_job
 
     prof = PROFILES[args.profile]
     out = Path(args.out).resolve()
@@ -226,29 +224,14 @@ def run(args: argparse.Namespace) -> int:
     except OutputError as exc:
         print(f"gridrl pipeline: {exc}", file=sys.stderr)
         return 2
-    t_all = time.perf_counter()
-    log = out / "pipeline.log"
     # Ray, RLlib, Tune, Ray Data and Serve write to this process's stdout and stderr: to pipeline.log; the
     # workers' own output stays in Ray's session folder (log_to_driver=False); the user sees the stages.
-    with quiet_console(log) as console:
-        import ray  # importing Ray, RLlib and torch can warn too: inside
-
-        from cluster.local import init_ray
+    with ray_job(out, "pipeline", args.address, args.num_cpus) as job:
         from envs.dynamics.evaluator import format_results
         from envs.tables import criteria_table
-        from rllib_configs.runner import print_summary
         from scripts.simulate import metrics_table
 
-        try:
-            stages = Stages(total=10, stream=console.err)
-            init_ray(args.address, num_cpus=args.num_cpus, log_to_driver=False)
-            ray_logs = ray_logs_dir()
-            report = _stages(args, prof, out, stages)
-        except BaseException:
-            console.err.write(f"[pipeline] the log of this run: {log}\n")
-            raise
-        finally:
-            ray.shutdown()
+        report = _stages(args, prof, out, Stages(total=10, stream=job.console.err))
     results, criteria = report["metrics"], report["criteria"]
     fwd, model_based = report["forward_model"], report["model_based"]
     print(metrics_table(results))
@@ -261,15 +244,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_results(model_based))
     print(format_promotion(report["promotion"]))
     shipped = report["shipped"]
-    who = "the CQL policy" if shipped["controller"] == "policy" else "the PI"
-    print(f"shipped: {who}: {shipped['reason']}")
-    report["wall_s"] = round(time.perf_counter() - t_all, 1)
-    report["logs"] = {"pipeline": str(log), "ray": ray_logs}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print_summary({"report": str(out / "report.json"), "wall_s": report["wall_s"],
-                   "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()},
-                   "shipped": {"controller": shipped["controller"], "reason": shipped["reason"]},
-                   "logs": report["logs"]})
+    job.finish(report, "the CQL policy" if shipped["controller"] == "policy" else "the PI", {
+        "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()},
+        "shipped": {"controller": shipped["controller"], "reason": shipped["reason"]},
+    })  # fmt: skip
     return 0
 
 

@@ -25,9 +25,7 @@ print goes to DIR/retrain.log.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -207,39 +205,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, cfg: Any, inputs: Any, out: Path) -> int:
     from offline_data.progress import Stages
-    from scripts.quiet import quiet_console, ray_logs_dir
+    from scripts.quiet import ray_job
     from serve.retrain import retrain
 
-    t_all = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "retrain.log"
-    with quiet_console(log) as console:
-        import ray
-
-        from cluster.local import init_ray
-
-        try:
-            init_ray(args.address, num_cpus=args.num_cpus, log_to_driver=False)
-            ray_logs = ray_logs_dir()
-            stages = Stages(7 if cfg.judge == "simulator" else 6, stream=console.err, prefix="[retrain]")
-            argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "command"]
-            report = retrain(inputs, out, cfg, stages, ["gridrl", "retrain", *argv])
-        except BaseException:
-            console.err.write(f"[retrain] the log of this run: {log}\n")
-            raise
-        finally:
-            ray.shutdown()
-    from rllib_configs.runner import print_summary
-
+    with ray_job(out, "retrain", args.address, args.num_cpus) as job:
+        stages = Stages(7 if cfg.judge == "simulator" else 6, stream=job.console.err, prefix="[retrain]")
+        argv = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "command"]
+        report = retrain(inputs, out, cfg, stages, ["gridrl", "retrain", *argv])
     print(format_verdicts(report["promotion"]))
     shipped = report["shipped"]
-    who = "the retrained policy" if shipped["controller"] == "policy" else "nothing new"
-    print(f"shipped: {who}: {shipped['reason']}")
-    report["wall_s"] = round(time.perf_counter() - t_all, 1)
-    report["logs"] = {"retrain": str(log), "ray": ray_logs}
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print_summary({"report": str(out / "report.json"), "wall_s": report["wall_s"], "shipped": shipped,
-                   "dataset": report["dataset"]["merged"], "days_added": report["dataset"]["days_added"],
-                   "policy": report["policy"]["checkpoint"], "logs": report["logs"],
-                   "forward_model": report["forward_model"]["checkpoint"]})  # fmt: skip
+    dataset = report["dataset"]
+    job.finish(report, "the retrained policy" if shipped["controller"] == "policy" else "nothing new", {
+        "shipped": shipped, "dataset": dataset["merged"], "days_added": dataset["days_added"],
+        "policy": report["policy"]["checkpoint"], "forward_model": report["forward_model"]["checkpoint"],
+    })  # fmt: skip
     return 0
