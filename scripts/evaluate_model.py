@@ -69,6 +69,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "dropped; default) or replay (as logged, whatever the controller did)",
     )
     rank.add_argument(
+        "--rank-balance",
+        choices=("replay", "model"),
+        default="replay",
+        help="export in the model's rollouts: replay (the logged export plus the logged minus the predicted "
+        "acknowledged power: PV and base load as logged; default) or model (the model's own prediction)",
+    )
+    rank.add_argument(
         "--sim-seed",
         type=SEED,
         default=None,
@@ -168,6 +175,7 @@ def _evaluate(args: argparse.Namespace, ckpt: Path, split, out: Path) -> tuple[d
         args.sim_start_h,
         gen_seed=args.sim_seed,
         availability=args.rank_availability,
+        balance=args.rank_balance,
     )
     return report, rank
 

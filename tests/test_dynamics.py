@@ -170,6 +170,27 @@ def test_a_policy_absorbing_more_than_the_log_loses_the_phase_earlier(trained, d
     assert (run(1.0, "replay")[:, :-1, av1] > 0).all()
 
 
+def test_replayed_balance_moves_export_by_what_the_policy_commands_differently(trained, dataset):
+    """Log replay: export = logged export + logged acknowledged power - the rollout's acknowledged power, per
+    phase (PV and the base load are the log's); with the model's own balance it is not."""
+    trainer, _ = trained
+    split = load_split(dataset, "test")
+    starts = split.rollout_starts(20, HISTORY_S)[:: 50][:6]
+    ex, ak = ([FEAT[f"{n}_w_l{p}"] for p in (1, 2, 3)] for n in ("export", "acked"))
+    gaps = {}
+    for balance in ("replay", "model"):
+        ctx = LoggedContext.from_split(split, starts, 20)
+        stepper = ModelStepper(trainer.model.eval(), trainer.max_power_w, "mean", True, "energy", balance)
+        stepper.reset(ctx)
+        fresh = ctx.states[:, 1:, FEAT["meter_age_s"]] == 0  # held readings are the kernel's, not the balance
+        for t in range(20):
+            state = stepper.step(np.full((len(starts), 3), -1.0))[0]
+            log = ctx.states[:, t + 1]
+            gap = state[:, ex] - (log[:, ex] + log[:, ak] - state[:, ak])
+            gaps.setdefault(balance, []).append(np.abs(gap[fresh[:, t]]).max(initial=0.0))
+    assert max(gaps["replay"]) < 1e-6 and max(gaps["model"]) > 1.0, gaps
+
+
 def test_short_training_reduces_validation_loss(dataset):
     trainer = Trainer(_spec(dataset), seed=1)
     before = trainer.validate()

@@ -117,13 +117,15 @@ def model_rollout(
     horizon: int,
     max_power_per_phase_w: float,
     availability: str = "energy",
+    balance: str = "replay",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run ``controller`` through the model from the context's starts (``availability``: ModelStepper's).
+    """Run ``controller`` through the model from the context's starts (``availability``, ``balance``:
+    envs/dynamics/rollout.py ModelStepper's).
 
     Returns:
         (states (B, T, 30), disagreement (B, T), safety violations (B, T)).
     """
-    stepper = ModelStepper(model, max_power_per_phase_w, "mean", replay=True, availability=availability)
+    stepper = ModelStepper(model, max_power_per_phase_w, "mean", True, availability, balance)
     obs = stepper.reset(context)
     controller.reset(len(obs))
     if isinstance(controller, PIController):  # warm start: the integrator is the total of the last targets
@@ -164,11 +166,13 @@ def estimate_controllers(
     progress: bool = True,
     model_trust: tuple[float, str] | None = None,
     availability: str = "energy",
+    balance: str = "replay",
 ) -> tuple[dict[str, dict[str, float]], dict[str, pl.DataFrame]]:
     """Metrics of record of each controller through the model, and of the logged PI, on the same windows.
 
     ``availability``: 'energy' (a phase's availability ends once a controller has commanded it the logged
-    segment's energy) or 'replay' (as logged); envs/dynamics/rollout.py.
+    segment's energy) or 'replay' (as logged); ``balance``: 'replay' (export = the logged export plus the
+    logged minus the predicted acknowledged power) or 'model' (the model's export); envs/dynamics/rollout.py.
 
     With ``model_trust`` (envs/dynamics/evaluate.py ``criteria_trust`` of the model), each controller's
     metrics carry ``trust`` and ``trust_parts`` (:func:`trust_parts`); without it, only ``trusted_share``.
@@ -181,7 +185,9 @@ def estimate_controllers(
     results["logged_pi"] = {**metrics_of_record(traces["logged_pi"]), "trusted_share": 1.0}
     for name, ctrl in controllers.items():
         t0 = time.perf_counter()
-        states, dis, viol = model_rollout(model, ctrl, context, horizon, max_power_per_phase_w, availability)
+        states, dis, viol = model_rollout(
+            model, ctrl, context, horizon, max_power_per_phase_w, availability, balance
+        )
         traces[name] = trace_from_states(states, context.states[:, 0], deadband_w, viol)
         results[name] = {
             **metrics_of_record(traces[name]),
@@ -457,6 +463,7 @@ def rank_check(
     metric: str = "export_kwh",
     gen_seed: int | None = None,
     availability: str = "energy",
+    balance: str = "replay",
 ) -> dict[str, Any]:
     """Model-based estimates vs the simulator's results for the same controllers: Spearman's rho.
 
@@ -464,8 +471,8 @@ def rank_check(
     (rllib_configs/policy.py ``load_policy``). With
     ``gen_seed`` (the seed the dataset's logs were generated with) the simulator replays the test split's own
     days and scores the same windows (:func:`simulate_logged_windows`); without it, ``sim_days`` held-out
-    days of ``sim_hours`` from ``sim_start_h``. ``availability``: how the model rollouts treat available power
-    (:func:`estimate_controllers`). Writes DIR/rank_check.json.
+    days of ``sim_hours`` from ``sim_start_h``. ``availability``, ``balance``: how the model rollouts treat
+    available power and the uncontrolled balance (:func:`estimate_controllers`). Writes DIR/rank_check.json.
     """
     max_w, deadband = site_limits_of(dataset)
     controllers: dict[str, Controller] = {}
@@ -476,8 +483,9 @@ def rank_check(
     split = load_split(dataset, "test")
     starts = daylight_starts(split, windows, horizon_s, seed)
     est, _ = estimate_controllers(
-        model, split, controllers, starts, horizon_s, max_w, deadband, availability=availability
-    )
+        model, split, controllers, starts, horizon_s, max_w, deadband,
+        availability=availability, balance=balance,
+    )  # fmt: skip
     if gen_seed is None:
         sim = simulate_controllers(controllers, sim_days, sim_hours, sim_start_h, seed, site_path(dataset))
     else:
@@ -494,6 +502,7 @@ def rank_check(
         "horizon_s": horizon_s,
         "sim": "logged windows" if gen_seed is not None else "held-out days",
         "availability": availability,
+        "balance": balance,
         "gen_seed": gen_seed,
         "sim_days": sim_days,
         "sim_hours": sim_hours,

@@ -19,7 +19,7 @@ from envs.actions import N_ACTIONS
 from envs.config import from_mapping
 from envs.dynamics.data import SplitData, load_split, site_path
 from envs.dynamics.model import ForwardModel
-from envs.dynamics.rollout import AVAILABILITY_MODES, HISTORY_S, LoggedContext, ModelStepper
+from envs.dynamics.rollout import AVAILABILITY_MODES, BALANCE_MODES, HISTORY_S, LoggedContext, ModelStepper
 from envs.profiles import DAY_S
 from envs.reward import RewardWeights, reward_from_power
 from envs.site import load_site
@@ -57,6 +57,10 @@ class ModelEnvConfig:
     """Available power in the model's rollouts: 'energy' (a phase stops being available once the policy has
     commanded it the energy the logged controller did before the log's availability dropped: a tank filled
     faster is full sooner) or 'replay' (the logged availability as it is); envs/dynamics/rollout.py."""
+    balance: str = "replay"
+    """Export in the model's rollouts: 'replay' (the logged export plus the logged minus the predicted
+    acknowledged power: PV and base load follow the log) or 'model' (the model's prediction);
+    envs/dynamics/rollout.py."""
     min_pv_w: float = 500.0
     """Episodes start only from logged states with at least this much PV (daylight: where control matters)."""
     reward: RewardWeights = field(default_factory=RewardWeights)
@@ -74,6 +78,8 @@ class ModelEnvConfig:
             raise ValueError(f"member: 'random' or 'mean', got {self.member!r}")
         if self.availability not in AVAILABILITY_MODES:
             raise ValueError(f"availability: one of {AVAILABILITY_MODES}, got {self.availability!r}")
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance: one of {BALANCE_MODES}, got {self.balance!r}")
         if self.disagreement_threshold < 0:
             raise ValueError("disagreement_threshold: must be >= 0")
 
@@ -176,7 +182,9 @@ class ExportModelEnv(gym.Env):
                 f"{cfg.dataset}/{cfg.split}: no logged state with PV >= {cfg.min_pv_w} W and "
                 f"{cfg.horizon_s} s of log after it"
             )
-        self.stepper = ModelStepper(self.model, self.max_power_w, cfg.member, True, cfg.availability)
+        self.stepper = ModelStepper(
+            self.model, self.max_power_w, cfg.member, True, cfg.availability, cfg.balance
+        )
         self.observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (N_ACTIONS,), np.float32)
         self.t = 0

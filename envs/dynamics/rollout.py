@@ -12,16 +12,27 @@ totals the kernel's windows need). Two modes:
   honest forecast of the weather at these horizons); readings never go missing. ``gridrl evaluate-model``
   scores this mode.
 * ``replay=True`` (**log replay**, the model env's and the evaluator's mode): what no controller can change
-  is replayed from the logged episode the rollout started in: PV readings, missing readings, setpoint, and
-  the available power within the limits below. The model supplies export and acknowledged power per phase:
-  what the actions change.
+  is replayed from the logged episode the rollout started in: PV readings, the base load, missing
+  readings, setpoint, and the available power within the limits below. The model supplies the acknowledged
+  power per phase, what the actions change, and export follows from it.
+
+**Replayed uncontrolled balance** (``balance='replay'``, the default of log replay). Per phase,
+``export = pv - base - controlled``: PV and the base load are the site's, and only the controlled load is
+the policy's. The model predicts the acknowledged power under the policy's actions; export is the logged
+export plus the logged acknowledged power minus the predicted one, so the base load, its events and PV
+follow the log second by second, and a policy's export differs from the logged export by exactly what it
+commands differently. The model's own prediction of the rest of the balance (``balance='model'``) was learned
+from closed-loop logs of the PI, in which the acknowledged power falls when the base load rises (the PI
+backs off a kettle): through the model, no control exported 7.5 kWh where the simulator's 13.4 (the
+README's rank check). Acknowledged power stands for delivered power: a slave that
+ignores a command (a heat pump below half power, an EV below 6 A) is counted as absorbing it.
 
 **Energy-accounted availability** (``availability='energy'``, the default of log replay). A phase's
 availability is not exogenous: a tank that the policy fills faster than the logged controller did is full
 sooner, and takes nothing more. From the log alone (state spec v2's ``acked_kwh_since_available_l*``), each
 logged availability segment has a budget (envs/dynamics/data.py ``availability_budgets``): the acknowledged
 energy the logged controller commanded to the phase from the segment's start until the log's availability
-dropped, looked up beyond the rollout's horizon to the end of the logged run. In the rollout the phase is
+dropped, looked up beyond the rollout's horizon in the rest of the log. In the rollout the phase is
 available only where the log says so, and it becomes unavailable, until the log's own segment ends, as soon
 as the acknowledged energy the rollout has commanded to it since the segment's start (the feature kernel's
 own counter) reaches that budget plus the phase's credit. The credit is what a policy that took less than
@@ -76,9 +87,12 @@ _AVAIL_SIG = [SIG[f"available_w_l{p}"] for p in _PH]
 _TARGET_SIG = [SIG[f"target_w_l{p}"] for p in _PH]
 _NONNEG = [SIG[f"{n}_w_l{p}"] for n in ("acked", "available") for p in _PH]
 _PV_L = [FEAT[f"pv_w_l{p}"] for p in _PH]
+EXPORT_L = [FEAT[f"export_w_l{p}"] for p in _PH]
+ACKED_L = [FEAT[f"acked_w_l{p}"] for p in _PH]
 _AVAIL_L = [FEAT[f"available_w_l{p}"] for p in _PH]
 _CLOCK = [FEAT[n] for n in CLOCK_FEATURES]
 AVAILABILITY_MODES = ("energy", "replay")
+BALANCE_MODES = ("replay", "model")
 BUDGET_TOL_KWH = 1e-4  # 0.36 kJ: the logged budgets are float32; the logged controller itself never trips
 
 
@@ -153,6 +167,8 @@ class ModelStepper:
         replay: Log-replay mode (see the module docstring); False = open loop.
         availability: In log replay, 'energy' (a phase's availability ends once the rollout has commanded it
             the logged segment's energy, see the module docstring) or 'replay' (the logged availability).
+        balance: In log replay, 'replay' (the uncontrolled part of each phase's balance follows the log, see
+            the module docstring) or 'model' (the model's own prediction of it).
     """
 
     def __init__(
@@ -162,9 +178,13 @@ class ModelStepper:
         member: str | int = "mean",
         replay: bool = True,
         availability: str = "energy",
+        balance: str = "replay",
     ):
         if availability not in AVAILABILITY_MODES:
             raise ValueError(f"availability: one of {AVAILABILITY_MODES}, got {availability!r}")
+        if balance not in BALANCE_MODES:
+            raise ValueError(f"balance: one of {BALANCE_MODES}, got {balance!r}")
+        self.balance = balance
         self.model = model.eval()
         self.max_w = float(max_power_per_phase_w)
         self.member, self.replay, self.availability = member, replay, availability
@@ -173,6 +193,9 @@ class ModelStepper:
         self._dis_w = w / w.sum()
         names = model.feature_names
         self._sig_of_learned = np.array([SIG[_SIGNAL_OF.get(names[i], names[i])] for i in model.learned])
+        learned_names = [names[i] for i in model.learned]
+        self._export_j = [learned_names.index(f"export_w_l{p}") for p in _PH]
+        self._acked_j = [learned_names.index(f"acked_w_l{p}") for p in _PH]
         self._sig = np.zeros((0, N_SIGNALS))
 
     def reset(self, context: LoggedContext, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -251,6 +274,10 @@ class ModelStepper:
                 else np.full(members.shape[1], int(self.member))
             )
             learned = members[pick, np.arange(members.shape[1])]
+        if log is not None and self.balance == "replay":
+            # export = pv - base - controlled: only the controlled part is the policy's, the rest the log's.
+            acked = np.maximum(learned[:, self._acked_j], 0.0)
+            learned[:, self._export_j] = log[:, EXPORT_L] + log[:, ACKED_L] - acked
         sig = self._sig
         sig[:, self._sig_of_learned] = learned
         sig[:, _TARGET_SIG] = to_watts(a, self.max_w)
