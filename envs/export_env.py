@@ -60,6 +60,12 @@ class ExportEnvConfig:
     envs/site_sampler.py (PV, latitude, devices' phases and sizes, loads, link; same devices and action
     bound), so a policy learns sites, not one site. The vector env splits its members into N groups, one
     drawn site each (one simulator kernel call per group and step)."""
+    reward_floor_kwh: float | None = None
+    """Training signal only (the vector env): None = the reward as envs/reward.py writes it. A number: each
+    episode's rewards are divided by its window's surplus energy (PV less base load, kWh, known to the
+    simulator at reset) plus this floor, times the floor, so that a dull day's few kWh weigh as much as a
+    clear day's many: the metrics of record judge each day in per cent of the PI's export, a kWh reward
+    judges the sum, where clear days drown the dull ones."""
     draw_phases: bool = True
     """With ``site_draws``: draw which phase each device is on (True), or keep ``site``'s layout (False:
     for a policy that is told its site's layout in its configuration, rllib_configs/pi_residual.py)."""
@@ -82,6 +88,8 @@ class ExportEnvConfig:
             raise ValueError(f"day_of_year: must be within [1, 365], got {self.day_of_year}")
         if self.site_draws < 0:
             raise ValueError(f"site_draws: must be >= 0, got {self.site_draws}")
+        if self.reward_floor_kwh is not None and self.reward_floor_kwh <= 0:
+            raise ValueError(f"reward_floor_kwh: must be > 0 (or null), got {self.reward_floor_kwh}")
         if self.warm_start not in ("none", "pi"):
             raise ValueError(f"warm_start: must be 'none' or 'pi', got {self.warm_start!r}")
 
@@ -273,6 +281,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self._needs_reset = False
         self._obs = np.zeros((num_envs, N_FEATURES), np.float32)
         self._rewards = np.zeros(num_envs)
+        self._scale = np.ones(num_envs)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None or not self._rngs:  # member i draws as ExportControlEnv reset with seed + i
@@ -293,6 +302,12 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
             batches.append((sim, [d for d, _ in drawn], windows, rngs))
         for members, obs in zip(self._groups, start_episodes(batches, self.config.warm_start), strict=True):
             self._obs[members] = obs
+        self._scale = np.ones(self.num_envs)
+        if self.config.reward_floor_kwh is not None:
+            floor = self.config.reward_floor_kwh
+            for sim, members in zip(self._sims, self._groups, strict=True):
+                surplus = np.clip(sim.exo[:, 1:, :3].sum(-1) - sim.exo[:, 1:, 3:].sum(-1), 0.0, None)
+                self._scale[members] = floor / (surplus.sum(-1) / 3.6e6 + floor)
         self._needs_reset = False
         return self._obs.copy(), {}
 
@@ -305,7 +320,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         for sim, members in zip(self._sims, self._groups, strict=True):
             sim.step(targets[members])  # a slice: a view, no copy
             self._obs[members] = sim.obs
-            self._rewards[members] = sim.out[:, O_REWARD]
+            self._rewards[members] = sim.out[:, O_REWARD] * self._scale[members]
         done = self._sims[0].done
         self._needs_reset = done
         truncated = np.full(self.num_envs, done)

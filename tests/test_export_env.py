@@ -243,3 +243,21 @@ def _to_unit(targets_w: np.ndarray, max_w: float) -> np.ndarray:
     from envs.actions import to_unit
 
     return to_unit(targets_w, max_w)[0].astype(np.float64)
+
+
+def test_reward_floor_scales_each_window_by_its_surplus():
+    """reward_floor_kwh: a window's rewards are divided by its surplus energy plus the floor (times the
+    floor); without it they are the simulator's."""
+    from envs.export_env import ExportControlVectorEnv
+
+    action = np.full((8, 3), -1.0, np.float32)  # nothing controlled: the reward is the day's export
+    runs = {}
+    for floor in (None, 2.0):
+        env = ExportControlVectorEnv(8, ExportEnvConfig(scenario="random", episode_s=600, reward_floor_kwh=floor))
+        env.reset(seed=3)
+        surplus = np.clip(env.sim.exo[:, 1:, :3].sum(-1) - env.sim.exo[:, 1:, 3:].sum(-1), 0, None).sum(-1) / 3.6e6
+        runs[floor] = (sum(env.step(action)[1] for _ in range(5)), surplus)
+    raw, surplus = runs[None]
+    scaled, _ = runs[2.0]
+    assert surplus.max() > 2 * surplus.min() + 0.1, "the windows must differ"
+    np.testing.assert_allclose(scaled, raw * 2.0 / (surplus + 2.0), rtol=1e-9, atol=1e-12)
