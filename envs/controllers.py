@@ -76,12 +76,45 @@ class PIController:
         self.e_prev = e
         available = obs[:, _AVAIL_L].astype(np.float64)
         self.u = np.clip(self.u + self.config.kp * de + self.config.ki * e, 0.0, available.sum(-1))
-        surplus_l = obs[:, _EXPORT_L] + obs[:, _ACKED_L]
-        return allocate_to_phases(self.u, surplus_l, available)
+        return self.spread(self.u, obs, available)
+
+    def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
+        """The total ``u`` (B,) over the phases: each phase its own surplus first (the class docstring)."""
+        return allocate_to_phases(u, obs[:, _EXPORT_L] + obs[:, _ACKED_L], available)
 
     def state(self) -> np.ndarray:
         """The integrator (total output, W) per batch member, for the PI-state log."""
         return self.u.copy()
+
+
+class ContinuousFirstPI(PIController):
+    """The PI with the day planner's dispatch rule (tests/benchmarks/bench_plan.py): its total goes first to
+    the phases' continuously modulating devices (water heaters), then as the PI spreads it. A water heater
+    follows a low or broken surplus exactly, where a heat pump (on/off) or an EV (6 A minimum) imports on
+    the dips and leaves the surplus to export once off. Causal, no foresight; it knows the site's layout
+    (``continuous_w``: per phase, the continuous devices' power, as the site's master is configured).
+    A comparator for the benchmarks, not a shipped controller."""
+
+    name = "pi_continuous_first"
+
+    def __init__(self, continuous_w: tuple[float, float, float], config: PIConfig | None = None):
+        super().__init__(config)
+        self.continuous_w = np.asarray(continuous_w, dtype=np.float64)
+
+    @classmethod
+    def for_site(cls, site) -> ContinuousFirstPI:
+        """From a :class:`~envs.site.Site`: its water heaters' power per phase."""
+        w = np.zeros(3)
+        for sl in site.slaves:
+            if sl.kind == "water_heater":
+                w[sl.phase - 1] += sl.max_power_w
+        return cls(tuple(w))
+
+    def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
+        cont = np.minimum(available, self.continuous_w)
+        first = cont * np.minimum(1.0, u / np.maximum(cont.sum(-1), 1e-9))[:, None]
+        rest = u - first.sum(-1)
+        return first + allocate_to_phases(rest, obs[:, _EXPORT_L] + obs[:, _ACKED_L] - first, available - first)
 
 
 @dataclass(frozen=True)

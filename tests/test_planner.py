@@ -76,3 +76,25 @@ def test_executed_plan_is_achievable_and_above_the_bound(small_cfg, runs):
     assert plan["export_kwh"] + plan["controlled_import_kwh"] >= wasted.wasted_kwh - 1e-6, (plan, wasted)
     plan_wasted = plan["export_kwh"] + plan["controlled_import_kwh"]
     assert plan_wasted <= pi["export_kwh"] + pi["controlled_import_kwh"], (plan, pi)
+
+
+def test_continuous_first_pi_spreads_the_pis_total_water_heater_first():
+    """The benchmarks' causal comparator: same total as the PI, the water heater's phase served first."""
+    import numpy as np
+
+    from envs.controllers import ContinuousFirstPI, PIController
+    from envs.site import load_site
+    from envs.state_spec import FEAT, N_FEATURES
+
+    rule = ContinuousFirstPI.for_site(load_site())
+    assert tuple(rule.continuous_w) == (3000.0, 0.0, 0.0)  # the default site's water heater on L1
+    rng = np.random.default_rng(0)
+    obs = rng.normal(0.0, 800.0, (64, N_FEATURES))
+    obs[:, FEAT["export_error_w"]] = rng.uniform(0.0, 4000.0, 64)
+    for p in (1, 2, 3):
+        obs[:, FEAT[f"available_w_l{p}"]] = rng.choice([0.0, 1800.0, 3000.0, 7360.0], 64)
+    pi, ours = PIController().act(obs), rule.act(obs)
+    np.testing.assert_allclose(ours.sum(-1), pi.sum(-1), atol=1e-6)
+    l1 = np.minimum(obs[:, FEAT["available_w_l1"]], 3000.0)
+    np.testing.assert_allclose(ours[:, 0], np.minimum(pi.sum(-1), l1), atol=1e-6)
+    assert (ours[:, 0] > pi[:, 0] + 1.0).any(), "the PI must spread some of it elsewhere"

@@ -10,7 +10,9 @@ envs/site_sampler.py, on the same held-out day (env seed ``--seed``):
 * ``plan``: envs/planner.py's MILP day plan on the real devices (heat pump on/off, EV off or >= 6 A, per
   ``--switch-s``), EXECUTED in the simulator with the oracle's privileges (foresight, perfect link), the water
   heater trimming each second: achievable, so an upper bound on the real optimum;
-* ``oracle``: envs/oracle.py, greedy on the relaxed site (continuous devices), the metrics' bound.
+* ``oracle``: envs/oracle.py, greedy on the relaxed site (continuous devices), the metrics' bound;
+* ``cfirst``: envs/controllers.py ``ContinuousFirstPI``, the PI with the plan's dispatch rule (its total to
+  the water heater's phase first), over the real link, causal: what the rule buys without foresight.
 
 Columns: export kWh / controlled import kWh; then reductions of export (and of wasted energy) against the PI.
 The real-device optimum lies between ``LB`` (``LBcap`` / ``LBw`` for the import-aware targets) and ``plan``.
@@ -32,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from envs.controllers import PIController  # noqa: E402
+from envs.controllers import ContinuousFirstPI, PIController  # noqa: E402
 from envs.export_env import ExportControlEnv, ExportEnvConfig  # noqa: E402
 from envs.metrics import metrics_of_record, reduction_pct  # noqa: E402
 from envs.oracle import OracleController  # noqa: E402
@@ -72,10 +74,11 @@ def run_case(site: str | None, scenario: str, seed: int, args) -> dict:
     row["plan"]["model"] = {"export_kwh": r.export_kwh, "import_kwh": r.import_kwh, "status": r.status,
                             "solve_s": round(r.solve_s, 1), "mip_gap": r.mip_gap}  # fmt: skip
     row["oracle"] = _run(OracleController(), cfg, seed)
+    row["cfirst"] = _run(ContinuousFirstPI.for_site(env.site), cfg, seed)
     return row
 
 
-COLS = ("pi", "lb", "lb_cap", "lb_wasted", "plan", "oracle")
+COLS = ("pi", "lb", "lb_cap", "lb_wasted", "plan", "oracle", "cfirst")
 
 
 def main() -> None:
@@ -117,24 +120,27 @@ def main() -> None:
             dev = f"PI {_fmt(row['pi']['device_kwh'])}  plan {_fmt(row['plan']['device_kwh'])}"
             print(f"{'':26s}devices kWh: {dev}  LBw {row['lb_wasted']['device_kwh']}", flush=True)
     print("\n# export reduction vs the PI (%), and wasted-energy reduction (export + controlled import)")
-    print(f"{'site':12s}{'scenario':14s}{'LB':>8s}{'LBcap':>8s}{'plan':>8s}{'oracle':>8s}{'| wasted:':>10s}"
-          f"{'LBw':>8s}{'plan':>8s}{'oracle':>8s}")  # fmt: skip
+    print(f"{'site':12s}{'scenario':14s}{'LB':>8s}{'LBcap':>8s}{'plan':>8s}{'oracle':>8s}{'cfirst':>8s}"
+          f"{'| wasted:':>10s}{'LBw':>8s}{'plan':>8s}{'oracle':>8s}{'cfirst':>8s}")  # fmt: skip
     sums: dict[str, list[float]] = {}
     for r in results:
         pi_e = r["pi"]["export_kwh"]
         pi_w = pi_e + r["pi"]["controlled_import_kwh"]
-        vals = {f"e_{c}": reduction_pct(r[c]["export_kwh"], pi_e) for c in ("lb", "lb_cap", "plan", "oracle")}
+        vals = {f"e_{c}": reduction_pct(r[c]["export_kwh"], pi_e)
+                for c in ("lb", "lb_cap", "plan", "oracle", "cfirst")}  # fmt: skip
         vals |= {f"w_{c}": reduction_pct(r[c]["export_kwh"] + r[c]["controlled_import_kwh"], pi_w)
-                 for c in ("lb_wasted", "plan", "oracle")}  # fmt: skip
+                 for c in ("lb_wasted", "plan", "oracle", "cfirst")}  # fmt: skip
         r["reductions_pct"] = vals
         for k, v in vals.items():
             sums.setdefault(k, []).append(v)
-        print(f"{r['site']:12s}{r['scenario']:14s}" + "".join(f"{v:8.1f}" for v in list(vals.values())[:4])
-              + f"{'':10s}" + "".join(f"{v:8.1f}" for v in list(vals.values())[4:]))  # fmt: skip
+        print(f"{r['site']:12s}{r['scenario']:14s}" + "".join(f"{v:8.1f}" for v in list(vals.values())[:5])
+              + f"{'':10s}" + "".join(f"{v:8.1f}" for v in list(vals.values())[5:]))  # fmt: skip
     means = {k: sum(v for v in vs if math.isfinite(v)) / max(1, sum(math.isfinite(v) for v in vs))
              for k, vs in sums.items()}  # fmt: skip
-    print(f"{'mean':26s}" + "".join(f"{v:8.1f}" for v in list(means.values())[:4]) + f"{'':10s}"
-          + "".join(f"{v:8.1f}" for v in list(means.values())[4:]))  # fmt: skip
+    print(f"{'mean':26s}" + "".join(f"{v:8.1f}" for v in list(means.values())[:5]) + f"{'':10s}"
+          + "".join(f"{v:8.1f}" for v in list(means.values())[5:]))  # fmt: skip
+    worst = min(r["reductions_pct"]["e_cfirst"] for r in results)
+    print(f"# cfirst (causal, real link): worst case {worst:.1f} % export vs the PI", flush=True)
     print(f"# load average {os.getloadavg()[0]:.2f} at end; {time.perf_counter() - t_all:.0f} s", flush=True)
     out = {"seed": args.seed, "args": vars(args), "mean_reductions_pct": means, "cases": results}
     if args.json:
