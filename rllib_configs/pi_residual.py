@@ -73,7 +73,10 @@ class ResidualConfig:
     """'residual': the network's 3 outputs are per-phase corrections of the PI's targets. 'learned': the
     network steers how the PI's total is spread over the phases (see :func:`learned_targets`): output 0
     is the preference for the phases with continuous devices (``continuous_w``), output 1 a correction
-    of the total; output 2 is unused. Zero outputs are the PI in both."""
+    of the total; output 2 is unused. Zero outputs are the PI in both (with ``preference_bias`` 0)."""
+    preference_bias: float = 0.0
+    """'learned': added to output 0, so a zero network output starts at this preference: 0 = the PI's spread,
+    1 = envs/controllers.py ContinuousFirstPI's (the continuous phase first)."""
     continuous_w: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """'learned': per phase, the power of its continuously modulating devices (water heaters), W: the
     site's layout, as its master knows it (the default site: 3000 W on L1)."""
@@ -116,8 +119,8 @@ def learned_targets(obs: torch.Tensor, out: torch.Tensor, cfg: ResidualConfig) -
 
     The PI's total ``u`` plus ``out[..., 1] * residual_scale`` (action units, i.e. of the per-phase bound) is
     spread by :func:`allocate_to_phases` with each phase's claim in its first pass (the PI's: its own
-    surplus) moved by ``out[..., 0]`` times its continuous power share: at +1 a phase with continuous devices
-    claims all its available power first and the others nothing (the planner's rule for low or broken surplus: a water heater
+    surplus) moved by ``out[..., 0]`` toward its available continuous power: at +1 a phase with continuous
+    devices claims all of that first and the others nothing (the planner's rule for low or broken surplus: a water heater
     follows it exactly, where a heat pump or an EV at 6 A would import on the dips), at -1 it claims
     nothing first. ``out == 0`` gives the PI's targets exactly."""
     obs = torch.nan_to_num(obs.double())
@@ -127,10 +130,10 @@ def learned_targets(obs: torch.Tensor, out: torch.Tensor, cfg: ResidualConfig) -
     u = u_prev + cfg.kp * obs[..., FEAT["export_w_delta_1s"]] + cfg.ki * obs[..., FEAT["export_error_w"]]
     u = u + out[..., 1] * cfg.residual_scale * cfg.max_power_per_phase_w
     u = torch.minimum(u.clamp_min(0.0), avail.sum(-1))
-    share = torch.as_tensor(cfg.continuous_w, dtype=obs.dtype, device=obs.device) / max(cfg.continuous_w)
-    own = (obs[..., _EXPORT] + obs[..., _ACKED]).clamp_min(0.0)
-    pref = out[..., :1]
-    claim = torch.minimum(own, avail) * (1.0 - pref.clamp_min(0.0) * (1.0 - share)) + pref * share * avail
+    own = torch.minimum((obs[..., _EXPORT] + obs[..., _ACKED]).clamp_min(0.0), avail)
+    pref = out[..., :1] + cfg.preference_bias
+    cont = torch.minimum(avail, torch.as_tensor(cfg.continuous_w, dtype=obs.dtype, device=obs.device))
+    claim = own + pref * (cont - own)  # 0: the PI's claims; 1: the continuous power alone
     return allocate_to_phases(u, torch.minimum(claim.clamp_min(0.0), avail), avail)
 
 

@@ -128,7 +128,10 @@ def test_learned_allocation_is_the_pi_at_zero_and_fills_the_continuous_phase_fir
     ours = learned_targets(obs, out, cfg)
     torch.testing.assert_close(ours.sum(-1), pi.sum(-1))
     avail2 = obs[:, FEAT["available_w_l2"]]
-    torch.testing.assert_close(ours[:, 1], torch.minimum(pi.sum(-1), avail2))
+    first = torch.minimum(pi.sum(-1), avail2.clamp(max=3000.0))  # served first; beyond 3000 W, by headroom
+    assert bool((ours[:, 1] >= first - 1e-6).all())
+    only = avail2 <= 3000.0  # the continuous device alone on its phase: exactly that
+    torch.testing.assert_close(ours[only, 1], first[only])
     out[:, 0], out[:, 1] = 0.0, 1.0  # the total's correction: residual_scale of the per-phase bound
     shifted = obs.clone()  # the same as an export error 150 W higher: the PI's own clamps then apply
     shifted[:, FEAT["export_error_w"]] += 150.0 / cfg.ki
@@ -145,3 +148,25 @@ def test_the_learned_allocation_config_loads_and_needs_a_continuous_phase(tmp_pa
     bad.write_text(alloc.read_text().replace("continuous_w: [3000.0, 0.0, 0.0]", "continuous_w: [0.0, 0.0, 0.0]"))
     with pytest.raises(ConfigError, match="continuous_w"):
         load_train_config(bad)
+
+
+def test_a_preference_bias_of_one_starts_at_the_continuous_first_rule():
+    from envs.controllers import ContinuousFirstPI
+    from envs.state_spec import FEAT, N_FEATURES
+    from rllib_configs.pi_residual import ResidualConfig, learned_targets
+
+    cfg = ResidualConfig(allocation="learned", continuous_w=(3000.0, 0.0, 0.0), preference_bias=1.0)
+    rng = np.random.default_rng(1)
+    obs = rng.normal(0.0, 800.0, (128, N_FEATURES))
+    for p in (1, 2, 3):
+        obs[:, FEAT[f"available_w_l{p}"]] = rng.choice([0.0, 1800.0, 3000.0, 7360.0], 128)
+    ours = learned_targets(torch.as_tensor(obs), torch.zeros(128, 3), cfg).numpy()
+    rule = ContinuousFirstPI((3000.0, 0.0, 0.0))
+    rule.reset(128)  # its integrator and last error, as the module reads them from the state
+    rule.u = obs[:, [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]].sum(-1)
+    rule.e_prev = obs[:, FEAT["export_error_w"]] - obs[:, FEAT["export_w_delta_1s"]]
+    theirs = rule.act(obs)
+    assert (theirs[:, 0] > 1.0).mean() > 0.3, "the rule must act on L1"
+    np.testing.assert_allclose(ours.sum(-1), theirs.sum(-1), atol=1e-6)  # the same total ...
+    only = obs[:, FEAT["available_w_l1"]] <= 3000.0  # the water heater alone on L1, as on the default site
+    np.testing.assert_allclose(ours[only, 0], theirs[only, 0], atol=1e-6)  # ... and L1 served first
