@@ -23,7 +23,7 @@ export plus the logged acknowledged power minus the predicted one, so the base l
 follow the log second by second, and a policy's export differs from the logged export by exactly what it
 commands differently. The model's own prediction of the rest of the balance (``balance='model'``) was learned
 from closed-loop logs of the PI, in which the acknowledged power falls when the base load rises (the PI
-backs off a kettle): through the model, no control exported 7.5 kWh where the simulator's 13.4 (the
+backs off a kettle): through the model, no control exported 6.7 kWh where the simulator 13.4 (the
 README's rank check). Acknowledged power stands for delivered power: a slave that
 ignores a command (a heat pump below half power, an EV below 6 A) is counted as absorbing it.
 
