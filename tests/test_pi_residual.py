@@ -44,11 +44,17 @@ def _module_with_zero_correction(config: Path = CONFIG, dataset: Path | None = N
 @pytest.mark.parametrize(
     ("config", "tolerance_w"), [(CONFIG, 0.01), (CQL_CONFIG, 0.4), (ALLOC_CONFIG, 0.01)], ids=["ppo", "cql", "alloc"]
 )
-def test_greedy_targets_with_zero_correction_are_the_pis(config, tolerance_w, small_dataset):
+def test_greedy_targets_with_zero_correction_are_the_pis(config, tolerance_w, small_dataset, tmp_path):
     """Closed loop, 10 cloudy minutes: the module's greedy graph and PIController send the same targets.
 
-    CQL's squashed Gaussian cannot reach the bounds exactly: its PI action is held 1e-4 inside them.
+    CQL's squashed Gaussian cannot reach the bounds exactly: its PI action is held 1e-4 inside them. The
+    learned allocation is the PI's at preference 0 (its config starts at the rule, preference_bias 1).
     """
+    if config == ALLOC_CONFIG:
+        text = config.read_text()
+        assert "preference_bias: 1.0" in text
+        config = tmp_path / "alloc_at_the_pi.yaml"
+        config.write_text(text.replace("preference_bias: 1.0", "preference_bias: 0.0"))
     env, module = _module_with_zero_correction(config, small_dataset if config == CQL_CONFIG else None)
     net, pi = deterministic_module(module), PIController()
     obs, _ = env.reset(seed=0)
