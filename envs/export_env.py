@@ -105,7 +105,8 @@ class ExportEnvConfig:
         """A site drawn around ``site`` for the next episode (used when ``site_draws`` > 0)."""
         from envs.site_sampler import random_site
 
-        return from_mapping(Site, random_site(rng, "drawn", self.site, self.draw_phases), source="envs/site_sampler.py")
+        drawn = random_site(rng, "drawn", self.site, self.draw_phases)
+        return from_mapping(Site, drawn, source="envs/site_sampler.py")
 
     def draw_episode(self, rng: np.random.Generator, site: Site) -> tuple[DayProfile, Window]:
         """Draw a day (scenario) and a window in it from ``rng``."""
@@ -306,8 +307,8 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         if self.config.reward_floor_kwh is not None:
             floor = self.config.reward_floor_kwh
             for sim, members in zip(self._sims, self._groups, strict=True):
-                surplus = np.clip(sim.exo[:, 1:, :3].sum(-1) - sim.exo[:, 1:, 3:].sum(-1), 0.0, None)
-                self._scale[members] = floor / (surplus.sum(-1) / 3.6e6 + floor)
+                surplus_kwh = np.clip(sim.window_surplus_w(), 0.0, None).sum(-1) / 3.6e6
+                self._scale[members] = floor / (surplus_kwh + floor)
         self._needs_reset = False
         return self._obs.copy(), {}
 

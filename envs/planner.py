@@ -102,9 +102,8 @@ def day_arrays(sim: Simulator, b: int = 0) -> DayArrays:
     if sim.t != 0:
         raise RuntimeError(f"day_arrays: the simulator must be at step 0 (just reset), it is at {sim.t}")
     n = sim.length_s
-    exo = sim.exo[b, 1 : n + 1]
     return DayArrays(
-        surplus_w=exo[:, :3].sum(1) - exo[:, 3:].sum(1),
+        surplus_w=sim.window_surplus_w()[b],
         plugged=(sim.slave_exo[b, 1 : n + 1, :, 0] > 0.5).astype(np.float64),
         draw_w=sim.slave_exo[b, 1 : n + 1, :, 1].copy(),
         fill0=sim.ss[b, :, SS_FILL].copy(),

@@ -406,6 +406,13 @@ class Simulator:
         k = min(self.t + offset, self.length_s)
         return self.exo[:, k, :3] - self.exo[:, k, 3:]
 
+    def window_surplus_w(self) -> np.ndarray:
+        """PV minus base load summed over the phases (B, length_s), W, at the end of every step of the
+        episode (step ``t`` uses row ``t + 1``): the whole window's foresight, for planners and training
+        signals, never for a controller's state."""
+        exo = self.exo[:, 1 : self.length_s + 1]
+        return exo[..., :3].sum(-1) - exo[..., 3:].sum(-1)
+
     def slave_states(self) -> np.ndarray:
         """(B, S, 3): availability, on flag and time in state of each slave (the master's view)."""
         return self.ss[:, :, [SS_AVAIL, SS_IS_ON, SS_TIS]]

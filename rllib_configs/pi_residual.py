@@ -105,31 +105,32 @@ def allocate_to_phases(total: torch.Tensor, export_l: torch.Tensor, avail_l: tor
     return first + second
 
 
+def pi_total(obs: torch.Tensor, kp: float, ki: float, correction_w: Any = 0.0) -> torch.Tensor:
+    """The PI's next total (B,) in W from raw state vectors, plus ``correction_w`` before its clamp to
+    [0, available]: the previous targets stand in for its integrator (velocity form)."""
+    u = obs[..., _TARGET].sum(-1) + kp * obs[..., FEAT["export_w_delta_1s"]]
+    u = u + ki * obs[..., FEAT["export_error_w"]]
+    return torch.minimum((u + correction_w).clamp_min(0.0), obs[..., _AVAIL].clamp_min(0.0).sum(-1))
+
+
 def pi_targets(obs: torch.Tensor, kp: float, ki: float) -> torch.Tensor:
     """The PI's next per-phase targets (B, 3) in W from raw state vectors (B, F), statelessly."""
-    avail = obs[..., _AVAIL]
-    u_prev = obs[..., _TARGET].sum(-1)
-    u = u_prev + kp * obs[..., FEAT["export_w_delta_1s"]] + ki * obs[..., FEAT["export_error_w"]]
-    u = torch.minimum(u.clamp_min(0.0), avail.clamp_min(0.0).sum(-1))
-    return allocate_to_phases(u, obs[..., _EXPORT] + obs[..., _ACKED], avail)
+    return allocate_to_phases(pi_total(obs, kp, ki), obs[..., _EXPORT] + obs[..., _ACKED], obs[..., _AVAIL])
 
 
 def learned_targets(obs: torch.Tensor, out: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
     """Per-phase targets (B, 3) in W with a learned allocation (``allocation: learned``).
 
-    The PI's total ``u`` plus ``out[..., 1] * residual_scale`` (action units, i.e. of the per-phase bound) is
+    The PI's total (:func:`pi_total`) plus ``out[..., 1] * residual_scale`` (action units: of the bound) is
     spread by :func:`allocate_to_phases` with each phase's claim in its first pass (the PI's: its own
     surplus) moved by ``out[..., 0]`` toward its available continuous power: at +1 a phase with continuous
-    devices claims all of that first and the others nothing (the planner's rule for low or broken surplus: a water heater
-    follows it exactly, where a heat pump or an EV at 6 A would import on the dips), at -1 it claims
+    devices claims all of that first and the others nothing (the planner's rule for low or broken surplus: a
+    water heater follows it exactly, where a heat pump or an EV at 6 A would import on the dips), at -1 it claims
     nothing first. ``out == 0`` gives the PI's targets exactly."""
     obs = torch.nan_to_num(obs.double())
     out = out.double()
     avail = obs[..., _AVAIL].clamp_min(0.0)
-    u_prev = obs[..., _TARGET].sum(-1)
-    u = u_prev + cfg.kp * obs[..., FEAT["export_w_delta_1s"]] + cfg.ki * obs[..., FEAT["export_error_w"]]
-    u = u + out[..., 1] * cfg.residual_scale * cfg.max_power_per_phase_w
-    u = torch.minimum(u.clamp_min(0.0), avail.sum(-1))
+    u = pi_total(obs, cfg.kp, cfg.ki, out[..., 1] * cfg.residual_scale * cfg.max_power_per_phase_w)
     own = torch.minimum((obs[..., _EXPORT] + obs[..., _ACKED]).clamp_min(0.0), avail)
     pref = out[..., :1] + cfg.preference_bias
     cont = torch.minimum(avail, torch.as_tensor(cfg.continuous_w, dtype=obs.dtype, device=obs.device))
