@@ -21,6 +21,7 @@ from envs.state_spec import FEAT
 _EXPORT_L = [FEAT[f"export_w_l{p}"] for p in (1, 2, 3)]
 _ACKED_L = [FEAT[f"acked_w_l{p}"] for p in (1, 2, 3)]
 _AVAIL_L = [FEAT[f"available_w_l{p}"] for p in (1, 2, 3)]
+_TARGET_L = [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]
 
 
 class Controller(Protocol):
@@ -87,6 +88,48 @@ class PIController:
         return self.u.copy()
 
 
+def pi_total_from_state(obs: np.ndarray, config: PIConfig | None = None) -> np.ndarray:
+    """The PI's next total (B,) in W from raw state vectors alone, clamped to [0, available]: the previous
+    targets stand in for its integrator and the 1 s export delta for ``e - e_prev`` (the velocity form of
+    :class:`PIController`, statelessly; rllib_configs/pi_residual.py ``pi_total`` is its torch port)."""
+    cfg = config or PIConfig()
+    obs = np.atleast_2d(obs).astype(np.float64)
+    u = obs[:, _TARGET_L].sum(-1) + cfg.kp * obs[:, FEAT["export_w_delta_1s"]]
+    u = u + cfg.ki * obs[:, FEAT["export_error_w"]]
+    return np.minimum(np.clip(u, 0.0, None), np.clip(obs[:, _AVAIL_L], 0.0, None).sum(-1))
+
+
+def preference_targets(
+    obs: np.ndarray, preference: np.ndarray, continuous_w: np.ndarray, config: PIConfig | None = None
+) -> np.ndarray:
+    """Per-phase targets (B, 3) in W: the PI's total (:func:`pi_total_from_state`) spread over the phases with
+    a dispatch ``preference`` (B,) in [-1, 1] for the phases' continuously modulating devices
+    (``continuous_w``, (3,) or (B, 3): per phase, the water heaters' power). Each phase's first-pass claim
+    (:func:`envs.dispatch.allocate_to_phases`) moves from its own surplus, which is the PI's spread at 0,
+    toward its available continuous power at +1 (those devices first: the day planner's rule for low or
+    broken surplus, which a water heater follows exactly where a heat pump or an EV at 6 A imports on the
+    dips), or away from it toward -1 (the on/off and stepped devices first: on a clear day they store
+    the morning's steady surplus and the water heater keeps its headroom for noon). The rest of the total
+    goes by headroom. rllib_configs/pi_residual.py ``preference_targets`` is its torch port."""
+    obs = np.atleast_2d(obs).astype(np.float64)
+    avail = np.clip(obs[:, _AVAIL_L], 0.0, None)
+    own = np.minimum(np.clip(obs[:, _EXPORT_L] + obs[:, _ACKED_L], 0.0, None), avail)
+    cont = np.minimum(avail, continuous_w)
+    claim = own + np.asarray(preference, dtype=np.float64)[:, None] * (cont - own)
+    claim = np.minimum(np.clip(claim, 0.0, None), avail)
+    return allocate_to_phases(pi_total_from_state(obs, config), claim, avail)
+
+
+def continuous_power(site) -> np.ndarray:
+    """Per phase (3,), the power of a :class:`~envs.site.Site`'s continuously modulating devices (its
+    water heaters), W: the layout a site's master is configured with."""
+    w = np.zeros(3)
+    for sl in site.slaves:
+        if sl.kind == "water_heater":
+            w[sl.phase - 1] += sl.max_power_w
+    return w
+
+
 class ContinuousFirstPI(PIController):
     """The PI with the day planner's dispatch rule (tests/benchmarks/bench_plan.py): its total goes first to
     the phases' continuously modulating devices (water heaters), then as the PI spreads it. A water heater
@@ -104,11 +147,7 @@ class ContinuousFirstPI(PIController):
     @classmethod
     def for_site(cls, site) -> ContinuousFirstPI:
         """From a :class:`~envs.site.Site`: its water heaters' power per phase."""
-        w = np.zeros(3)
-        for sl in site.slaves:
-            if sl.kind == "water_heater":
-                w[sl.phase - 1] += sl.max_power_w
-        return cls(tuple(w))
+        return cls(tuple(continuous_power(site)))
 
     def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
         cont = np.minimum(available, self.continuous_w)

@@ -11,7 +11,7 @@ from gymnasium.utils import seeding
 
 from envs.actions import N_ACTIONS, to_watts
 from envs.config import from_mapping
-from envs.controllers import PIController
+from envs.controllers import PIController, continuous_power, preference_targets
 from envs.profiles import DAY_S, SCENARIOS, DayProfile, day_profile
 from envs.reward import RewardWeights
 from envs.simulator import (
@@ -76,6 +76,13 @@ class ExportEnvConfig:
     afternoon window starts with the tanks and the EV as a day of control left them (and the headroom
     features counted from midnight). Costs the simulation of the hours before the window at each reset.
     In the vector env the members of a group share the group's first member's window start."""
+    decision_s: int = 1
+    """1: the agent sets the per-phase targets every second (its action, 3 numbers). N > 1 (the vector env
+    only): the agent supervises the site's PI. Its action is one number, the PI's dispatch preference in
+    [-1, 1] (envs/controllers.py ``preference_targets``: 0 = the PI's spread, +1 = the water heaters
+    first, -1 = last), held for N seconds, while the PI sets the targets every second; its reward is the
+    mean of those N seconds' rewards. A preference that matters over hours (which devices store a clear
+    morning's surplus) is then a few hundred decisions, not tens of thousands of 1 s steps."""
 
     def __post_init__(self) -> None:
         if not 60 <= self.episode_s <= DAY_S:
@@ -92,6 +99,10 @@ class ExportEnvConfig:
             raise ValueError(f"reward_floor_kwh: must be > 0 (or null), got {self.reward_floor_kwh}")
         if self.warm_start not in ("none", "pi"):
             raise ValueError(f"warm_start: must be 'none' or 'pi', got {self.warm_start!r}")
+        if self.decision_s < 1 or self.episode_s % self.decision_s:
+            raise ValueError(
+                f"decision_s: must be >= 1 and divide episode_s ({self.episode_s}), got {self.decision_s}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, source: str = "env_config") -> ExportEnvConfig:
@@ -209,6 +220,11 @@ class ExportControlEnv(gym.Env):
         physics_site: Site | None = None,
     ):
         self.config = config if isinstance(config, ExportEnvConfig) else ExportEnvConfig.from_dict(config)
+        if self.config.decision_s != 1:
+            raise ValueError(
+                f"decision_s: {self.config.decision_s} (a supervising agent) runs in the vector env only "
+                "(ExportControlVectorEnv; RLlib: env_runners.gym_env_vectorize_mode: vector_entry_point)"
+            )
         self.site = self.config.load_site()
         self.max_power_w = self.site.control.max_power_per_phase_w
         self.observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
@@ -269,7 +285,8 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self.site = self.config.load_site()
         self.max_power_w = self.site.control.max_power_per_phase_w
         self.single_observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
-        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (N_ACTIONS,), np.float32)
+        n_actions = N_ACTIONS if self.config.decision_s == 1 else 1  # targets, or the PI's preference
+        self.single_action_space = gym.spaces.Box(-1.0, 1.0, (n_actions,), np.float32)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.sim = Simulator(self.site, self.config.reward.as_array(), self.config.perfect_link, False)
@@ -283,6 +300,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self._obs = np.zeros((num_envs, N_FEATURES), np.float32)
         self._rewards = np.zeros(num_envs)
         self._scale = np.ones(num_envs)
+        self._continuous_w = np.tile(continuous_power(self.site), (num_envs, 1))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None or not self._rngs:  # member i draws as ExportControlEnv reset with seed + i
@@ -296,6 +314,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
                 weights = self.config.reward.as_array()
                 self._sims[g] = Simulator(site, weights, self.config.perfect_link, False)
             sim = self._sims[g]
+            self._continuous_w[members] = continuous_power(sim.site)
             drawn = [self.config.draw_episode(rng, sim.site) for rng in rngs]
             windows = [w for _, w in drawn]
             if self.config.warm_start != "none":  # the group shares its first member's window start
@@ -317,15 +336,28 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
             obs, info = self.reset()
             zeros = np.zeros(self.num_envs)
             return obs, zeros, zeros.astype(bool), zeros.astype(bool), info
-        targets = to_watts(actions, self.max_power_w)
-        for sim, members in zip(self._sims, self._groups, strict=True):
-            sim.step(targets[members])  # a slice: a view, no copy
-            self._obs[members] = sim.obs
-            self._rewards[members] = sim.out[:, O_REWARD] * self._scale[members]
+        if self.config.decision_s == 1:
+            self._step_all(to_watts(actions, self.max_power_w))
+            self._rewards *= self._scale
+        else:  # the PI sets the targets every second with the agent's preference (decision_s)
+            preference = np.clip(np.nan_to_num(np.asarray(actions, np.float64)[:, 0]), -1.0, 1.0)
+            total = np.zeros(self.num_envs)
+            for _ in range(self.config.decision_s):
+                self._step_all(preference_targets(self._obs, preference, self._continuous_w))
+                total += self._rewards
+            self._rewards = total * (self._scale / self.config.decision_s)
         done = self._sims[0].done
         self._needs_reset = done
         truncated = np.full(self.num_envs, done)
         return self._obs.copy(), self._rewards.copy(), np.zeros(self.num_envs, bool), truncated, {}
+
+
+    def _step_all(self, targets: np.ndarray) -> None:
+        """One second of every member: ``targets`` (num_envs, 3) W; rewards as the simulator wrote them."""
+        for sim, members in zip(self._sims, self._groups, strict=True):
+            sim.step(targets[members])  # a slice: a view, no copy
+            self._obs[members] = sim.obs
+            self._rewards[members] = sim.out[:, O_REWARD]
 
 
 def register_envs() -> None:

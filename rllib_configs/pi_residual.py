@@ -73,7 +73,15 @@ class ResidualConfig:
     """'residual': the network's 3 outputs are per-phase corrections of the PI's targets. 'learned': the
     network steers how the PI's total is spread over the phases (see :func:`learned_targets`): output 0
     is the preference for the phases with continuous devices (``continuous_w``), output 1 a correction
-    of the total; output 2 is unused. Zero outputs are the PI in both (with ``preference_bias`` 0)."""
+    of the total; output 2 is unused. Zero outputs are the PI in both (with ``preference_bias`` 0).
+    'supervisor': the env's action is that preference alone, held for the env's ``decision_s`` seconds
+    while the PI runs (envs/export_env.py); the network's mean plus ``preference_bias`` is the action,
+    its exploration starts at ``residual_scale``, and the deployed graph (:meth:`PIResidualPPOModule.
+    deployed_action`) turns the greedy preference into the per-phase targets every second."""
+    correct_total: bool = True
+    """'learned': whether output 1 corrects the PI's total. False: the network only re-spreads the PI's own
+    total over the phases (the allocation alone: a 2-core run that also corrected the total learned a bias
+    of -30 W on overcast states and +30 W on clear ones, which cost more than its allocation gained)."""
     preference_bias: float = 0.0
     """'learned': added to output 0, so a zero network output starts at this preference: 0 = the PI's spread,
     1 = envs/controllers.py ContinuousFirstPI's (the continuous phase first)."""
@@ -84,9 +92,9 @@ class ResidualConfig:
     def __post_init__(self) -> None:
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
             raise ValueError("pi_residual: max_power_per_phase_w and residual_scale must be > 0, gains >= 0")
-        if self.allocation not in ("residual", "learned"):
-            raise ValueError(f"allocation: 'residual' or 'learned', got {self.allocation!r}")
-        if self.allocation == "learned" and (min(self.continuous_w) < 0 or max(self.continuous_w) <= 0):
+        if self.allocation not in ("residual", "learned", "supervisor"):
+            raise ValueError(f"allocation: 'residual', 'learned' or 'supervisor', got {self.allocation!r}")
+        if self.allocation != "residual" and (min(self.continuous_w) < 0 or max(self.continuous_w) <= 0):
             raise ValueError("continuous_w: allocation 'learned' needs a phase with continuous devices (W > 0)")
 
 
@@ -118,24 +126,32 @@ def pi_targets(obs: torch.Tensor, kp: float, ki: float) -> torch.Tensor:
     return allocate_to_phases(pi_total(obs, kp, ki), obs[..., _EXPORT] + obs[..., _ACKED], obs[..., _AVAIL])
 
 
+def preference_targets(
+    obs: torch.Tensor, total: torch.Tensor, pref: torch.Tensor, continuous_w: Any
+) -> torch.Tensor:
+    """envs/controllers.py's ``preference_targets`` in torch (same formula; tests/test_pi_residual.py):
+    ``total`` (B,) spread over the phases, each phase's first-pass claim moved by ``pref`` (B, 1) from its
+    own surplus (0) toward its available continuous power ``continuous_w`` (+1) or away from it (-1)."""
+    avail = obs[..., _AVAIL].clamp_min(0.0)
+    own = torch.minimum((obs[..., _EXPORT] + obs[..., _ACKED]).clamp_min(0.0), avail)
+    cont = torch.minimum(avail, torch.as_tensor(continuous_w, dtype=obs.dtype, device=obs.device))
+    claim = own + pref * (cont - own)
+    return allocate_to_phases(total, torch.minimum(claim.clamp_min(0.0), avail), avail)
+
+
 def learned_targets(obs: torch.Tensor, out: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
     """Per-phase targets (B, 3) in W with a learned allocation (``allocation: learned``).
 
-    The PI's total (:func:`pi_total`) plus ``out[..., 1] * residual_scale`` (action units: of the bound) is
-    spread by :func:`allocate_to_phases` with each phase's claim in its first pass (the PI's: its own
-    surplus) moved by ``out[..., 0]`` toward its available continuous power: at +1 a phase with continuous
-    devices claims all of that first and the others nothing (the planner's rule for low or broken surplus: a
-    water heater follows it exactly, where a heat pump or an EV at 6 A would import on the dips), at -1 it claims
-    nothing first. ``out == 0`` gives the PI's targets exactly."""
+    The PI's total (:func:`pi_total`) plus ``out[..., 1] * residual_scale`` (action units: of the bound; not
+    with ``correct_total: false``) is spread by :func:`preference_targets` with the preference
+    ``out[..., 0] + preference_bias``: at +1 a phase with continuous devices claims all of its available
+    continuous power first and the others nothing (the planner's rule for low or broken surplus), at 0 each
+    phase claims its own surplus (the PI's spread). ``out == 0`` gives the PI's targets exactly."""
     obs = torch.nan_to_num(obs.double())
     out = out.double()
-    avail = obs[..., _AVAIL].clamp_min(0.0)
-    u = pi_total(obs, cfg.kp, cfg.ki, out[..., 1] * cfg.residual_scale * cfg.max_power_per_phase_w)
-    own = torch.minimum((obs[..., _EXPORT] + obs[..., _ACKED]).clamp_min(0.0), avail)
-    pref = out[..., :1] + cfg.preference_bias
-    cont = torch.minimum(avail, torch.as_tensor(cfg.continuous_w, dtype=obs.dtype, device=obs.device))
-    claim = own + pref * (cont - own)  # 0: the PI's claims; 1: the continuous power alone
-    return allocate_to_phases(u, torch.minimum(claim.clamp_min(0.0), avail), avail)
+    correction = out[..., 1] * cfg.residual_scale * cfg.max_power_per_phase_w if cfg.correct_total else 0.0
+    u = pi_total(obs, cfg.kp, cfg.ki, correction)
+    return preference_targets(obs, u, out[..., :1] + cfg.preference_bias, cfg.continuous_w)
 
 
 def pi_action(obs: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
@@ -179,6 +195,12 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
     def _with_pi(self, batch: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
         cfg = self.residual
         logits = out[Columns.ACTION_DIST_INPUTS]
+        if cfg.allocation == "supervisor":  # the action: the PI's preference (envs/export_env.py decision_s)
+            mean, log_std = logits.chunk(2, dim=-1)
+            out[Columns.ACTION_DIST_INPUTS] = torch.cat(
+                [mean + cfg.preference_bias, log_std + math.log(cfg.residual_scale)], dim=-1
+            )
+            return out
         if cfg.allocation == "learned":
             net_mean, log_std = logits.chunk(2, dim=-1)
             mean = learned_targets(batch[Columns.OBS], net_mean, cfg) * (2.0 / cfg.max_power_per_phase_w) - 1.0
@@ -198,6 +220,20 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
 
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Any:
         return super().compute_values(self._normalised(batch) if embeddings is None else batch, embeddings)
+
+    def deployed_action(self, obs: torch.Tensor) -> torch.Tensor | None:
+        """``allocation: supervisor``: the per-phase targets (B, 3) in [-1, 1] units that the site runs every
+        second: the PI's total spread with the greedy preference for this state (envs/controllers.py
+        ``preference_targets``, which the env ran in training). None for the other allocations, whose
+        greedy action already is the targets (rllib_configs/policy.py ``deterministic_module``)."""
+        cfg = self.residual
+        if cfg.allocation != "supervisor":
+            return None
+        mean = self.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS][..., :1]
+        raw = torch.nan_to_num(obs.double())
+        pref = mean.double().clamp(-1.0, 1.0)
+        targets = preference_targets(raw, pi_total(raw, cfg.kp, cfg.ki), pref, cfg.continuous_w)
+        return (targets * (2.0 / cfg.max_power_per_phase_w) - 1.0).to(obs.dtype)
 
 
 _SQUASH_EDGE = 1.0 - 1e-4  # 0 W and the full range come back within 0.4 W

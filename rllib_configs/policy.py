@@ -96,6 +96,7 @@ def deterministic_module(module: Any) -> Any:
     if kind not in ("TorchDiagGaussian", "TorchSquashedGaussian", "TorchDeterministic"):
         raise ValueError(f"cannot export action distribution {kind} (continuous Box actions only)")
     n_actions = int(np.prod(module.action_space.shape))  # export: 3 per-phase targets; CityLearn: 25, 129
+    supervisor = getattr(getattr(module, "residual", None), "allocation", None) == "supervisor"
     low = float(np.min(module.action_space.low))
     high = float(np.max(module.action_space.high))
 
@@ -105,6 +106,8 @@ def deterministic_module(module: Any) -> Any:
             self.module = module
 
         def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            if supervisor:  # the per-phase targets its preference gives (rllib_configs/pi_residual.py)
+                return torch.clamp(self.module.deployed_action(obs), -1.0, 1.0)
             logits = self.module.forward_inference({"obs": obs})["action_dist_inputs"]
             a = logits if kind == "TorchDeterministic" else logits[:, :n_actions]
             if kind == "TorchSquashedGaussian":

@@ -261,3 +261,36 @@ def test_reward_floor_scales_each_window_by_its_surplus():
     scaled, _ = runs[2.0]
     assert surplus.max() > 2 * surplus.min() + 0.1, "the windows must differ"
     np.testing.assert_allclose(scaled, raw * 2.0 / (surplus + 2.0), rtol=1e-9, atol=1e-12)
+
+
+def test_a_supervising_agent_sets_the_pis_preference_for_decision_s_seconds():
+    """decision_s: one action (the PI's dispatch preference) steps decision_s seconds of the PI with it; the
+    reward is those seconds' mean; the single env and a decision_s that does not divide the window say so."""
+    from envs.config import ConfigError
+    from envs.controllers import continuous_power, preference_targets
+    from envs.export_env import ExportControlVectorEnv
+
+    base = {"scenario": "broken_clouds", "start_s": 11 * 3600, "episode_s": 1200}
+    env = ExportControlVectorEnv(3, ExportEnvConfig(**base, decision_s=300))
+    twin = ExportControlVectorEnv(3, ExportEnvConfig(**base))  # the same days at 1 s, the PI by hand
+    assert env.single_action_space.shape == (1,) and twin.single_action_space.shape == (3,)
+    obs, _ = env.reset(seed=5)
+    obs1, _ = twin.reset(seed=5)
+    np.testing.assert_array_equal(obs, obs1)
+    pref = np.array([[-1.0], [0.0], [1.0]], np.float32)
+    cont = continuous_power(twin.site)
+    for _ in range(2):
+        rewards = []
+        for _ in range(300):
+            obs1, r, *_ = twin.step(preference_targets(obs1, pref[:, 0], cont) / 3750.0 - 1.0)
+            rewards.append(r)
+        obs, reward, _, truncated, _ = env.step(pref)
+        np.testing.assert_allclose(obs, obs1, rtol=1e-6, atol=1e-3)
+        np.testing.assert_allclose(reward, np.mean(rewards, axis=0), rtol=1e-6, atol=1e-9)
+    assert not truncated.any()
+    env.step(pref)
+    assert env.step(pref)[3].all(), "4 decisions of 300 s end a 1,200 s window"
+    with pytest.raises(ConfigError, match="decision_s"):
+        ExportEnvConfig.from_dict({**base, "decision_s": 700})
+    with pytest.raises(ValueError, match="vector env only"):
+        ExportControlEnv(ExportEnvConfig(**base, decision_s=300))

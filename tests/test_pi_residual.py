@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,10 @@ def test_learned_allocation_is_the_pi_at_zero_and_fills_the_continuous_phase_fir
     shifted = obs.clone()  # the same as an export error 150 W higher: the PI's own clamps then apply
     shifted[:, FEAT["export_error_w"]] += 150.0 / cfg.ki
     torch.testing.assert_close(learned_targets(obs, out, cfg).sum(-1), pi_targets(shifted, cfg.kp, cfg.ki).sum(-1))
+    out[:, 0] = 0.7  # without the total's correction: output 1 is ignored, the total stays the PI's
+    alone = learned_targets(obs, out, dataclasses.replace(cfg, correct_total=False))
+    torch.testing.assert_close(alone.sum(-1), pi.sum(-1))
+    assert float((alone - pi).abs().max()) > 100.0, "the preference must still move the spread"
 
 
 def test_the_learned_allocation_config_loads_and_needs_a_continuous_phase(tmp_path):
@@ -176,3 +181,56 @@ def test_a_preference_bias_of_one_starts_at_the_continuous_first_rule():
     np.testing.assert_allclose(ours.sum(-1), theirs.sum(-1), atol=1e-6)  # the same total ...
     only = obs[:, FEAT["available_w_l1"]] <= 3000.0  # the water heater alone on L1, as on the default site
     np.testing.assert_allclose(ours[only, 0], theirs[only, 0], atol=1e-6)  # ... and L1 served first
+
+
+SUPERVISOR_CONFIG = REPO / "rllib_configs/export/ppo_supervisor.yaml"
+
+
+def test_torch_preference_targets_are_the_controllers():
+    """The supervisor's deployed graph (torch) spreads the PI's total as the env's PI did in training (numpy)."""
+    from envs.controllers import pi_total_from_state, preference_targets
+    from envs.state_spec import FEAT, N_FEATURES
+    from rllib_configs.pi_residual import pi_targets, pi_total
+    from rllib_configs.pi_residual import preference_targets as preference_torch
+
+    rng = np.random.default_rng(2)
+    obs = rng.normal(0.0, 900.0, (400, N_FEATURES))
+    for p in (1, 2, 3):
+        obs[:, FEAT[f"available_w_l{p}"]] = rng.choice([0.0, 1800.0, 3000.0, 4800.0, 7360.0], 400)
+    pref = rng.uniform(-1.0, 1.0, 400)
+    cont = rng.choice([0.0, 3000.0], (400, 3))
+    ours = preference_targets(obs, pref, cont)
+    o = torch.as_tensor(obs)
+    total = pi_total(o, 0.3, 0.25)
+    np.testing.assert_allclose(total.numpy(), pi_total_from_state(obs), rtol=1e-12, atol=1e-9)
+    theirs = preference_torch(o, total, torch.as_tensor(pref)[:, None], torch.as_tensor(cont)).numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(ours.sum(-1), np.minimum(total.numpy(), obs[:, [FEAT[f"available_w_l{p}"]
+                               for p in (1, 2, 3)]].clip(0).sum(-1)), atol=1e-6)  # fmt: skip
+    spread = preference_targets(obs, np.zeros(400), cont)  # preference 0: the PI's own spread
+    np.testing.assert_allclose(spread, pi_targets(o, 0.3, 0.25).numpy(), atol=1e-9)
+
+
+def test_the_supervisor_deploys_the_targets_of_its_greedy_preference():
+    """``allocation: supervisor``: the env's action is one preference; the deployed graph (what gridrl
+    benchmark, export, edge and Serve run) is the per-phase targets that preference gives, every second."""
+    from envs.controllers import preference_targets
+    from envs.export_env import ExportControlVectorEnv
+
+    spec = load_train_config(SUPERVISOR_CONFIG)
+    venv = ExportControlVectorEnv(4, ExportEnvConfig.from_dict(spec.algo_config.env_config))
+    assert venv.single_action_space.shape == (1,)
+    module = spec.algo_config.get_rl_module_spec(
+        spaces={"default_policy": (venv.single_observation_space, venv.single_action_space)}
+    ).build()
+    obs, _ = venv.reset(seed=0)
+    for _ in range(40):  # into the morning: the PI acts
+        obs, *_ = venv.step(np.zeros((4, 1), np.float32))
+    x = torch.as_tensor(obs)
+    with torch.no_grad():
+        pref = module.forward_inference({"obs": x})["action_dist_inputs"][:, 0].double().clamp(-1, 1).numpy()
+        ours = deterministic_module(module)(x).double().numpy()
+    assert ours.shape == (4, 3)
+    theirs = preference_targets(obs, pref, np.array([3000.0, 0.0, 0.0])) / 3750.0 - 1.0
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert module.forward_exploration({"obs": x})["action_dist_inputs"].shape == (4, 2)  # mean, log-std
