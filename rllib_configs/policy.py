@@ -10,7 +10,7 @@ controller is ``envs.controllers.PolicyController(policy, max_w)``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,17 @@ class Policy:
     def __post_init__(self) -> None:
         if self.net is None:
             self.net = deterministic_module(self.module)
+
+    def for_site(self, site: Any) -> Policy:
+        """This policy, told ``site``'s layout (a :class:`~envs.site.Site`): a module that spreads the PI's
+        total by device kind (rllib_configs/pi_residual.py, allocation 'learned' or 'supervisor') gets the
+        site's water heaters per phase, as that site's master is configured; other policies are unchanged."""
+        from envs.controllers import continuous_power
+
+        cfg = getattr(self.module, "residual", None)
+        if cfg is not None and cfg.allocation != "residual":
+            self.module.residual = replace(cfg, continuous_w=tuple(float(w) for w in continuous_power(site)))
+        return self
 
     def act_unit(self, obs: np.ndarray) -> np.ndarray:
         """Greedy actions in [-1, 1] (B, 3) for raw state vectors (B, F)."""

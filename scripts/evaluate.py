@@ -119,6 +119,7 @@ def evaluate_export(
     policy = load_policy(checkpoint)
     trained_site = policy.info.get("env_config", {}).get("site")
     cfg = ExportEnvConfig(site=site or trained_site, scenario=scenario, episode_s=episode_s, start_s=start_s)
+    policy.for_site(cfg.load_site())
     max_w = cfg.load_site().control.max_power_per_phase_w
     frames: dict[str, list[pl.DataFrame]] = {}
     for d in range(days):

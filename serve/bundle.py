@@ -506,6 +506,7 @@ def export_checkpoint(
     env_config = info.get("env_config") or {}
     site_path = env_config.get("site")
     site = load_site(site_path)
+    policy.for_site(site)
     limits = _limits(safety, site, safety_source)
     out = Path(out)
     prepare_out(out, overwrite)

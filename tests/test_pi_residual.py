@@ -234,3 +234,30 @@ def test_the_supervisor_deploys_the_targets_of_its_greedy_preference():
     theirs = preference_targets(obs, pref, np.array([3000.0, 0.0, 0.0])) / 3750.0 - 1.0
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     assert module.forward_exploration({"obs": x})["action_dist_inputs"].shape == (4, 2)  # mean, log-std
+
+
+def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
+    """Policy.for_site: the learned allocations get the site's water heaters per phase (the site's master is
+    configured with them); the PI-residual policy is unchanged."""
+    import gymnasium as gym
+
+    from envs.config import from_mapping
+    from envs.site import Site, load_site
+    from envs.site_sampler import random_site
+    from rllib_configs.policy import Policy
+
+    for trial in range(50):  # a drawn site with its water heater on another phase
+        drawn = random_site(np.random.default_rng(trial), "drawn", None, True)
+        phases = [s["phase"] for s in drawn["slaves"] if s["kind"] == "water_heater"]
+        if phases and 1 not in phases:
+            break
+    other = from_mapping(Site, drawn, source="drawn")
+    spec = load_train_config(SUPERVISOR_CONFIG)
+    action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    spaces = {"default_policy": (ExportControlEnv().observation_space, action)}
+    policy = Policy(spec.algo_config.get_rl_module_spec(spaces=spaces).build(), None, {}, tmp_path)
+    assert policy.for_site(load_site(None)).module.residual.continuous_w == (3000.0, 0.0, 0.0)
+    cont = policy.for_site(other).module.residual.continuous_w
+    assert cont[phases[0] - 1] > 0 and cont[0] == 0.0
+    _, residual = _module_with_zero_correction()
+    assert Policy(residual, None, {}, tmp_path).for_site(other).module.residual.continuous_w == (0.0, 0.0, 0.0)
