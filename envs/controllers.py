@@ -99,25 +99,33 @@ def pi_total_from_state(obs: np.ndarray, config: PIConfig | None = None) -> np.n
     return np.minimum(np.clip(u, 0.0, None), np.clip(obs[:, _AVAIL_L], 0.0, None).sum(-1))
 
 
-def preference_targets(
-    obs: np.ndarray, preference: np.ndarray, continuous_w: np.ndarray, config: PIConfig | None = None
+def preference_spread(
+    u: np.ndarray, obs: np.ndarray, available: np.ndarray, continuous_w: np.ndarray, preference: np.ndarray
 ) -> np.ndarray:
-    """Per-phase targets (B, 3) in W: the PI's total (:func:`pi_total_from_state`) spread over the phases with
-    a dispatch ``preference`` (B,) in [-1, 1] for the phases' continuously modulating devices
-    (``continuous_w``, (3,) or (B, 3): per phase, the water heaters' power). Each phase's first-pass claim
-    (:func:`envs.dispatch.allocate_to_phases`) moves from its own surplus, which is the PI's spread at 0,
-    toward its available continuous power at +1 (those devices first: the day planner's rule for low or
-    broken surplus, which a water heater follows exactly where a heat pump or an EV at 6 A imports on the
-    dips), or away from it toward -1 (the on/off and stepped devices first: on a clear day they store
-    the morning's steady surplus and the water heater keeps its headroom for noon). The rest of the total
-    goes by headroom. rllib_configs/pi_residual.py ``preference_targets`` is its torch port."""
-    obs = np.atleast_2d(obs).astype(np.float64)
-    avail = np.clip(obs[:, _AVAIL_L], 0.0, None)
+    """A total ``u`` (B,) over the phases with a dispatch ``preference`` (B,) in [-1, 1] for the phases'
+    continuously modulating devices (``continuous_w``, (3,) or (B, 3): per phase, the water heaters' power).
+    Each phase's first-pass claim (:func:`envs.dispatch.allocate_to_phases`) moves from its own surplus,
+    which is the PI's spread at 0, toward its available continuous power at +1 (those devices first: the
+    day planner's rule for low or broken surplus, which a water heater follows exactly where a heat pump
+    or an EV at 6 A imports on the dips), or away from it toward -1 (the on/off and stepped devices first:
+    on a clear day they store the morning's steady surplus and the water heater keeps its headroom for
+    noon). The rest of the total goes by headroom. rllib_configs/pi_residual.py ``preference_targets`` is
+    its torch port."""
+    avail = np.clip(available, 0.0, None)
     own = np.minimum(np.clip(obs[:, _EXPORT_L] + obs[:, _ACKED_L], 0.0, None), avail)
     cont = np.minimum(avail, continuous_w)
     claim = own + np.asarray(preference, dtype=np.float64)[:, None] * (cont - own)
-    claim = np.minimum(np.clip(claim, 0.0, None), avail)
-    return allocate_to_phases(pi_total_from_state(obs, config), claim, avail)
+    return allocate_to_phases(u, np.minimum(np.clip(claim, 0.0, None), avail), avail)
+
+
+def preference_targets(
+    obs: np.ndarray, preference: np.ndarray, continuous_w: np.ndarray, config: PIConfig | None = None
+) -> np.ndarray:
+    """Per-phase targets (B, 3) in W from raw state vectors alone: the PI's total
+    (:func:`pi_total_from_state`) spread by :func:`preference_spread` (what a supervising agent's env runs
+    every second, envs/export_env.py ``decision_s``)."""
+    obs = np.atleast_2d(obs).astype(np.float64)
+    return preference_spread(pi_total_from_state(obs, config), obs, obs[:, _AVAIL_L], continuous_w, preference)
 
 
 def continuous_power(site) -> np.ndarray:
@@ -132,7 +140,9 @@ def continuous_power(site) -> np.ndarray:
 
 class ContinuousFirstPI(PIController):
     """The PI with the day planner's dispatch rule (tests/benchmarks/bench_plan.py): its total goes first to
-    the phases' continuously modulating devices (water heaters), then as the PI spreads it. A water heater
+    the phases' continuously modulating devices (water heaters), the rest by headroom
+    (:func:`preference_spread` at preference 1; until commit 2fa7886 the rest went by each phase's own
+    surplus first, which tests/benchmarks/bench_plan.py's README figures were measured with). A water heater
     follows a low or broken surplus exactly, where a heat pump (on/off) or an EV (6 A minimum) imports on
     the dips and leaves the surplus to export once off. Causal, no foresight; it knows the site's layout
     (``continuous_w``: per phase, the continuous devices' power, as the site's master is configured).
@@ -150,10 +160,7 @@ class ContinuousFirstPI(PIController):
         return cls(tuple(continuous_power(site)))
 
     def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
-        cont = np.minimum(available, self.continuous_w)
-        first = cont * np.minimum(1.0, u / np.maximum(cont.sum(-1), 1e-9))[:, None]
-        rest = u - first.sum(-1)
-        return first + allocate_to_phases(rest, obs[:, _EXPORT_L] + obs[:, _ACKED_L] - first, available - first)
+        return preference_spread(u, obs, available, self.continuous_w, np.ones(len(u)))
 
 
 @dataclass(frozen=True)
