@@ -351,7 +351,6 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         truncated = np.full(self.num_envs, done)
         return self._obs.copy(), self._rewards.copy(), np.zeros(self.num_envs, bool), truncated, {}
 
-
     def _step_all(self, targets: np.ndarray) -> None:
         """One second of every member: ``targets`` (num_envs, 3) W; rewards as the simulator wrote them."""
         for sim, members in zip(self._sims, self._groups, strict=True):
