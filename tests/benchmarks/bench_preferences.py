@@ -1,0 +1,59 @@
+"""Diagnostic: what a supervising policy (rllib_configs/export/ppo_supervisor.yaml) learned to prefer.
+
+Not a test. For each weather it runs the site's PI over one day (05:00-21:00, envs/rollout.py) and prints the
+policy's greedy dispatch preference (its action: +1 = the water heaters first, 0 = the PI's own spread,
+-1 = last; envs/controllers.py ``preference_targets``) on the states of that day, every 30 minutes: does
+the preference depend on the weather, as the planner's rule would want (high on dull days, low on clear
+ones)? The states are the PI's, so the answer is what the policy would choose from there.
+
+    .venv/bin/python tests/benchmarks/bench_preferences.py --checkpoint C [--seed 0] [--every-s 1800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from envs.controllers import PIController  # noqa: E402
+from envs.export_env import ExportEnvConfig  # noqa: E402
+from envs.profiles import SCENARIOS  # noqa: E402
+from envs.rollout import rollout  # noqa: E402
+from rllib_configs.policy import load_policy  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of pi_residual.allocation: supervisor")
+    p.add_argument("--seed", type=int, default=0, help="the day drawn for each weather")
+    p.add_argument("--every-s", type=int, default=1800, help="seconds between two printed preferences")
+    args = p.parse_args()
+    policy = load_policy(args.checkpoint)
+    if getattr(getattr(policy.module, "residual", None), "allocation", None) != "supervisor":
+        print(f"{args.checkpoint}: not a supervising policy (pi_residual.allocation: supervisor)", file=sys.stderr)
+        return 2
+    print(f"greedy preference every {args.every_s} s from 05:00, on the PI's states (seed {args.seed})")
+    for scenario in sorted(SCENARIOS):
+        cfg = ExportEnvConfig(scenario=scenario, episode_s=16 * 3600, start_s=5 * 3600)
+        states: list[np.ndarray] = []
+
+        def grab(k: int, obs: np.ndarray, _t: object) -> dict:
+            if k % args.every_s == 0:
+                states.append(np.asarray(obs, np.float32).ravel())
+            return {}
+
+        rollout(PIController(), cfg, seed=args.seed, extra=grab)
+        with torch.no_grad():
+            out = policy.module.forward_inference({"obs": torch.as_tensor(np.array(states))})
+        pref = out["action_dist_inputs"][:, 0].clamp(-1.0, 1.0).numpy()
+        print(f"{scenario:14s} mean {pref.mean():+.2f} | " + " ".join(f"{x:+.2f}" for x in pref))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
