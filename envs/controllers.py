@@ -109,7 +109,7 @@ def preference_spread(
     day planner's rule for low or broken surplus, which a water heater follows exactly where a heat pump
     or an EV at 6 A imports on the dips), or away from it toward -1 (the on/off and stepped devices first:
     on a clear day they store the morning's steady surplus and the water heater keeps its headroom for
-    noon). The rest of the total goes by headroom. rllib_configs/pi_residual.py ``preference_targets`` is
+    noon). The rest of the total goes by headroom. rllib_configs/pi_residual.py ``preference_spread`` is
     its torch port."""
     avail = np.clip(available, 0.0, None)
     own = np.minimum(np.clip(obs[:, _EXPORT_L] + obs[:, _ACKED_L], 0.0, None), avail)

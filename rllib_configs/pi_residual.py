@@ -126,10 +126,10 @@ def pi_targets(obs: torch.Tensor, kp: float, ki: float) -> torch.Tensor:
     return allocate_to_phases(pi_total(obs, kp, ki), obs[..., _EXPORT] + obs[..., _ACKED], obs[..., _AVAIL])
 
 
-def preference_targets(
+def preference_spread(
     obs: torch.Tensor, total: torch.Tensor, pref: torch.Tensor, continuous_w: Any
 ) -> torch.Tensor:
-    """envs/controllers.py's ``preference_targets`` in torch (same formula; tests/test_pi_residual.py):
+    """envs/controllers.py's ``preference_spread`` in torch (same formula; tests/test_pi_residual.py):
     ``total`` (B,) spread over the phases, each phase's first-pass claim moved by ``pref`` (B, 1) from its
     own surplus (0) toward its available continuous power ``continuous_w`` (+1) or away from it (-1)."""
     avail = obs[..., _AVAIL].clamp_min(0.0)
@@ -143,7 +143,7 @@ def learned_targets(obs: torch.Tensor, out: torch.Tensor, cfg: ResidualConfig) -
     """Per-phase targets (B, 3) in W with a learned allocation (``allocation: learned``).
 
     The PI's total (:func:`pi_total`) plus ``out[..., 1] * residual_scale`` (action units: of the bound; not
-    with ``correct_total: false``) is spread by :func:`preference_targets` with the preference
+    with ``correct_total: false``) is spread by :func:`preference_spread` with the preference
     ``out[..., 0] + preference_bias``: at +1 a phase with continuous devices claims all of its available
     continuous power first and the others nothing (the planner's rule for low or broken surplus), at 0 each
     phase claims its own surplus (the PI's spread). ``out == 0`` gives the PI's targets exactly."""
@@ -151,13 +151,19 @@ def learned_targets(obs: torch.Tensor, out: torch.Tensor, cfg: ResidualConfig) -
     out = out.double()
     correction = out[..., 1] * cfg.residual_scale * cfg.max_power_per_phase_w if cfg.correct_total else 0.0
     u = pi_total(obs, cfg.kp, cfg.ki, correction)
-    return preference_targets(obs, u, out[..., :1] + cfg.preference_bias, cfg.continuous_w)
+    return preference_spread(obs, u, out[..., :1] + cfg.preference_bias, cfg.continuous_w)
+
+
+def to_unit(targets: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
+    """Per-phase targets in W to action units ([-1, 1] over [0, max_power_per_phase_w]), in the graph:
+    envs/actions.py ``to_unit`` without its clip."""
+    return targets * (2.0 / cfg.max_power_per_phase_w) - 1.0
 
 
 def pi_action(obs: torch.Tensor, cfg: ResidualConfig) -> torch.Tensor:
     """The PI's next targets as an action in [-1, 1] units (B, 3), from raw state vectors, in float64."""
     base = pi_targets(torch.nan_to_num(obs.double()), cfg.kp, cfg.ki)
-    return base * (2.0 / cfg.max_power_per_phase_w) - 1.0
+    return to_unit(base, cfg)
 
 
 def centred_on(base: torch.Tensor, net_out: torch.Tensor, scale: float) -> torch.Tensor:
@@ -203,7 +209,7 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
             return out
         if cfg.allocation == "learned":
             net_mean, log_std = logits.chunk(2, dim=-1)
-            mean = learned_targets(batch[Columns.OBS], net_mean, cfg) * (2.0 / cfg.max_power_per_phase_w) - 1.0
+            mean = to_unit(learned_targets(batch[Columns.OBS], net_mean, cfg), cfg)
             out[Columns.ACTION_DIST_INPUTS] = torch.cat(
                 [mean.to(logits.dtype), log_std + math.log(cfg.residual_scale)], dim=-1
             )
@@ -221,19 +227,20 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Any:
         return super().compute_values(self._normalised(batch) if embeddings is None else batch, embeddings)
 
-    def deployed_action(self, obs: torch.Tensor) -> torch.Tensor | None:
+    def deployed_action(self, obs: torch.Tensor) -> torch.Tensor:
         """``allocation: supervisor``: the per-phase targets (B, 3) in [-1, 1] units that the site runs every
         second: the PI's total spread with the greedy preference for this state (envs/controllers.py
-        ``preference_targets``, which the env ran in training). None for the other allocations, whose
-        greedy action already is the targets (rllib_configs/policy.py ``deterministic_module``)."""
+        ``preference_targets``, which the env ran in training). rllib_configs/policy.py
+        ``deterministic_module`` exports it for supervisors; the other allocations' greedy action already
+        is the targets."""
         cfg = self.residual
         if cfg.allocation != "supervisor":
-            return None
+            raise ValueError(f"deployed_action: allocation 'supervisor' only, not {cfg.allocation!r}")
         mean = self.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS][..., :1]
         raw = torch.nan_to_num(obs.double())
         pref = mean.double().clamp(-1.0, 1.0)
-        targets = preference_targets(raw, pi_total(raw, cfg.kp, cfg.ki), pref, cfg.continuous_w)
-        return (targets * (2.0 / cfg.max_power_per_phase_w) - 1.0).to(obs.dtype)
+        targets = preference_spread(raw, pi_total(raw, cfg.kp, cfg.ki), pref, cfg.continuous_w)
+        return to_unit(targets, cfg).to(obs.dtype)
 
 
 _SQUASH_EDGE = 1.0 - 1e-4  # 0 W and the full range come back within 0.4 W

@@ -119,8 +119,9 @@ def evaluate_export(
     policy = load_policy(checkpoint)
     trained_site = policy.info.get("env_config", {}).get("site")
     cfg = ExportEnvConfig(site=site or trained_site, scenario=scenario, episode_s=episode_s, start_s=start_s)
-    policy.for_site(cfg.load_site())
-    max_w = cfg.load_site().control.max_power_per_phase_w
+    site_obj = cfg.load_site()
+    policy.for_site(site_obj)
+    max_w = site_obj.control.max_power_per_phase_w
     frames: dict[str, list[pl.DataFrame]] = {}
     for d in range(days):
         day_seed = EVAL_SEED_OFFSET + seed * 10_000 + d

@@ -185,11 +185,12 @@ SUPERVISOR_CONFIG = REPO / "rllib_configs/export/ppo_supervisor.yaml"
 
 
 def test_torch_preference_targets_are_the_controllers():
-    """The supervisor's deployed graph (torch) spreads the PI's total as the env's PI did in training (numpy)."""
+    """The supervisor's deployed graph (torch) spreads the PI's total as the env's PI did in training
+    (numpy)."""
     from envs.controllers import pi_total_from_state, preference_targets
     from envs.state_spec import FEAT, N_FEATURES
     from rllib_configs.pi_residual import pi_targets, pi_total
-    from rllib_configs.pi_residual import preference_targets as preference_torch
+    from rllib_configs.pi_residual import preference_spread as preference_torch
 
     rng = np.random.default_rng(2)
     obs = rng.normal(0.0, 900.0, (400, N_FEATURES))
@@ -258,4 +259,5 @@ def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
     cont = policy.for_site(other).module.residual.continuous_w
     assert cont[phases[0] - 1] > 0 and cont[0] == 0.0
     _, residual = _module_with_zero_correction()
-    assert Policy(residual, None, {}, tmp_path).for_site(other).module.residual.continuous_w == (0.0, 0.0, 0.0)
+    unchanged = Policy(residual, None, {}, tmp_path).for_site(other)
+    assert unchanged.module.residual.continuous_w == (0.0, 0.0, 0.0)
