@@ -6,7 +6,8 @@
 #   bash cluster/gpu_train.sh CONFIG SECONDS [RUNNERS] [SEED]
 #
 # installs Ray (cluster/gpu_machine.sh install), trains `gridrl train --config CONFIG --time-budget SECONDS`
-# with RUNNERS env runners (default 14: 16 cores less the driver and the learner) and the learner on the GPU,
+# with RUNNERS env runners (default 14: 16 cores less the driver and the learner) and the learner on the GPU
+# (ENVS=N in the environment: N envs per runner instead of the config's, for smaller, more frequent updates),
 # then copies the last checkpoint (as a trial folder: checkpoint_NNNNNN/ beside params.json and progress.csv)
 # and the run's gridrl_run.json to $OUT/<config stem>/ (default ./out/gpu_train), for gridrl benchmark / export
 # here. Back here: unpack checkpoint_NNNNNN.tgz (the return drops deep folders), then run
@@ -26,10 +27,12 @@ nproc > "$out/machine.txt"; uptime >> "$out/machine.txt"; nvidia-smi -L >> "$out
 # cannot make, so the batch is set to RUNNERS x envs per runner x fragment in a copy of the config.
 derived=/tmp/gpu_train_config.yaml
 name=gpu_$(date +%s)  # a new run each call: a warm machine keeps /tmp/gpu_runs
-python3 - "$config" "$runners" "$derived" <<'PY'
+python3 - "$config" "$runners" "$derived" "${ENVS:-}" <<'PY'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
-er = cfg.get("env_runners", {})
+er = cfg.setdefault("env_runners", {})
+if sys.argv[4]:
+    er["num_envs_per_env_runner"] = int(sys.argv[4])
 batch = int(sys.argv[2]) * er.get("num_envs_per_env_runner", 1) * er.get("rollout_fragment_length", 200)
 cfg.setdefault("training", {})["train_batch_size_per_learner"] = batch
 yaml.safe_dump(cfg, open(sys.argv[3], "w"), sort_keys=False)

@@ -23,7 +23,7 @@ from envs.simulator import (
     Simulator,
     Window,
 )
-from envs.site import Site, load_site
+from envs.site import SITE_FEATURE_NAMES, Site, load_site, site_features
 from envs.state_spec import FEATURE_HIGH, FEATURE_LOW, N_FEATURES
 
 ENV_ID = "gridrl/ExportControl-v0"
@@ -83,6 +83,11 @@ class ExportEnvConfig:
     first, -1 = last), held for N seconds, while the PI sets the targets every second; its reward is the
     mean of those N seconds' rewards. A preference that matters over hours (which devices store a clear
     morning's surplus) is then a few hundred decisions, not tens of thousands of 1 s steps."""
+    site_features: bool = False
+    """The vector env only: each member's observation is its state vector followed by its site's
+    envs/site.py ``site_features`` (PV and the devices' storage, whatever their phases), so that a
+    supervising policy trained on drawn sites can tell them apart (deployed, rllib_configs/policy.py
+    ``Policy.for_site`` tells it its site; the state vector stays the contract)."""
 
     def __post_init__(self) -> None:
         if not 60 <= self.episode_s <= DAY_S:
@@ -220,9 +225,10 @@ class ExportControlEnv(gym.Env):
         physics_site: Site | None = None,
     ):
         self.config = config if isinstance(config, ExportEnvConfig) else ExportEnvConfig.from_dict(config)
-        if self.config.decision_s != 1:
+        if self.config.decision_s != 1 or self.config.site_features:
             raise ValueError(
-                f"decision_s: {self.config.decision_s} (a supervising agent) runs in the vector env only "
+                f"decision_s: {self.config.decision_s}, site_features: {self.config.site_features}: a "
+                "supervising agent (decision_s > 1) and site features run in the vector env only "
                 "(ExportControlVectorEnv; RLlib: env_runners.gym_env_vectorize_mode: vector_entry_point)"
             )
         self.site = self.config.load_site()
@@ -284,7 +290,12 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self.num_envs = num_envs
         self.site = self.config.load_site()
         self.max_power_w = self.site.control.max_power_per_phase_w
-        self.single_observation_space = gym.spaces.Box(FEATURE_LOW, FEATURE_HIGH, (N_FEATURES,), np.float32)
+        n_site = len(SITE_FEATURE_NAMES) if self.config.site_features else 0
+        self.single_observation_space = gym.spaces.Box(
+            np.concatenate([FEATURE_LOW, np.zeros(n_site)]).astype(np.float32),
+            np.concatenate([FEATURE_HIGH, np.full(n_site, 10.0)]).astype(np.float32),
+            (N_FEATURES + n_site,), np.float32,
+        )  # fmt: skip
         n_actions = N_ACTIONS if self.config.decision_s == 1 else 1  # targets, or the PI's preference
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (n_actions,), np.float32)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
@@ -301,6 +312,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self._rewards = np.zeros(num_envs)
         self._scale = np.ones(num_envs)
         self._continuous_w = np.tile(continuous_power(self.site), (num_envs, 1))
+        self._site_features = np.tile(site_features(self.site), (num_envs, 1))[:, :n_site]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None or not self._rngs:  # member i draws as ExportControlEnv reset with seed + i
@@ -315,6 +327,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
                 self._sims[g] = Simulator(site, weights, self.config.perfect_link, False)
             sim = self._sims[g]
             self._continuous_w[members] = continuous_power(sim.site)
+            self._site_features[members] = site_features(sim.site)[: self._site_features.shape[1]]
             drawn = [self.config.draw_episode(rng, sim.site) for rng in rngs]
             windows = [w for _, w in drawn]
             if self.config.warm_start != "none":  # the group shares its first member's window start
@@ -329,7 +342,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
                 surplus_kwh = np.clip(sim.window_surplus_w(), 0.0, None).sum(-1) / 3.6e6
                 self._scale[members] = floor / (surplus_kwh + floor)
         self._needs_reset = False
-        return self._obs.copy(), {}
+        return self._observation(), {}
 
     def step(self, actions):
         if self._needs_reset:
@@ -349,7 +362,13 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         done = self._sims[0].done
         self._needs_reset = done
         truncated = np.full(self.num_envs, done)
-        return self._obs.copy(), self._rewards.copy(), np.zeros(self.num_envs, bool), truncated, {}
+        return self._observation(), self._rewards.copy(), np.zeros(self.num_envs, bool), truncated, {}
+
+    def _observation(self) -> np.ndarray:
+        """The members' state vectors, each followed by its site's features with ``site_features``."""
+        if self._site_features.shape[1] == 0:
+            return self._obs.copy()
+        return np.concatenate([self._obs, self._site_features], axis=1)
 
     def _step_all(self, targets: np.ndarray) -> None:
         """One second of every member: ``targets`` (num_envs, 3) W; rewards as the simulator wrote them."""

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from envs.config import ConfigError, from_mapping, load_yaml
 
 DEFAULT_SITE_PATH = Path(__file__).parent / "sites" / "default.yaml"
@@ -207,4 +209,29 @@ def load_site(path: str | Path | None = None) -> Site:
     return from_mapping(Site, load_yaml(p), source=p)
 
 
-__all__ = ["ConfigError", "Site", "Slave", "PVArray", "BaseLoad", "Link", "Meter", "Control", "load_site"]
+SITE_FEATURE_NAMES = (
+    "pv_kwp", "wh_kw", "wh_kwh", "wh_draw_kwh", "hp_kw", "hp_kwh", "hp_draw_kwh", "ev_min_kw", "ev_kwh"
+)  # fmt: skip
+"""What :func:`site_features` describes, over the whole site: PV peak power, the water heaters' power, tanks
+and daily draws, the heat pumps' power, tanks and daily draws, the EV chargers' minimum power and mean
+demand per visit."""
+_SITE_FEATURE_SCALE = np.array([10.0, 4.0, 10.0, 10.0, 2.0, 10.0, 10.0, 2.0, 20.0])
+
+
+def site_features(site: Site) -> np.ndarray:
+    """The site as a supervising policy is told it (:data:`SITE_FEATURE_NAMES`, float32, each scaled to
+    about 0..1): how much PV it has and how much storage its devices offer, whatever their phases (where
+    each device sits, the policy's spread knows: envs/controllers.py ``continuous_power``)."""
+    f = np.zeros(len(SITE_FEATURE_NAMES))
+    f[0] = sum(arr.kwp for arr in site.pv)
+    for sl in site.slaves:
+        if sl.kind == "water_heater":
+            f[1:4] += (sl.max_power_w / 1e3, sl.tank_kwh, sl.draw_kwh_per_day)
+        elif sl.kind == "heat_pump":
+            f[4:7] += (sl.max_power_w / 1e3, sl.tank_kwh, sl.draw_kwh_per_day)
+        elif sl.kind == "ev_charger":
+            f[7:9] += (sl.min_power_w / 1e3, sum(sl.energy_kwh) / len(sl.energy_kwh))
+    return (f / _SITE_FEATURE_SCALE).astype(np.float32)
+
+
+__all__ = ["ConfigError", "Site", "Slave", "PVArray", "BaseLoad", "Link", "Meter", "Control", "load_site", "site_features", "SITE_FEATURE_NAMES"]

@@ -47,7 +47,7 @@ from ray.rllib.core.models.base import ENCODER_OUT
 from envs.config import from_mapping
 from envs.controllers import PIConfig
 from envs.normalization import CLIP, ObsNormalizer
-from envs.state_spec import FEAT
+from envs.state_spec import FEAT, N_FEATURES
 
 _TARGET = [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]
 _EXPORT = [FEAT[f"export_w_l{p}"] for p in (1, 2, 3)]
@@ -88,6 +88,11 @@ class ResidualConfig:
     continuous_w: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """'learned': per phase, the power of its continuously modulating devices (water heaters), W: the
     site's layout, as its master knows it (the default site: 3000 W on L1)."""
+    site_features: tuple[float, ...] = ()
+    """'supervisor' trained with the env's ``site_features`` (its observations carry envs/site.py
+    ``site_features`` after the state vector): the features of the site it is deployed on, set by
+    rllib_configs/policy.py ``Policy.for_site``, which :meth:`PIResidualPPOModule.deployed_action` appends
+    to the state vectors it is given."""
 
     def __post_init__(self) -> None:
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
@@ -184,8 +189,10 @@ def _setup_residual(module: Any) -> None:
 
 
 def _normalise(module: Any, obs: torch.Tensor) -> torch.Tensor:
-    z = (obs - module.obs_mean) / module.obs_std
-    return torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)
+    """The state vector normalised; the site's features after it (the env's ``site_features``), as they are."""
+    z = (obs[..., :N_FEATURES] - module.obs_mean) / module.obs_std
+    z = torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)
+    return torch.cat([z, obs[..., N_FEATURES:]], dim=-1) if obs.shape[-1] > N_FEATURES else z
 
 
 class PIResidualPPOModule(DefaultPPOTorchRLModule):
@@ -227,6 +234,27 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
     def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Any:
         return super().compute_values(self._normalised(batch) if embeddings is None else batch, embeddings)
 
+    def greedy_preference(self, obs: torch.Tensor) -> torch.Tensor:
+        """``allocation: supervisor``: the greedy dispatch preference (B, 1) in [-1, 1] for raw state vectors
+        (B, F), followed by the deployed site's features (``site_features``, :meth:`Policy.for_site
+        <rllib_configs.policy.Policy.for_site>`) when the policy was trained with them."""
+        cfg = self.residual
+        if cfg.allocation != "supervisor":
+            raise ValueError(f"greedy_preference: allocation 'supervisor' only, not {cfg.allocation!r}")
+        n_site = int(self.observation_space.shape[-1]) - N_FEATURES
+        inputs = obs[..., :N_FEATURES]
+        if n_site > 0:  # trained on drawn sites with their features: this one's
+            if len(cfg.site_features) != n_site:
+                raise ValueError(
+                    f"this policy reads {n_site} site features after the state vector and was told "
+                    f"{len(cfg.site_features)}: rllib_configs/policy.py Policy.for_site(site) tells it the "
+                    "site it runs on"
+                )
+            site = torch.as_tensor(cfg.site_features, dtype=obs.dtype, device=obs.device)
+            inputs = torch.cat([inputs, site.expand(*obs.shape[:-1], n_site)], dim=-1)
+        mean = self.forward_inference({Columns.OBS: inputs})[Columns.ACTION_DIST_INPUTS][..., :1]
+        return mean.clamp(-1.0, 1.0)
+
     def deployed_action(self, obs: torch.Tensor) -> torch.Tensor:
         """``allocation: supervisor``: the per-phase targets (B, 3) in [-1, 1] units that the site runs every
         second: the PI's total spread with the greedy preference for this state (envs/controllers.py
@@ -234,11 +262,8 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
         ``deterministic_module`` exports it for supervisors; the other allocations' greedy action already
         is the targets."""
         cfg = self.residual
-        if cfg.allocation != "supervisor":
-            raise ValueError(f"deployed_action: allocation 'supervisor' only, not {cfg.allocation!r}")
-        mean = self.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS][..., :1]
-        raw = torch.nan_to_num(obs.double())
-        pref = mean.double().clamp(-1.0, 1.0)
+        pref = self.greedy_preference(obs).double()
+        raw = torch.nan_to_num(obs[..., :N_FEATURES].double())
         targets = preference_spread(raw, pi_total(raw, cfg.kp, cfg.ki), pref, cfg.continuous_w)
         return to_unit(targets, cfg).to(obs.dtype)
 

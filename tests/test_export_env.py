@@ -294,3 +294,31 @@ def test_a_supervising_agent_sets_the_pis_preference_for_decision_s_seconds():
         ExportEnvConfig.from_dict({**base, "decision_s": 700})
     with pytest.raises(ValueError, match="vector env only"):
         ExportControlEnv(ExportEnvConfig(**base, decision_s=300))
+
+
+def test_site_features_follow_each_members_state():
+    """site_features: each member's observation is its state vector (unchanged) followed by its drawn site's
+    envs/site.py site_features; the single env refuses it."""
+    from envs.export_env import ExportControlVectorEnv
+    from envs.site import SITE_FEATURE_NAMES, load_site, site_features
+    from envs.state_spec import N_FEATURES
+
+    base = {"scenario": "clear", "start_s": 11 * 3600, "episode_s": 600, "site_draws": 2}
+    env = ExportControlVectorEnv(4, ExportEnvConfig(**base, site_features=True))
+    twin = ExportControlVectorEnv(4, ExportEnvConfig(**base))
+    assert env.single_observation_space.shape == (N_FEATURES + len(SITE_FEATURE_NAMES),)
+    obs, _ = env.reset(seed=3)
+    obs1, _ = twin.reset(seed=3)
+    for _ in range(3):
+        np.testing.assert_array_equal(obs[:, :N_FEATURES], obs1)
+        for g, members in enumerate(env._groups):
+            np.testing.assert_array_equal(obs[members, N_FEATURES:], np.tile(site_features(env._sims[g].site), (2, 1)))
+        assert env.observation_space.contains(obs)
+        action = np.zeros((4, 3), np.float32)
+        obs, *_ = env.step(action)
+        obs1, *_ = twin.step(action)
+    assert not np.array_equal(obs[0, N_FEATURES:], obs[2, N_FEATURES:]), "two drawn sites, two descriptions"
+    default = dict(zip(SITE_FEATURE_NAMES, site_features(load_site(None)), strict=True))
+    assert default["wh_kw"] == pytest.approx(3.0 / 4.0) and default["pv_kwp"] > 0  # envs/sites/default.yaml
+    with pytest.raises(ValueError, match="vector env only"):
+        ExportControlEnv(ExportEnvConfig(**base, site_features=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,8 @@ def test_the_supervisor_deploys_the_targets_of_its_greedy_preference():
     benchmark, export, edge and Serve run) is the per-phase targets that preference gives, every second."""
     from envs.controllers import preference_targets
     from envs.export_env import ExportControlVectorEnv
+    from envs.site import SITE_FEATURE_NAMES
+    from envs.state_spec import N_FEATURES
 
     spec = load_train_config(SUPERVISOR_CONFIG)
     venv = ExportControlVectorEnv(4, ExportEnvConfig.from_dict(spec.algo_config.env_config))
@@ -225,13 +228,20 @@ def test_the_supervisor_deploys_the_targets_of_its_greedy_preference():
     obs, _ = venv.reset(seed=0)
     for _ in range(40):  # into the morning: the PI acts
         obs, *_ = venv.step(np.zeros((4, 1), np.float32))
+    assert obs.shape == (4, N_FEATURES + len(SITE_FEATURE_NAMES)), "each state is followed by its site's features"
     x = torch.as_tensor(obs)
+    net = deterministic_module(module)
     with torch.no_grad():
         pref = module.forward_inference({"obs": x})["action_dist_inputs"][:, 0].double().clamp(-1, 1).numpy()
-        ours = deterministic_module(module)(x).double().numpy()
-    assert ours.shape == (4, 3)
+        with pytest.raises(ValueError, match="Policy.for_site"):
+            net(x[:, :N_FEATURES])  # deployed on a state vector alone, it must be told its site
+        ours = []
+        for i in range(4):  # deployed on member i's site: the state vector, its site's features in the graph
+            module.residual = replace(module.residual, site_features=tuple(float(f) for f in obs[i, N_FEATURES:]))
+            ours.append(net(x[i : i + 1, :N_FEATURES]).double().numpy()[0])
+    assert len({tuple(o[N_FEATURES:]) for o in obs}) > 1, "the members' drawn sites differ"
     theirs = preference_targets(obs, pref, np.array([3000.0, 0.0, 0.0])) / 3750.0 - 1.0
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    np.testing.assert_allclose(np.array(ours), theirs, atol=1e-5)
     assert module.forward_exploration({"obs": x})["action_dist_inputs"].shape == (4, 2)  # mean, log-std
 
 
@@ -241,7 +251,7 @@ def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
     import gymnasium as gym
 
     from envs.config import from_mapping
-    from envs.site import Site, load_site
+    from envs.site import Site, load_site, site_features
     from envs.site_sampler import random_site
     from rllib_configs.policy import Policy
 
@@ -258,6 +268,7 @@ def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
     assert policy.for_site(load_site(None)).module.residual.continuous_w == (3000.0, 0.0, 0.0)
     cont = policy.for_site(other).module.residual.continuous_w
     assert cont[phases[0] - 1] > 0 and cont[0] == 0.0
+    np.testing.assert_allclose(policy.module.residual.site_features, site_features(other))
     _, residual = _module_with_zero_correction()
     unchanged = Policy(residual, None, {}, tmp_path).for_site(other)
     assert unchanged.module.residual.continuous_w == (0.0, 0.0, 0.0)

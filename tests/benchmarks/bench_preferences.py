@@ -6,7 +6,7 @@ policy's greedy dispatch preference (its action: +1 = the water heaters first, 0
 the preference depend on the weather, as the planner's rule would want (high on dull days, low on clear
 ones)? The states are the PI's, so the answer is what the policy would choose from there.
 
-    .venv/bin/python tests/benchmarks/bench_preferences.py --checkpoint C [--seed 0] [--every-s 1800]
+    .venv/bin/python tests/benchmarks/bench_preferences.py --checkpoint C [--site S] [--seed 0] [--every-s 1800]
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from envs.controllers import PIController  # noqa: E402
 from envs.export_env import ExportEnvConfig  # noqa: E402
 from envs.profiles import SCENARIOS  # noqa: E402
 from envs.rollout import rollout  # noqa: E402
+from envs.site import load_site  # noqa: E402
 from rllib_configs.policy import load_policy  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint of pi_residual.allocation: supervisor")
+    p.add_argument("--site", default=None, help="site YAML (default: the site the policy was trained on)")
     p.add_argument("--seed", type=int, default=0, help="the day drawn for each weather")
     p.add_argument("--every-s", type=int, default=1800, help="seconds between two printed preferences")
     args = p.parse_args()
@@ -37,9 +39,11 @@ def main() -> int:
     if getattr(getattr(policy.module, "residual", None), "allocation", None) != "supervisor":
         print(f"{args.checkpoint}: not a supervising policy (pi_residual.allocation: supervisor)", file=sys.stderr)
         return 2
+    site = args.site or policy.info.get("env_config", {}).get("site")
+    policy.for_site(load_site(site))
     print(f"greedy preference every {args.every_s} s from 05:00, on the PI's states (seed {args.seed})")
     for scenario in sorted(SCENARIOS):
-        cfg = ExportEnvConfig(scenario=scenario, episode_s=16 * 3600, start_s=5 * 3600)
+        cfg = ExportEnvConfig(site=site, scenario=scenario, episode_s=16 * 3600, start_s=5 * 3600)
         states: list[np.ndarray] = []
 
         def grab(k: int, obs: np.ndarray, _t: object) -> dict:
@@ -49,8 +53,7 @@ def main() -> int:
 
         rollout(PIController(), cfg, seed=args.seed, extra=grab)
         with torch.no_grad():
-            out = policy.module.forward_inference({"obs": torch.as_tensor(np.array(states))})
-        pref = out["action_dist_inputs"][:, 0].clamp(-1.0, 1.0).numpy()
+            pref = policy.module.greedy_preference(torch.as_tensor(np.array(states)))[:, 0].numpy()
         print(f"{scenario:14s} mean {pref.mean():+.2f} | " + " ".join(f"{x:+.2f}" for x in pref))
     return 0
 
