@@ -131,6 +131,14 @@ def _parse(model: type[BaseModel], body: bytes) -> Any:
         raise _Invalid(text, errs) from None
 
 
+def _act_response(answer: dict[str, Any]) -> Response:
+    """``/act``'s answer as JSON, without FastAPI's validation of it against ``ActResponse`` (the
+    service builds it with the right types; the route still declares the model for the OpenAPI
+    document): the same bytes for a fraction of the CPU."""
+    body = ActResponse.model_construct(**answer).model_dump_json()
+    return Response(body, media_type="application/json")
+
+
 class _Invalid(Exception):
     def __init__(self, text: str, errors: list[dict[str, Any]]):
         super().__init__(text)
@@ -196,7 +204,7 @@ class PolicyServer:
             if need is not None:  # the site's bundle is not loaded here: load it off the request loop
                 await asyncio.to_thread(self.service.load, *need)
             try:
-                return self.service.act(req)
+                return _act_response(self.service.act(req))
             except StateError as exc:
                 field = str(exc).split(":", 1)[0] if str(exc).startswith("spec_version:") else "state"
                 raise _Invalid(str(exc), [{"loc": [field], "msg": str(exc), "type": "value_error"}]) from None

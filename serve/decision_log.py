@@ -162,6 +162,18 @@ class DecisionLog:
 
     # --- sealing and compaction (the background thread)
 
+    def _sync(self) -> None:
+        """fsync the active segment without holding the write lock, so that no request's append waits
+        for the disk (0.4 ms typical here, more while the compactor writes its Parquet files). The fsync
+        goes through a duplicate of the descriptor, so that a seal closing the segment meanwhile cannot
+        close it under the fsync; it syncs the same file, every byte written before it."""
+        with self._lock:
+            fd = os.dup(self._fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def _seal(self) -> tuple[int, Path] | None:
         with self._lock:
             if self.rows == 0:
@@ -226,8 +238,7 @@ class DecisionLog:
             now = time.monotonic()
             try:
                 if self.config.fsync_interval_s and now - last_sync >= self.config.fsync_interval_s:
-                    with self._lock:
-                        os.fsync(self._fd)
+                    self._sync()
                     last_sync = now
                 if self._kick.is_set() or now - last_flush >= self.config.flush_interval_s:
                     self._kick.clear()

@@ -31,7 +31,9 @@ omission). A request fails on a non-200 answer, a connection error, or no answer
 of its scheduled time (waiting for a free slot included), so a run ends by ``duration + timeout``.
 States: a simulated minute of 100 sites. Prints a table and one JSON object (also written to ``--out``).
 The client's own CPU time per run is in ``client_cpu_s``: near ``duration`` means the load generator, one
-process, was the limit, not the server.
+process, was the limit, not the server. CPU per answered request: ``cpu ms/req`` the request path (Serve:
+the replicas, HAProxy or the proxy; plain and service: their process), ``all ms/req`` every process of the
+server (Serve: its whole Ray, GCS, raylet, dashboard, controller and the decision log's compactor too).
 """
 
 import argparse
@@ -213,17 +215,49 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def measured(url: str, pids: list[int], bodies, rate: float, args, tag: str) -> dict:
-    """One load run, with the CPU time the server processes spent per answered request."""
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    parent = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return parent
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every process under it: a Serve server's whole Ray (GCS, raylet, dashboard, Serve's
+    actors, the replicas, HAProxy, the decision log's compactor)."""
+    parent = _parents()
+    out = []
+    for pid in parent:
+        q = pid
+        while q in parent and q not in (0, 1, root):
+            q = parent[q]
+        if q == root or pid == root:
+            out.append(pid)
+    return out
+
+
+def measured(url: str, pids: list[int], bodies, rate: float, args, tag: str, root: int | None = None) -> dict:
+    """One load run, with the CPU time the server processes spent per answered request (``root``: also
+    that of every process under it, Ray's own included: ``server_tree_cpu_ms_per_request``)."""
     sites = {b["site_id"]: b for b in bodies}
     if args.warmup:  # every site's first request (a session, its metric series): not steady state
         warm = list(sites.values())
         asyncio.run(load(url, warm, rate, len(warm) / rate, args.max_inflight, args.timeout, f"warm-{tag}"))
         time.sleep(1.0)
     load0 = os.getloadavg()
+    tree0 = tree_pids(root) if root is not None else []
+    t0 = {p: cpu_seconds([p]) for p in tree0}
     c0, client0 = cpu_seconds(pids), time.process_time()
     out = asyncio.run(load(url, bodies, rate, args.duration, args.max_inflight, args.timeout, tag))
     used = cpu_seconds(pids) - c0
+    if root is not None:  # processes that ended meanwhile are left out; new ones count from their start
+        tree = sum(cpu_seconds([p]) - t0.get(p, 0.0) for p in tree_pids(root))
+        out["server_tree_cpu_ms_per_request"] = round(1e3 * tree / max(out["ok"], 1), 3)
     out["client_cpu_s"] = round(time.process_time() - client0, 2)
     out["server_cpu_s"] = round(used, 2)
     out["server_cpu_ms_per_request"] = round(1e3 * used / max(out["ok"], 1), 3)
@@ -268,7 +302,7 @@ def bench_subprocess(kind: str, bundle: str, args, log_dir: str, loads: list[tup
     try:
         wait_up(f"http://127.0.0.1:{port}/docs")
         url = f"http://127.0.0.1:{port}/act"
-        return [measured(url, [proc.pid], b, r, args, f"{kind}-{r:g}x{n}") for r, n, b in loads]
+        return [measured(url, [proc.pid], b, r, args, f"{kind}-{r:g}x{n}", proc.pid) for r, n, b in loads]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -315,7 +349,15 @@ def host_serve(variant: str, bundle: str, port: int, log_dir: str, extra: dict, 
             or str(a.get("ActorClassName")).startswith("ServeReplica:bench")
         )
     ]
-    pids += haproxy_pids()
+    # HAProxy restarts (a new process) when it learns of the replicas: its pid once it stays the same
+    proxies, deadline = haproxy_pids(), time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(2.0)
+        now = haproxy_pids()
+        if now == proxies:
+            break
+        proxies = now
+    pids += proxies
     print(json.dumps({"pids": pids}), flush=True)
     done = []
     signal.signal(signal.SIGTERM, lambda *_: done.append(1))
@@ -384,7 +426,7 @@ def bench_serve(variant: str, bundle: str, args, log_dir: str, loads: list[tuple
         pids = json.loads(line)["pids"]
         url = f"http://127.0.0.1:{port}/act"
         tag = re.sub(r"[^A-Za-z0-9_.:-]", "-", variant)  # request ids: serve/config.py ID_PATTERN
-        return [measured(url, pids, b, r, args, f"{tag}-{r:g}x{n}") for r, n, b in loads]
+        return [measured(url, pids, b, r, args, f"{tag}-{r:g}x{n}", proc.pid) for r, n, b in loads]
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -538,8 +580,9 @@ def print_targets(rows: list[dict]) -> None:
 
 
 def print_table(runs: list[dict]) -> None:
-    head = ("server", "sites", "rate", "sent", "err%", "p50 ms", "p99 ms", "max ms", "cpu ms/req", "load1")
-    fmt = "{:16} {:>5} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10} {:>6}"
+    head = ("server", "sites", "rate", "sent", "err%", "p50 ms", "p99 ms", "max ms", "cpu ms/req", "all ms/req",
+            "load1")  # fmt: skip
+    fmt = "{:16} {:>5} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}"
     print(fmt.format(*head))
     for r in runs:
         row = (
@@ -552,6 +595,7 @@ def print_table(runs: list[dict]) -> None:
             r["p99_ms"],
             r["max_ms"],
             r["server_cpu_ms_per_request"],
+            r.get("server_tree_cpu_ms_per_request", ""),
             r["loadavg_before"][0],
         )
         print(fmt.format(*(str(v) for v in row)))
