@@ -322,3 +322,32 @@ def test_site_features_follow_each_members_state():
     assert default["wh_kw"] == pytest.approx(3.0 / 4.0) and default["pv_kwp"] > 0  # envs/sites/default.yaml
     with pytest.raises(ValueError, match="vector env only"):
         ExportControlEnv(ExportEnvConfig(**base, site_features=True))
+
+
+def test_a_pi_baseline_makes_the_reward_the_gain_over_the_pi_on_the_same_day():
+    """reward_baseline 'pi': each member's PI-run twin lives the same day (generator copies), so the PI's own
+    preference earns exactly 0 and any other earns its reward less the PI's (the run without the baseline)."""
+    from envs.export_env import ExportControlVectorEnv
+
+    base = {"scenario": "random", "start_s": 10 * 3600, "episode_s": 1200, "decision_s": 300, "site_draws": 2,
+            "reward_floor_kwh": 2.0}  # fmt: skip
+    pi_env = ExportControlVectorEnv(4, ExportEnvConfig(**base, reward_baseline="pi"))
+    pi_env.reset(seed=9)
+    for _ in range(4):
+        _, reward, *_ = pi_env.step(np.zeros((4, 1), np.float32))
+        np.testing.assert_array_equal(reward, 0.0)
+    env = ExportControlVectorEnv(4, ExportEnvConfig(**base, reward_baseline="pi"))
+    plain = ExportControlVectorEnv(4, ExportEnvConfig(**base))
+    pi_run = ExportControlVectorEnv(4, ExportEnvConfig(**base))
+    for e in (env, plain, pi_run):
+        e.reset(seed=9)
+    pref = np.ones((4, 1), np.float32)
+    for _ in range(4):
+        obs, reward, *_ = env.step(pref)
+        obs1, r1, *_ = plain.step(pref)
+        _, r0, *_ = pi_run.step(np.zeros((4, 1), np.float32))
+        np.testing.assert_array_equal(obs, obs1)
+        np.testing.assert_allclose(reward, r1 - r0, rtol=1e-9, atol=1e-12)
+    assert np.abs(reward).max() > 0, "the rule and the PI differ on these days"
+    with pytest.raises(ConfigError, match="reward_baseline"):
+        ExportEnvConfig.from_dict({**base, "reward_baseline": "oracle"})
