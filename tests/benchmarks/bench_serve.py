@@ -580,8 +580,8 @@ def print_targets(rows: list[dict]) -> None:
 
 
 def print_table(runs: list[dict]) -> None:
-    head = ("server", "sites", "rate", "sent", "err%", "p50 ms", "p99 ms", "max ms", "cpu ms/req", "all ms/req",
-            "load1")  # fmt: skip
+    head = ("server", "sites", "rate", "sent", "err%", "p50 ms", "p99 ms", "max ms", "cpu ms/req",
+            "all ms/req", "load1")  # fmt: skip
     fmt = "{:16} {:>5} {:>6} {:>6} {:>6} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}"
     print(fmt.format(*head))
     for r in runs:
