@@ -102,6 +102,19 @@ def _number(v: Any, where: str) -> float:
     return x
 
 
+def _numbers(values: list[Any]) -> np.ndarray | None:
+    """``values`` as float64 when every one is a finite JSON number (not a bool); None otherwise, and
+    :func:`_number` then names the first bad one. The common case in one numpy call instead of one
+    Python check per feature: 13 us instead of 27 us per state here."""
+    if not all(type(v) is float or type(v) is int for v in values):
+        return None
+    try:
+        x = np.array(values, np.float64)
+    except OverflowError:
+        return None
+    return x if np.isfinite(x).all() else None
+
+
 def parse_state(value: Any) -> tuple[np.ndarray, bool]:
     """(state vector (30,) float64, given by name?) or ValueError naming the feature and the problem."""
     if isinstance(value, dict):
@@ -114,12 +127,16 @@ def parse_state(value: Any) -> tuple[np.ndarray, bool]:
             if unknown:
                 parts.append(f"unknown feature(s) {[str(u)[:40] for u in unknown[:5]]}")
             raise ValueError(f"{'; '.join(parts)} (spec {SPEC_VERSION}: {N_FEATURES} names)")
-        x = np.array([_number(value[n], n) for n in FEATURE_NAMES])
+        x = _numbers([value[n] for n in FEATURE_NAMES])
+        if x is None:
+            x = np.array([_number(value[n], n) for n in FEATURE_NAMES])
         by_name = True
     elif isinstance(value, list):
         if len(value) != N_FEATURES:
             raise ValueError(f"expected {N_FEATURES} values (spec {SPEC_VERSION}), got {len(value)}")
-        x = np.array([_number(v, f"[{i}] {FEATURE_NAMES[i]}") for i, v in enumerate(value)])
+        x = _numbers(value)
+        if x is None:
+            x = np.array([_number(v, f"[{i}] {FEATURE_NAMES[i]}") for i, v in enumerate(value)])
         by_name = False
     else:
         raise ValueError(
