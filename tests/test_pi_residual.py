@@ -220,7 +220,8 @@ def test_the_supervisor_deploys_the_targets_of_its_greedy_preference():
     from envs.state_spec import N_FEATURES
 
     spec = load_train_config(SUPERVISOR_CONFIG)
-    venv = ExportControlVectorEnv(4, ExportEnvConfig.from_dict(spec.algo_config.env_config))
+    env_config = {**spec.algo_config.env_config, "site_features": True}  # told its drawn sites
+    venv = ExportControlVectorEnv(4, ExportEnvConfig.from_dict(env_config))
     assert venv.single_action_space.shape == (1,)
     module = spec.algo_config.get_rl_module_spec(
         spaces={"default_policy": (venv.single_observation_space, venv.single_action_space)}
