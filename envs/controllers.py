@@ -146,13 +146,17 @@ class ContinuousFirstPI(PIController):
     follows a low or broken surplus exactly, where a heat pump (on/off) or an EV (6 A minimum) imports on
     the dips and leaves the surplus to export once off. Causal, no foresight; it knows the site's layout
     (``continuous_w``: per phase, the continuous devices' power, as the site's master is configured).
-    A comparator for the benchmarks, not a shipped controller."""
+    A comparator for the benchmarks, not a shipped controller. ``preference`` other than 1 holds another
+    dispatch preference all day (tests/benchmarks/bench_preferences.py ``--constant``)."""
 
     name = "pi_continuous_first"
 
-    def __init__(self, continuous_w: tuple[float, float, float], config: PIConfig | None = None):
+    def __init__(
+        self, continuous_w: tuple[float, float, float], config: PIConfig | None = None, preference: float = 1.0
+    ):
         super().__init__(config)
         self.continuous_w = np.asarray(continuous_w, dtype=np.float64)
+        self.preference = float(preference)
 
     @classmethod
     def for_site(cls, site) -> ContinuousFirstPI:
@@ -160,7 +164,7 @@ class ContinuousFirstPI(PIController):
         return cls(tuple(continuous_power(site)))
 
     def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
-        return preference_spread(u, obs, available, self.continuous_w, np.ones(len(u)))
+        return preference_spread(u, obs, available, self.continuous_w, np.full(len(u), self.preference))
 
 
 @dataclass(frozen=True)

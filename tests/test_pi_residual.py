@@ -180,6 +180,13 @@ def test_a_preference_bias_of_one_starts_at_the_continuous_first_rule():
     theirs = rule.act(obs)
     assert (theirs[:, 0] > 1.0).mean() > 0.3, "the rule must act on L1"
     np.testing.assert_allclose(ours, theirs, atol=1e-6)  # one spread: preference_spread at 1
+    held = ContinuousFirstPI((3000.0, 0.0, 0.0), preference=0.0)  # a preference of 0 held all day: the PI
+    pi = PIController()
+    for c in (held, pi):  # the same integrator and last error as the rule above was given
+        c.reset(128)
+        c.u = obs[:, [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]].sum(-1)
+        c.e_prev = obs[:, FEAT["export_error_w"]] - obs[:, FEAT["export_w_delta_1s"]]
+    np.testing.assert_allclose(held.act(obs), pi.act(obs), atol=1e-9)
 
 
 SUPERVISOR_CONFIG = REPO / "rllib_configs/export/ppo_supervisor.yaml"

@@ -7,6 +7,11 @@ the preference depend on the weather, as the planner's rule would want (high on 
 ones)? The states are the PI's, so the answer is what the policy would choose from there.
 
     .venv/bin/python tests/benchmarks/bench_preferences.py --checkpoint C [--site S] [--seed 0] [--every-s 1800]
+
+With ``--constant P1,P2,...`` (no checkpoint) it answers the other question, what a preference held all day
+would give: per weather, each constant preference (envs/controllers.py ``ContinuousFirstPI``) on whole
+days of the site, export against the PI's on the same day (``gridrl benchmark``'s held-out day of ``--seed``),
+so a site where "water heaters first" loses shows which preference it needed.
 """
 
 from __future__ import annotations
@@ -30,11 +35,17 @@ from rllib_configs.policy import load_policy  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint of pi_residual.allocation: supervisor")
+    p.add_argument("--checkpoint", help="a checkpoint of pi_residual.allocation: supervisor")
+    p.add_argument("--constant", help="comma-separated preferences held all day (instead of --checkpoint)")
+    p.add_argument("--scenarios", default=",".join(sorted(SCENARIOS)), help="weathers (--constant)")
     p.add_argument("--site", default=None, help="site YAML (default: the site the policy was trained on)")
     p.add_argument("--seed", type=int, default=0, help="the day drawn for each weather")
     p.add_argument("--every-s", type=int, default=1800, help="seconds between two printed preferences")
     args = p.parse_args()
+    if args.constant:
+        return constants(args)
+    if not args.checkpoint:
+        p.error("--checkpoint or --constant is required")
     policy = load_policy(args.checkpoint)
     if getattr(getattr(policy.module, "residual", None), "allocation", None) != "supervisor":
         print(f"{args.checkpoint}: not a supervising policy (pi_residual.allocation: supervisor)", file=sys.stderr)
@@ -55,6 +66,30 @@ def main() -> int:
         with torch.no_grad():
             pref = policy.module.greedy_preference(torch.as_tensor(np.array(states)))[:, 0].numpy()
         print(f"{scenario:14s} mean {pref.mean():+.2f} | " + " ".join(f"{x:+.2f}" for x in pref))
+    return 0
+
+
+def constants(args: argparse.Namespace) -> int:
+    """Each preference in ``--constant`` held all day against the PI, per weather (whole days)."""
+    from envs.controllers import ContinuousFirstPI, continuous_power
+    from envs.metrics import metrics_of_record, reduction_pct
+    from scripts.evaluate import EVAL_SEED_OFFSET
+
+    prefs = [float(x) for x in args.constant.split(",") if x.strip()]
+    if bad := [x for x in prefs if not -1.0 <= x <= 1.0]:
+        print(f"--constant: preferences must be within [-1, 1], got {bad}", file=sys.stderr)
+        return 2
+    day_seed = EVAL_SEED_OFFSET + args.seed * 10_000  # gridrl benchmark's first held-out day
+    print(f"{args.site or 'default site'}, day seed {day_seed}: export kWh, and vs the PI's (+ = less export)")
+    for scenario in args.scenarios.split(","):
+        cfg = ExportEnvConfig(site=args.site, scenario=scenario.strip(), episode_s=86_400, start_s=0)
+        cont = tuple(continuous_power(cfg.load_site()))
+        pi = metrics_of_record(rollout(PIController(), cfg, seed=day_seed).frame)["export_kwh"]
+        cells = []
+        for pref in prefs:
+            kwh = metrics_of_record(rollout(ContinuousFirstPI(cont, preference=pref), cfg, day_seed).frame)["export_kwh"]
+            cells.append(f"{pref:+.2f}: {kwh:.3f} ({reduction_pct(kwh, pi):+.1f} %)")
+        print(f"{scenario:14s} PI {pi:.3f} | " + " | ".join(cells), flush=True)
     return 0
 
 
