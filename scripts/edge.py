@@ -67,10 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def day_seeds(seed: int, days: int, days_of: str) -> list[int]:
     """The env seeds of the days ``gridrl evaluate`` (held out) or ``gridrl simulate`` would run."""
-    from scripts.evaluate import EVAL_SEED_OFFSET
+    from scripts.evaluate import held_out_day_seed
 
-    base = EVAL_SEED_OFFSET if days_of == "evaluate" else 0
-    return [base + seed * 10_000 + d for d in range(days)]
+    return [held_out_day_seed(seed, d) if days_of == "evaluate" else seed * 10_000 + d for d in range(days)]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,6 +26,12 @@ EVALUATE_OUTPUT = OutputKind(
 # come from a separate seed range, so a policy is never judged on a day it trained on.
 EVAL_SEED_OFFSET = 1_000_000_007
 
+
+def held_out_day_seed(seed: int, day: int) -> int:
+    """The env seed of held-out day ``day`` of ``--seed`` (gridrl evaluate and benchmark, the edge replay)."""
+    return EVAL_SEED_OFFSET + seed * 10_000 + day
+
+
 # The seed's success criteria: (name, metric, test, threshold, unit)
 CRITERIA = (
     ("export reduction vs PI", "export_reduction_pct", ">=", 10.0, "%"),
@@ -124,7 +130,7 @@ def evaluate_export(
     max_w = site_obj.control.max_power_per_phase_w
     frames: dict[str, list[pl.DataFrame]] = {}
     for d in range(days):
-        day_seed = EVAL_SEED_OFFSET + seed * 10_000 + d
+        day_seed = held_out_day_seed(seed, d)
         day: dict[str, pl.DataFrame] = {}
         for name in ["policy", *baselines]:
             t0 = time.perf_counter()

@@ -6,7 +6,8 @@ policy's greedy dispatch preference (its action: +1 = the water heaters first, 0
 the preference depend on the weather, as the planner's rule would want (high on dull days, low on clear
 ones)? The states are the PI's, so the answer is what the policy would choose from there.
 
-    .venv/bin/python tests/benchmarks/bench_preferences.py --checkpoint C [--site S] [--seed 0] [--every-s 1800]
+    .venv/bin/python tests/benchmarks/bench_preferences.py --checkpoint C [--site S] [--seed 0] \
+        [--every-s 1800]
 
 With ``--constant P1,P2,...`` (no checkpoint) it answers the other question, what a preference held all day
 would give: per weather, each constant preference (envs/controllers.py ``ContinuousFirstPI``) on whole
@@ -73,21 +74,23 @@ def constants(args: argparse.Namespace) -> int:
     """Each preference in ``--constant`` held all day against the PI, per weather (whole days)."""
     from envs.controllers import ContinuousFirstPI, continuous_power
     from envs.metrics import metrics_of_record, reduction_pct
-    from scripts.evaluate import EVAL_SEED_OFFSET
+    from scripts.evaluate import held_out_day_seed
 
     prefs = [float(x) for x in args.constant.split(",") if x.strip()]
     if bad := [x for x in prefs if not -1.0 <= x <= 1.0]:
         print(f"--constant: preferences must be within [-1, 1], got {bad}", file=sys.stderr)
         return 2
-    day_seed = EVAL_SEED_OFFSET + args.seed * 10_000  # gridrl benchmark's first held-out day
-    print(f"{args.site or 'default site'}, day seed {day_seed}: export kWh, and vs the PI's (+ = less export)")
+    day_seed = held_out_day_seed(args.seed, 0)  # gridrl benchmark's first held-out day
+    where = args.site or "default site"
+    print(f"{where}, day seed {day_seed}: export kWh, and vs the PI's (+ = less export)")
     for scenario in args.scenarios.split(","):
         cfg = ExportEnvConfig(site=args.site, scenario=scenario.strip(), episode_s=86_400, start_s=0)
         cont = tuple(continuous_power(cfg.load_site()))
         pi = metrics_of_record(rollout(PIController(), cfg, seed=day_seed).frame)["export_kwh"]
         cells = []
         for pref in prefs:
-            kwh = metrics_of_record(rollout(ContinuousFirstPI(cont, preference=pref), cfg, day_seed).frame)["export_kwh"]
+            rule = ContinuousFirstPI(cont, preference=pref)
+            kwh = metrics_of_record(rollout(rule, cfg, day_seed).frame)["export_kwh"]
             cells.append(f"{pref:+.2f}: {kwh:.3f} ({reduction_pct(kwh, pi):+.1f} %)")
         print(f"{scenario:14s} PI {pi:.3f} | " + " | ".join(cells), flush=True)
     return 0

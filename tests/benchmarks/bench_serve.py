@@ -369,25 +369,13 @@ def host_serve(variant: str, bundle: str, port: int, log_dir: str, extra: dict, 
 
 def haproxy_pids() -> list[int]:
     """HAProxy processes started under this process (by Serve's HAProxyManager actor)."""
-    parent = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                parent[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    me, out = os.getpid(), []
-    for pid in parent:
+    out = []
+    for pid in tree_pids(os.getpid()):
         try:
-            if not (Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]).endswith(b"haproxy"):
-                continue
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"haproxy"):
+                out.append(pid)
         except OSError:
             continue
-        q = pid
-        while q in parent and q not in (0, 1, me):
-            q = parent[q]
-        if q == me:
-            out.append(pid)
     return out
 
 
