@@ -215,7 +215,8 @@ SITE_FEATURE_NAMES = (
 """What :func:`site_features` describes, over the whole site: PV peak power, the water heaters' power, tanks
 and daily draws, the heat pumps' power, tanks and daily draws, the EV chargers' minimum power and mean
 demand per visit."""
-_SITE_FEATURE_SCALE = np.array([10.0, 4.0, 10.0, 10.0, 2.0, 10.0, 10.0, 2.0, 20.0])
+SITE_FEATURE_SCALE = np.array([10.0, 4.0, 10.0, 10.0, 2.0, 10.0, 10.0, 2.0, 20.0])
+"""What each of :data:`SITE_FEATURE_NAMES` is divided by in :func:`site_features` (kWp, kW, kWh)."""
 
 
 def site_features(site: Site) -> np.ndarray:
@@ -231,7 +232,7 @@ def site_features(site: Site) -> np.ndarray:
             f[4:7] += (sl.max_power_w / 1e3, sl.tank_kwh, sl.draw_kwh_per_day)
         elif sl.kind == "ev_charger":
             f[7:9] += (sl.min_power_w / 1e3, sum(sl.energy_kwh) / len(sl.energy_kwh))
-    return (f / _SITE_FEATURE_SCALE).astype(np.float32)
+    return (f / SITE_FEATURE_SCALE).astype(np.float32)
 
 
-__all__ = ["ConfigError", "Site", "Slave", "PVArray", "BaseLoad", "Link", "Meter", "Control", "load_site", "site_features", "SITE_FEATURE_NAMES"]
+__all__ = ["ConfigError", "Site", "Slave", "PVArray", "BaseLoad", "Link", "Meter", "Control", "load_site", "site_features", "SITE_FEATURE_NAMES", "SITE_FEATURE_SCALE"]

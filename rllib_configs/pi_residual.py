@@ -47,6 +47,7 @@ from ray.rllib.core.models.base import ENCODER_OUT
 from envs.config import from_mapping
 from envs.controllers import PIConfig
 from envs.normalization import CLIP, ObsNormalizer
+from envs.site import SITE_FEATURE_NAMES, SITE_FEATURE_SCALE
 from envs.state_spec import FEAT, N_FEATURES
 
 _TARGET = [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]
@@ -188,17 +189,54 @@ def _setup_residual(module: Any) -> None:
     module.register_buffer("obs_std", torch.as_tensor(np.asarray(norm.std, np.float32)))
 
 
+_PV_W, _CLEAR_SKY = FEAT["pv_w"], FEAT["clear_sky_w_m2"]
+_KWP, _KWP_SCALE = SITE_FEATURE_NAMES.index("pv_kwp"), float(SITE_FEATURE_SCALE[SITE_FEATURE_NAMES.index("pv_kwp")])
+CSI_MAX = 1.5
+"""The clear-sky index is clipped to [0, CSI_MAX] (cloud edges lift PV above clear sky for seconds)."""
+
+
+def clear_sky_index(obs: torch.Tensor) -> torch.Tensor:
+    """(B, 1): the site's PV power now over what its PV would give under a clear sky, ``pv_w / (pv_kwp x
+    clear_sky_w_m2)`` (kWp x W/m2 = W at 1,000 W/m2), in [0, :data:`CSI_MAX`], for state vectors followed by
+    envs/site.py ``site_features``. It tells overcast from clear whatever the site's PV size: without it a
+    policy judges the weather by the watts, and an overcast day on a large PV site looks like a clear one on
+    a small site (the supervisor chose +0.2 instead of +1 on such a day: README). Before sunrise (clear sky
+    below 20 W/m2) it is 0."""
+    kwp = obs[..., N_FEATURES + _KWP : N_FEATURES + _KWP + 1] * _KWP_SCALE
+    sky = obs[..., _CLEAR_SKY : _CLEAR_SKY + 1]
+    pv = torch.nan_to_num(obs[..., _PV_W : _PV_W + 1], nan=0.0)
+    csi = pv / torch.clamp(kwp * sky, min=1.0)
+    return torch.where(sky > 20.0, csi, torch.zeros_like(csi)).clamp(0.0, CSI_MAX)
+
+
 def _normalise(module: Any, obs: torch.Tensor) -> torch.Tensor:
-    """The state vector normalised; the site's features after it (the env's ``site_features``), as they are."""
+    """The state vector normalised; with the site's features after it (the env's ``site_features``): those,
+    as they are, and the :func:`clear_sky_index` (one more column than the observation: see
+    :func:`_widen_for_site`)."""
     z = (obs[..., :N_FEATURES] - module.obs_mean) / module.obs_std
     z = torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)
-    return torch.cat([z, obs[..., N_FEATURES:]], dim=-1) if obs.shape[-1] > N_FEATURES else z
+    if obs.shape[-1] == N_FEATURES:
+        return z
+    return torch.cat([z, obs[..., N_FEATURES:], clear_sky_index(obs).to(z.dtype)], dim=-1)
+
+
+def _widen_for_site(module: Any) -> None:
+    """A module whose observations carry site features reads one column more than they have (the clear-sky
+    index, :func:`_normalise`): its catalog is rebuilt for that width before the networks are built."""
+    space = module.observation_space
+    if module.catalog is None or space.shape[-1] <= N_FEATURES:
+        return
+    wider = gym.spaces.Box(-np.inf, np.inf, (space.shape[-1] + 1,), np.float32)
+    module.catalog = type(module.catalog)(
+        observation_space=wider, action_space=module.action_space, model_config_dict=module.model_config
+    )
 
 
 class PIResidualPPOModule(DefaultPPOTorchRLModule):
     """PPO's default torch module (encoder, pi and vf heads) around the PI (see the module docstring)."""
 
     def setup(self) -> None:
+        _widen_for_site(self)
         super().setup()
         _setup_residual(self)
 

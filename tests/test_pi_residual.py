@@ -280,3 +280,22 @@ def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
     _, residual = _module_with_zero_correction()
     unchanged = Policy(residual, None, {}, tmp_path).for_site(other)
     assert unchanged.module.residual.continuous_w == (0.0, 0.0, 0.0)
+
+
+def test_the_clear_sky_index_reads_the_weather_whatever_the_pv_size():
+    """rllib_configs/pi_residual.py clear_sky_index: PV over the site's clear-sky PV (kWp x W/m2), the same
+    on a site with twice the PV under the same sky; 0 before sunrise and for a missing PV reading; clipped."""
+    from envs.site import SITE_FEATURE_NAMES, SITE_FEATURE_SCALE
+    from envs.state_spec import FEAT, N_FEATURES
+    from rllib_configs.pi_residual import CSI_MAX, clear_sky_index
+
+    def state(kwp: float, sky: float, pv: float) -> np.ndarray:
+        obs = np.zeros(N_FEATURES + len(SITE_FEATURE_NAMES), np.float32)
+        obs[FEAT["clear_sky_w_m2"]], obs[FEAT["pv_w"]] = sky, pv
+        obs[N_FEATURES + SITE_FEATURE_NAMES.index("pv_kwp")] = kwp / SITE_FEATURE_SCALE[0]
+        return obs
+
+    rows = [state(5.0, 800.0, 0.25 * 5 * 800), state(10.0, 800.0, 0.25 * 10 * 800), state(5.0, 800.0, 0.9 * 4000),
+            state(5.0, 10.0, 40.0), state(5.0, 800.0, np.nan), state(5.0, 800.0, 3 * 4000)]  # fmt: skip
+    csi = clear_sky_index(torch.as_tensor(np.stack(rows)))[:, 0].numpy()
+    np.testing.assert_allclose(csi, [0.25, 0.25, 0.9, 0.0, 0.0, CSI_MAX], rtol=1e-6)
