@@ -94,8 +94,14 @@ class ResidualConfig:
     ``site_features`` after the state vector): the features of the site it is deployed on, set by
     rllib_configs/policy.py ``Policy.for_site``, which :meth:`PIResidualPPOModule.deployed_action` appends
     to the state vectors it is given."""
+    site_inputs: str = "all"
+    """With site features in the observations, what the networks read of the site: 'all' (the features and
+    the :func:`clear_sky_index`) or 'clear_sky_index' (that alone: the weather whatever the PV size, and
+    nothing of the site to fit to the few sites drawn in training)."""
 
     def __post_init__(self) -> None:
+        if self.site_inputs not in ("all", "clear_sky_index"):
+            raise ValueError(f"site_inputs: 'all' or 'clear_sky_index', got {self.site_inputs!r}")
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
             raise ValueError("pi_residual: max_power_per_phase_w and residual_scale must be > 0, gains >= 0")
         if self.allocation not in ("residual", "learned", "supervisor"):
@@ -190,7 +196,8 @@ def _setup_residual(module: Any) -> None:
 
 
 _PV_W, _CLEAR_SKY = FEAT["pv_w"], FEAT["clear_sky_w_m2"]
-_KWP, _KWP_SCALE = SITE_FEATURE_NAMES.index("pv_kwp"), float(SITE_FEATURE_SCALE[SITE_FEATURE_NAMES.index("pv_kwp")])
+_KWP = SITE_FEATURE_NAMES.index("pv_kwp")
+_KWP_SCALE = float(SITE_FEATURE_SCALE[_KWP])
 CSI_MAX = 1.5
 """The clear-sky index is clipped to [0, CSI_MAX] (cloud edges lift PV above clear sky for seconds)."""
 
@@ -217,16 +224,21 @@ def _normalise(module: Any, obs: torch.Tensor) -> torch.Tensor:
     z = torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)
     if obs.shape[-1] == N_FEATURES:
         return z
-    return torch.cat([z, obs[..., N_FEATURES:], clear_sky_index(obs).to(z.dtype)], dim=-1)
+    csi = clear_sky_index(obs).to(z.dtype)
+    if module.residual.site_inputs == "clear_sky_index":
+        return torch.cat([z, csi], dim=-1)
+    return torch.cat([z, obs[..., N_FEATURES:], csi], dim=-1)
 
 
 def _widen_for_site(module: Any) -> None:
-    """A module whose observations carry site features reads one column more than they have (the clear-sky
-    index, :func:`_normalise`): its catalog is rebuilt for that width before the networks are built."""
+    """A module whose observations carry site features reads other columns than they have (:func:`_normalise`:
+    the clear-sky index more, and the features themselves or not, by ``site_inputs``): its catalog is
+    rebuilt for that width before the networks are built."""
     space = module.observation_space
     if module.catalog is None or space.shape[-1] <= N_FEATURES:
         return
-    wider = gym.spaces.Box(-np.inf, np.inf, (space.shape[-1] + 1,), np.float32)
+    width = N_FEATURES + 1 if module.residual.site_inputs == "clear_sky_index" else space.shape[-1] + 1
+    wider = gym.spaces.Box(-np.inf, np.inf, (width,), np.float32)
     module.catalog = type(module.catalog)(
         observation_space=wider, action_space=module.action_space, model_config_dict=module.model_config
     )
@@ -236,9 +248,9 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
     """PPO's default torch module (encoder, pi and vf heads) around the PI (see the module docstring)."""
 
     def setup(self) -> None:
+        _setup_residual(self)
         _widen_for_site(self)
         super().setup()
-        _setup_residual(self)
 
     def _normalised(self, batch: dict[str, Any]) -> dict[str, Any]:
         return {**batch, Columns.OBS: _normalise(self, batch[Columns.OBS])}

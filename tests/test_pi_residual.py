@@ -295,7 +295,42 @@ def test_the_clear_sky_index_reads_the_weather_whatever_the_pv_size():
         obs[N_FEATURES + SITE_FEATURE_NAMES.index("pv_kwp")] = kwp / SITE_FEATURE_SCALE[0]
         return obs
 
-    rows = [state(5.0, 800.0, 0.25 * 5 * 800), state(10.0, 800.0, 0.25 * 10 * 800), state(5.0, 800.0, 0.9 * 4000),
-            state(5.0, 10.0, 40.0), state(5.0, 800.0, np.nan), state(5.0, 800.0, 3 * 4000)]  # fmt: skip
+    rows = [state(5.0, 800.0, 0.25 * 5 * 800), state(10.0, 800.0, 0.25 * 10 * 800),
+            state(5.0, 800.0, 0.9 * 4000), state(5.0, 10.0, 40.0), state(5.0, 800.0, np.nan),
+            state(5.0, 800.0, 3 * 4000)]  # fmt: skip
     csi = clear_sky_index(torch.as_tensor(np.stack(rows)))[:, 0].numpy()
     np.testing.assert_allclose(csi, [0.25, 0.25, 0.9, 0.0, 0.0, CSI_MAX], rtol=1e-6)
+
+
+def test_a_supervisor_reading_only_the_clear_sky_index_ignores_the_rest_of_the_site():
+    """pi_residual.site_inputs 'clear_sky_index': of the site features after the state vector the networks
+    read only the index they give; 'all' reads them all (one more column each way than the state)."""
+    import copy
+
+    import gymnasium as gym
+
+    from envs.site import SITE_FEATURE_NAMES, load_site, site_features
+    from envs.state_spec import FEAT, N_FEATURES
+
+    spec = load_train_config(SUPERVISOR_CONFIG)
+    space = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES + len(SITE_FEATURE_NAMES),), np.float32)
+    action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    obs = np.zeros((2, space.shape[0]), np.float32)
+    obs[:, FEAT["clear_sky_w_m2"]], obs[:, FEAT["pv_w"]] = 700.0, 2000.0
+    obs[:, N_FEATURES:] = site_features(load_site(None))
+    obs[1, N_FEATURES + SITE_FEATURE_NAMES.index("wh_kwh")] *= 3  # another tank
+    widths = {}
+    for inputs in ("clear_sky_index", "all"):
+        cfg = copy.deepcopy(spec.algo_config)
+        mc = copy.deepcopy(cfg.model_config)
+        mc["pi_residual"]["site_inputs"] = inputs
+        cfg.rl_module(model_config=mc)
+        module = cfg.get_rl_module_spec(spaces={"default_policy": (space, action)}).build()
+        torch.manual_seed(0)
+        for p in module.parameters():  # a network whose output depends on every input
+            torch.nn.init.normal_(p, std=0.3)
+        with torch.no_grad():
+            mean = module.forward_inference({"obs": torch.as_tensor(obs)})["action_dist_inputs"][:, 0].numpy()
+        widths[inputs] = module.catalog.observation_space.shape[0]
+        assert (mean[0] == mean[1]) == (inputs == "clear_sky_index"), inputs
+    assert widths == {"clear_sky_index": N_FEATURES + 1, "all": N_FEATURES + len(SITE_FEATURE_NAMES) + 1}

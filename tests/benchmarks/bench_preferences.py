@@ -12,12 +12,17 @@ ones)? The states are the PI's, so the answer is what the policy would choose fr
 With ``--constant P1,P2,...`` (no checkpoint) it answers the other question, what a preference held all day
 would give: per weather, each constant preference (envs/controllers.py ``ContinuousFirstPI``) on whole
 days of the site, export against the PI's on the same day (``gridrl benchmark``'s held-out day of ``--seed``),
-so a site where "water heaters first" loses shows which preference it needed.
+so a site where "water heaters first" loses shows which preference it needed. With ``--oracle`` it also runs
+the perfect-foresight oracle on each day and prints each preference's share of the PI-to-oracle gap closed,
+and last the ceiling of a preference held all day: the best of ``--constant`` on each day, chosen knowing the
+weather, averaged over the days as ``gridrl benchmark`` averages its gap (days where the oracle does not beat
+the PI by 1 Wh left out). A supervisor does better only by changing its preference within the day.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -42,6 +47,7 @@ def main() -> int:
     p.add_argument("--site", default=None, help="site YAML (default: the site the policy was trained on)")
     p.add_argument("--seed", type=int, default=0, help="the day drawn for each weather")
     p.add_argument("--every-s", type=int, default=1800, help="seconds between two printed preferences")
+    p.add_argument("--oracle", action="store_true", help="--constant: also the gap closed, and its ceiling")
     args = p.parse_args()
     if args.constant:
         return constants(args)
@@ -74,6 +80,7 @@ def constants(args: argparse.Namespace) -> int:
     """Each preference in ``--constant`` held all day against the PI, per weather (whole days)."""
     from envs.controllers import ContinuousFirstPI, continuous_power
     from envs.metrics import metrics_of_record, reduction_pct
+    from envs.rollout import make_controller
     from scripts.evaluate import held_out_day_seed
 
     prefs = [float(x) for x in args.constant.split(",") if x.strip()]
@@ -83,16 +90,33 @@ def constants(args: argparse.Namespace) -> int:
     day_seed = held_out_day_seed(args.seed, 0)  # gridrl benchmark's first held-out day
     where = args.site or "default site"
     print(f"{where}, day seed {day_seed}: export kWh, and vs the PI's (+ = less export)")
+    best_gaps, best_red = [], []
     for scenario in args.scenarios.split(","):
         cfg = ExportEnvConfig(site=args.site, scenario=scenario.strip(), episode_s=86_400, start_s=0)
-        cont = tuple(continuous_power(cfg.load_site()))
+        site = cfg.load_site()
+        cont = tuple(continuous_power(site))
         pi = metrics_of_record(rollout(PIController(), cfg, seed=day_seed).frame)["export_kwh"]
-        cells = []
+        oracle = math.nan
+        if args.oracle:
+            ctrl = make_controller("oracle", site.control.max_power_per_phase_w, day_seed)
+            oracle = metrics_of_record(rollout(ctrl, cfg, seed=day_seed).frame)["export_kwh"]
+        cells, gaps, reds = [], [], []
         for pref in prefs:
             rule = ContinuousFirstPI(cont, preference=pref)
             kwh = metrics_of_record(rollout(rule, cfg, day_seed).frame)["export_kwh"]
-            cells.append(f"{pref:+.2f}: {kwh:.3f} ({reduction_pct(kwh, pi):+.1f} %)")
-        print(f"{scenario:14s} PI {pi:.3f} | " + " | ".join(cells), flush=True)
+            reds.append(reduction_pct(kwh, pi))
+            gaps.append((pi - kwh) / (pi - oracle) if pi - oracle > 1e-3 else math.nan)
+            gap = f", gap {gaps[-1]:+.2f}" if args.oracle else ""
+            cells.append(f"{pref:+.2f}: {kwh:.3f} ({reds[-1]:+.1f} %{gap})")
+        head = f"{scenario:14s} PI {pi:.3f}" + (f" oracle {oracle:.3f}" if args.oracle else "")
+        print(head + " | " + " | ".join(cells), flush=True)
+        best_red.append(max(reds))
+        if args.oracle and math.isfinite(gaps[0]):
+            best_gaps.append(max(gaps))
+    if args.oracle:
+        print(f"ceiling of a preference held all day (the best of {args.constant} on each day): mean export "
+              f"reduction {sum(best_red) / len(best_red):+.1f} %, mean gap closed "
+              f"{sum(best_gaps) / max(len(best_gaps), 1):.3f} over {len(best_gaps)} days")
     return 0
 
 
