@@ -233,11 +233,11 @@ def _normalise(module: Any, obs: torch.Tensor) -> torch.Tensor:
 def _widen_for_site(module: Any) -> None:
     """A module whose observations carry site features reads other columns than they have (:func:`_normalise`:
     the clear-sky index more, and the features themselves or not, by ``site_inputs``): its catalog is
-    rebuilt for that width before the networks are built."""
+    rebuilt for the width :func:`_normalise` gives before the networks are built."""
     space = module.observation_space
     if module.catalog is None or space.shape[-1] <= N_FEATURES:
         return
-    width = N_FEATURES + 1 if module.residual.site_inputs == "clear_sky_index" else space.shape[-1] + 1
+    width = _normalise(module, torch.zeros(1, space.shape[-1])).shape[-1]
     wider = gym.spaces.Box(-np.inf, np.inf, (width,), np.float32)
     module.catalog = type(module.catalog)(
         observation_space=wider, action_space=module.action_space, model_config_dict=module.model_config

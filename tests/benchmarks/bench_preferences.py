@@ -79,7 +79,7 @@ def main() -> int:
 def constants(args: argparse.Namespace) -> int:
     """Each preference in ``--constant`` held all day against the PI, per weather (whole days)."""
     from envs.controllers import ContinuousFirstPI, continuous_power
-    from envs.metrics import metrics_of_record, reduction_pct
+    from envs.metrics import add_gap_closed, metrics_of_record, reduction_pct
     from envs.rollout import make_controller
     from scripts.evaluate import held_out_day_seed
 
@@ -95,24 +95,25 @@ def constants(args: argparse.Namespace) -> int:
         cfg = ExportEnvConfig(site=args.site, scenario=scenario.strip(), episode_s=86_400, start_s=0)
         site = cfg.load_site()
         cont = tuple(continuous_power(site))
-        pi = metrics_of_record(rollout(PIController(), cfg, seed=day_seed).frame)["export_kwh"]
-        oracle = math.nan
+        results = {"pi": metrics_of_record(rollout(PIController(), cfg, seed=day_seed).frame)}
         if args.oracle:
             ctrl = make_controller("oracle", site.control.max_power_per_phase_w, day_seed)
-            oracle = metrics_of_record(rollout(ctrl, cfg, seed=day_seed).frame)["export_kwh"]
-        cells, gaps, reds = [], [], []
+            results["oracle"] = metrics_of_record(rollout(ctrl, cfg, seed=day_seed).frame)
         for pref in prefs:
             rule = ContinuousFirstPI(cont, preference=pref)
-            kwh = metrics_of_record(rollout(rule, cfg, day_seed).frame)["export_kwh"]
-            reds.append(reduction_pct(kwh, pi))
-            gaps.append((pi - kwh) / (pi - oracle) if pi - oracle > 1e-3 else math.nan)
-            gap = f", gap {gaps[-1]:+.2f}" if args.oracle else ""
-            cells.append(f"{pref:+.2f}: {kwh:.3f} ({reds[-1]:+.1f} %{gap})")
+            results[pref] = metrics_of_record(rollout(rule, cfg, day_seed).frame)
+        add_gap_closed(results)  # gridrl benchmark's gap closed (NaN without --oracle)
+        pi = results["pi"]["export_kwh"]
+        reds = [reduction_pct(results[pref]["export_kwh"], pi) for pref in prefs]
+        cells = [f"{pref:+.2f}: {results[pref]['export_kwh']:.3f} ({red:+.1f} %"
+                 + (f", gap {results[pref]['gap_closed']:+.2f})" if args.oracle else ")")
+                 for pref, red in zip(prefs, reds, strict=True)]  # fmt: skip
+        oracle = results.get("oracle", {}).get("export_kwh", math.nan)
         head = f"{scenario:14s} PI {pi:.3f}" + (f" oracle {oracle:.3f}" if args.oracle else "")
         print(head + " | " + " | ".join(cells), flush=True)
         best_red.append(max(reds))
-        if args.oracle and math.isfinite(gaps[0]):
-            best_gaps.append(max(gaps))
+        if args.oracle and pi - oracle > 1e-3:  # as gridrl benchmark's mean gap: days the oracle can improve
+            best_gaps.append(max(results[pref]["gap_closed"] for pref in prefs))
     if args.oracle:
         print(f"ceiling of a preference held all day (the best of {args.constant} on each day): mean export "
               f"reduction {sum(best_red) / len(best_red):+.1f} %, mean gap closed "
