@@ -20,7 +20,8 @@ or ``rbc`` (the rule-based controller, envs/citylearn/devices.py ``rbc_action``,
 * ``action``: ``names`` in order, per-slot bounds ``low``/``high`` (battery [-1, 1]; charger [0, 1], or
   [-1, 1] where it can discharge a vehicle), their unit, and ``mode``: ``direct`` (the graph's output is
   the action) or ``rbc_residual`` (the action is ``clip(RBC(raw) + residual_scale * output, low, high)``,
-  the env's ``action_mode``, with the RBC run on the raw observation);
+  the env's ``action_mode``, with the RBC run on the raw observation), and ``residual_groups``: null (one
+  output per slot), or each slot's index into the outputs (``residual_per: kind``: one per kind of device);
 * ``devices``: envs/citylearn/devices.py ``DeviceTable.to_dict()``: each battery's capacity, nominal power,
   depth of discharge, efficiency, each charger's powers and efficiency, the action slot of each and where
   its readings sit in the raw vector (what the RBC and the safety wrapper read);
@@ -51,7 +52,7 @@ device table); they are imported inside the export functions only.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,8 +107,10 @@ class CityLearnOnnxPolicy:
         encoder: ObservationEncoder,
         devices: DeviceTable,
         residual_scale: float | None = None,
+        residual_groups: Sequence[int] | None = None,
     ):
         self.onnx, self.encoder, self.devices, self.residual_scale = onnx, encoder, devices, residual_scale
+        self.groups = None if residual_groups is None else np.asarray(residual_groups, dtype=np.int64)
         self.rbc = RBCPolicy(devices) if residual_scale is not None else None
         self.low, self.high = devices.action_bounds()
 
@@ -120,6 +123,8 @@ class CityLearnOnnxPolicy:
         u = self.network(raw).astype(np.float64)
         if self.rbc is None:
             return u
+        if self.groups is not None:  # one correction per kind of device: spread over the slots
+            u = u[..., self.groups]
         return np.clip(self.rbc(raw) + self.residual_scale * u, self.low, self.high)
 
 
@@ -149,7 +154,8 @@ class CityLearnBundle(LoadedBundle):
             action = self.manifest["action"]
             scale = float(action["residual_scale"]) if action.get("mode") == "rbc_residual" else None
             onnx = OnnxPolicy(self.path / ONNX_FILE, None, threads)
-            return CityLearnOnnxPolicy(onnx, self.encoder, self.devices, scale)
+            groups = action.get("residual_groups") if scale is not None else None
+            return CityLearnOnnxPolicy(onnx, self.encoder, self.devices, scale, groups)
         return RBCPolicy(self.devices, (self.manifest.get("params") or {}).get("soc_margin"))
 
     def wrap(self, policy: Any, **kwargs: Any) -> CityLearnSafetyWrapper:
@@ -200,6 +206,13 @@ def load_citylearn_bundle(path: str | Path, check_onnx: bool = True) -> CityLear
             raise bundle_error(mpath, f"action.mode {action.get('mode')!r}: direct or rbc_residual")
         if action["mode"] == "rbc_residual" and not float(action.get("residual_scale") or 0) > 0:
             raise bundle_error(mpath, "action.residual_scale: must be > 0 with mode rbc_residual")
+        groups = action.get("residual_groups")
+        n = devices.n_actions
+        if groups is not None and not (
+            isinstance(groups, list) and len(groups) == n
+            and all(isinstance(g, int) and not isinstance(g, bool) and 0 <= g < n for g in groups)
+        ):  # fmt: skip
+            raise bundle_error(mpath, f"action.residual_groups: null, or {n} group indices in [0, {n})")
     else:
         margin = (manifest.get("params") or {}).get("soc_margin", SOC_MARGIN)
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
@@ -207,7 +220,9 @@ def load_citylearn_bundle(path: str | Path, check_onnx: bool = True) -> CityLear
     bundle = CityLearnBundle(root, manifest, devices, encoder, limits)
     if manifest["controller"] == "onnx" and check_onnx:
         policy = bundle.make_policy()
-        verify_onnx(root / ONNX_FILE, policy.onnx, manifest, encoder.n, devices.n_actions)
+        groups = manifest["action"].get("residual_groups")
+        n_out = max(groups) + 1 if groups else devices.n_actions
+        verify_onnx(root / ONNX_FILE, policy.onnx, manifest, encoder.n, n_out)
     return bundle
 
 
@@ -245,6 +260,7 @@ def _base_manifest(
     limits: CityLearnSafetyLimits,
     action_mode: str,
     residual_scale: float | None,
+    residual_groups: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     devices = DeviceTable.from_env(env.citylearn)
     missing = devices.missing_for_raw_state()
@@ -276,6 +292,7 @@ def _base_manifest(
             "unit": ACTION_UNIT,
             "mode": action_mode,
             "residual_scale": residual_scale,
+            "residual_groups": None if residual_groups is None else [int(g) for g in residual_groups],
         },
         "devices": devices.to_dict(),
         "reward": _reward(env),
@@ -362,17 +379,22 @@ def export_citylearn_checkpoint(
             f"{ckpt}: the env given does not simulate the run's schema, window, observations and reward: "
             f"{_scaling(env.config)} vs {_scaling(train)}"
         )
+    residual = train.residual_scale if train.action_mode == "rbc_residual" else None
+    groups = None
+    if residual is not None and train.residual_per == "kind":
+        groups = DeviceTable.from_env(env.citylearn).kind_groups()[1]
+    n_out = int(groups.max()) + 1 if groups is not None else len(env.action_names)
     module_in = int(np.prod(policy.module.observation_space.shape))
     module_out = int(np.prod(policy.module.action_space.shape))
-    if (module_in, module_out) != (env.encoder.n, env.action_space.shape[0]):
+    if (module_in, module_out) != (env.encoder.n, n_out):
         raise ValueError(
             f"{ckpt}: the policy maps {module_in} -> {module_out} values, the run's env {env.encoder.n} "
-            f"observations -> {env.action_space.shape[0]} actions (schema changed since training?)"
+            f"observations -> {n_out} actions (schema changed since training?)"
         )
-    residual = train.residual_scale if train.action_mode == "rbc_residual" else None
     manifest = _base_manifest(
-        "onnx", "policy", str(info.get("algorithm")), env, env.encoder, limits, train.action_mode, residual
-    )
+        "onnx", "policy", str(info.get("algorithm")), env, env.encoder, limits, train.action_mode, residual,
+        groups,
+    )  # fmt: skip
     out = Path(out)
     prepare_out(out, overwrite)
     manifest["onnx"] = {

@@ -40,9 +40,10 @@ TRAIN = {"end_time_step": 47, "episode_time_steps": 24, "holdout_weeks": [], "ac
          "residual_scale": 0.5}  # fmt: skip
 
 
-def citylearn_checkpoint(algo: str, root: Path, schema: str, scale: float = 3.0) -> Path:
-    """An RLModule of ``rllib_configs/citylearn/<algo>.yaml`` (district, short window) with fresh weights
-    times ``scale``, saved as a run's checkpoint beside the run info gridrl's runner writes."""
+def citylearn_checkpoint(algo: str, root: Path, schema: str, scale: float = 3.0, **env_config) -> Path:
+    """An RLModule of ``rllib_configs/citylearn/<algo>.yaml`` (district, short window, ``env_config`` over
+    it) with fresh weights times ``scale``, saved as a run's checkpoint beside the run info gridrl's runner
+    writes."""
     import torch
 
     from rllib_configs.loader import load_train_config
@@ -51,8 +52,8 @@ def citylearn_checkpoint(algo: str, root: Path, schema: str, scale: float = 3.0)
 
     spec = load_train_config(REPO / "rllib_configs" / "citylearn" / f"{algo}.yaml")
     config = spec.algo_config
-    config.environment(env_config={**config.env_config, **TRAIN, "schema": schema})
-    env = CityLearnRLlibEnv({**config.env_config, "action_mode": "direct"})
+    config.environment(env_config={**config.env_config, **TRAIN, "schema": schema, **env_config})
+    env = CityLearnRLlibEnv(config.env_config)
     torch.manual_seed(0)
     module = config.get_rl_module_spec(env=env).build()
     with torch.no_grad():
@@ -80,13 +81,15 @@ def env(schema) -> CityLearnRLlibEnv:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, schema, env) -> dict[str, tuple[Path, Path]]:
-    """PPO and SAC: (checkpoint, bundle exported from it)."""
+    """PPO, SAC and PPO with one correction per kind of device: (checkpoint, bundle exported from it)."""
     out = {}
-    for algo in ("ppo", "sac"):
-        root = tmp_path_factory.mktemp(algo)
-        ckpt = citylearn_checkpoint(algo, root, schema)
+    for name in ("ppo", "sac", "ppo_per_kind"):
+        algo = name.split("_")[0]
+        root = tmp_path_factory.mktemp(name)
+        extra = {"residual_per": "kind"} if name == "ppo_per_kind" else {}
+        ckpt = citylearn_checkpoint(algo, root, schema, **extra)
         export_citylearn_checkpoint(ckpt, root / "bundle", env=env)
-        out[algo] = (ckpt, root / "bundle")
+        out[name] = (ckpt, root / "bundle")
     return out
 
 
@@ -104,12 +107,13 @@ def _raw(env: CityLearnRLlibEnv) -> np.ndarray:
 # --- export and parity
 
 
-@pytest.mark.parametrize("algo", ["ppo", "sac"])
-def test_policy_bundle_acts_as_the_checkpoints_greedy_policy(algo, runs, env):
+@pytest.mark.parametrize("name", ["ppo", "sac", "ppo_per_kind"])
+def test_policy_bundle_acts_as_the_checkpoints_greedy_policy(name, runs, env):
     from envs.citylearn.evaluate import TrainedPolicy
-    from rllib_configs.policy import load_policy
+    from rllib_configs.policy import find_run_info, load_policy
 
-    ckpt, path = runs[algo]
+    algo = name.split("_")[0]
+    ckpt, path = runs[name]
     bundle = load_citylearn_bundle(path)
     m = bundle.manifest
     assert (m["domain"], m["controller"], m["algorithm"]) == ("citylearn", "onnx", algo.upper())
@@ -117,6 +121,12 @@ def test_policy_bundle_acts_as_the_checkpoints_greedy_policy(algo, runs, env):
     assert m["observation"]["names"] == list(env.citylearn.observation_names[0])
     assert m["observation"]["encoding"]["names"] == env.observation_names
     assert (m["action"]["mode"], m["action"]["residual_scale"]) == ("rbc_residual", 0.5)
+    if name == "ppo_per_kind":  # two outputs: every battery's correction, every charger's
+        slots = {b.battery.slot: 0 for b in bundle.devices.buildings if b.battery is not None}
+        slots.update({c.slot: 1 for c in bundle.devices.chargers})
+        assert m["action"]["residual_groups"] == [slots[k] for k in range(len(env.action_names))]
+    else:
+        assert m["action"]["residual_groups"] is None
     assert m["action"]["names"] == env.action_names and min(m["action"]["low"]) == -1.0
     weights = {k: m["reward"][k] for k in ("co2", "solar", "cost", "ev", "peak")}
     assert weights == {"co2": 0.5, "solar": 0.2, "cost": 0.15, "ev": 0.1, "peak": 0.05}
@@ -132,7 +142,7 @@ def test_policy_bundle_acts_as_the_checkpoints_greedy_policy(algo, runs, env):
 
     # On a real episode: the bundle (raw observation -> numpy encoding -> ONNX -> RBC + correction) gives
     # the checkpoint's greedy action as gridrl evaluate runs it (TrainedPolicy: the env's scaling, torch).
-    train = CityLearnEnvConfig(**{**env.config.__dict__, "action_mode": "rbc_residual"})
+    train = CityLearnEnvConfig(**find_run_info(ckpt)["env_config"])
     greedy = TrainedPolicy(policy, env, env, train)
     wrapper = bundle.make_wrapper(clock=lambda: 0.0)
     rbc = load_citylearn_bundle(path).make_policy().rbc
@@ -146,7 +156,7 @@ def test_policy_bundle_acts_as_the_checkpoints_greedy_policy(algo, runs, env):
         decision = wrapper.decide(raw)
         assert decision.source == "policy"
         obs, *_ = env.step(decision.action_w.astype(np.float32))
-    print(f"{algo}: ONNX vs torch {net_diff:.2g} on 1000 observations, bundle vs checkpoint {diff:.2g}")
+    print(f"{name}: ONNX vs torch {net_diff:.2g} on 1000 observations, bundle vs checkpoint {diff:.2g}")
     assert diff <= 1e-5
     assert departed > 0.1, "the policy's corrections are not negligible: the parity is not the RBC's alone"
 

@@ -161,6 +161,28 @@ def test_shared_2022_ev_schema_builds_and_steps():
     assert steps == 23 and np.all(np.isfinite(obs[0])) and np.isfinite(reward[0])
 
 
+def test_residual_per_kind_gives_every_battery_one_correction_and_every_charger_another():
+    config = {"schema": str(shared_2022_schema()), "end_time_step": 23, "action_mode": "rbc_residual",
+              "residual_scale": 0.5}  # fmt: skip
+    per_device = CityLearnRLlibEnv(config)
+    env = CityLearnRLlibEnv({**config, "residual_per": "kind"})
+    assert env.action_space.shape == (2,) and per_device.action_space.shape == (25,)
+    batteries = [b.battery.slot for b in env.devices.buildings if b.battery is not None]
+    chargers = [c.slot for c in env.devices.chargers]
+    assert sorted(batteries + chargers) == list(range(25)) and chargers
+    env.reset(seed=0)
+    per_device.reset(seed=0)
+    spread = np.zeros(25, dtype=np.float32)
+    spread[batteries], spread[chargers] = 0.4, -0.6
+    for _ in range(6):  # the same CityLearn action as the per-device correction it stands for
+        a = env.to_citylearn(np.array([0.4, -0.6], dtype=np.float32))
+        np.testing.assert_array_equal(a, per_device.to_citylearn(spread))
+        env.step(np.array([0.4, -0.6], dtype=np.float32))
+        per_device.step(spread)
+    zero = env.to_citylearn(np.zeros(2, dtype=np.float32))
+    np.testing.assert_allclose(zero, make_baseline("rbc", env)(None), atol=1e-6)  # zero: the RBC
+
+
 # --- env --------------------------------------------------------------------------------------------------
 
 

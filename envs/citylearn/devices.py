@@ -105,6 +105,14 @@ class DeviceTable:
     def chargers(self) -> list[ChargerSpec]:
         return [c for b in self.buildings for c in b.chargers]
 
+    def kind_groups(self) -> tuple[tuple[str, ...], np.ndarray]:
+        """The kinds of device present (``battery``, ``charger``, in that order) and each action slot's kind
+        index: how a correction per kind (``residual_per: kind``) spreads over the slots."""
+        slot_kind = {b.battery.slot: "battery" for b in self.buildings if b.battery is not None}
+        slot_kind.update({c.slot: "charger" for c in self.chargers})
+        kinds = tuple(k for k in ("battery", "charger") if k in slot_kind.values())
+        return kinds, np.array([kinds.index(slot_kind[s]) for s in range(self.n_actions)], dtype=np.int64)
+
     def action_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-slot bounds in the action's units: battery [-1, 1]; charger [0 or -1 (V2G), 1]."""
         low = np.full(self.n_actions, -1.0)

@@ -85,6 +85,10 @@ class CityLearnEnvConfig:
     ``residual_scale`` x the action (module docstring)."""
     residual_scale: float = 0.5
     """Scale of the policy's correction in ``rbc_residual`` mode (action units per unit of policy output)."""
+    residual_per: Literal["device", "kind"] = "device"
+    """``rbc_residual`` mode: one correction per device (``device``), or one per kind of device (``kind``):
+    every battery gets the same correction, every charger another, so the policy picks two numbers a step
+    whatever the number of buildings. Ignored in ``direct`` mode."""
 
     def __post_init__(self) -> None:
         if self.episode_time_steps is not None and self.episode_time_steps < 2:
@@ -289,10 +293,15 @@ class CityLearnRLlibEnv(gym.Env):
             self.encoder = ObservationEncoder.from_env(self.citylearn, "clipped")
         self.action_names = list(self.citylearn.action_names[0])
         self.devices = None
+        self.residual_groups: np.ndarray | None = None
+        """Each action slot's index into the policy's action (``residual_per: kind``), else None."""
         if self.config.action_mode == "rbc_residual":
             from envs.citylearn.devices import DeviceTable
 
             self.devices = DeviceTable.from_env(self.citylearn)
+            if self.config.residual_per == "kind":
+                kinds, self.residual_groups = self.devices.kind_groups()
+                self.action_space = gym.spaces.Box(-1.0, 1.0, (len(kinds),), np.float32)
 
     def _obs(self, raw: np.ndarray) -> np.ndarray:
         if self.encoder is not None:
@@ -351,7 +360,8 @@ class CityLearnRLlibEnv(gym.Env):
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(self.action_space.shape), -1.0, 1.0)
         if self.devices is None:
             return a
-        return residual_action(self.citylearn, self.devices, a, self.config.residual_scale)
+        groups = self.residual_groups
+        return residual_action(self.citylearn, self.devices, a, self.config.residual_scale, groups)
 
     def step(self, action: np.ndarray):
         a = self.to_citylearn(action)
@@ -363,20 +373,27 @@ class CityLearnRLlibEnv(gym.Env):
         return self.citylearn.evaluate(**kwargs)
 
 
-def residual_action(citylearn: Any, devices: Any, action: np.ndarray, scale: float) -> np.ndarray:
+def residual_action(
+    citylearn: Any, devices: Any, action: np.ndarray, scale: float, groups: np.ndarray | None = None
+) -> np.ndarray:
     """``clip(RBC(state) + scale * action)`` within each device's bounds (``action_mode: rbc_residual``).
 
     Args:
         citylearn: The CityLearnEnv (the RBC reads its state).
         devices: Its :class:`envs.citylearn.devices.DeviceTable`.
-        action: The policy's correction in [-1, 1].
+        action: The policy's correction in [-1, 1]: one per action slot, or one per group.
         scale: ``residual_scale``.
+        groups: Each slot's index into ``action`` (``residual_per: kind``,
+            :meth:`~envs.citylearn.devices.DeviceTable.kind_groups`); None: one correction per slot.
     """
     from envs.citylearn.devices import rbc_action, state_from_env
 
     base = rbc_action(devices, state_from_env(citylearn, devices)).astype(np.float64)
     low, high = devices.action_bounds()
-    return np.clip(base + scale * np.asarray(action, dtype=np.float64), low, high)
+    correction = np.asarray(action, dtype=np.float64)
+    if groups is not None:
+        correction = correction[groups]
+    return np.clip(base + scale * correction, low, high)
 
 
 def make_citylearn_env(env_config: Mapping[str, Any]) -> CityLearnRLlibEnv:

@@ -269,10 +269,13 @@ class TrainedPolicy:
         self.policy, self.reference, self.env = policy, reference, env
         self.train = train or reference.config
         self.devices = None
+        self.groups = None
         if self.train.action_mode == "rbc_residual":
             from envs.citylearn.devices import DeviceTable
 
             self.devices = DeviceTable.from_env(env.citylearn)
+            if self.train.residual_per == "kind":
+                self.groups = self.devices.kind_groups()[1]
 
     def observe(self) -> np.ndarray:
         """The env's current observation as the policy saw observations in training."""
@@ -285,9 +288,9 @@ class TrainedPolicy:
             return a
         from envs.citylearn.env import residual_action
 
-        return residual_action(self.env.citylearn, self.devices, a, self.train.residual_scale).astype(
-            np.float32
-        )
+        return residual_action(
+            self.env.citylearn, self.devices, a, self.train.residual_scale, self.groups
+        ).astype(np.float32)
 
 
 def heldout_window(train: CityLearnEnvConfig, days: int) -> dict[str, int]:
