@@ -139,3 +139,23 @@ def test_heldout_window(shared_dir):
         "start_time_step": 0, "end_time_step": 47}  # fmt: skip
     with pytest.raises(ValueError, match="held-out"):
         heldout_window(CityLearnEnvConfig(schema), 1)
+
+
+def test_per_kind_config_gives_the_policy_one_correction_per_kind_of_device():
+    """ppo_kind.yaml (the README's CityLearn table) is ppo.yaml with 2 actions on the district: every
+    battery's correction and every charger's."""
+    base = load_train_config(REPO / "rllib_configs" / "citylearn" / "ppo.yaml").algo_config
+    kind = load_train_config(REPO / "rllib_configs" / "citylearn" / "ppo_kind.yaml").algo_config
+    differs = {
+        k
+        for k in set(base.env_config) | set(kind.env_config)
+        if base.env_config.get(k) != kind.env_config.get(k)
+    }
+    assert differs == {"residual_per", "residual_scale"}
+    assert (kind.env_config["residual_per"], kind.env_config["residual_scale"], kind.gamma) == (
+        "kind",
+        0.1,
+        0.95,
+    )
+    env = CityLearnRLlibEnv({**kind.env_config, "end_time_step": 2 * WEEK - 1, "holdout_weeks": []})
+    assert env.action_space.shape == (2,) and len(env.action_names) == 25
