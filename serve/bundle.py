@@ -349,6 +349,11 @@ def verify_onnx(
     z, want = np.asarray(known.get("inputs", []), np.float32), np.asarray(known.get("outputs", []))
     if z.size == 0:
         raise bundle_error(path.parent / MANIFEST, "onnx.known_answers missing")
+    if want.ndim != 2 or want.shape[-1] != n_out:  # a symbolic graph width is checked here
+        raise bundle_error(
+            path,
+            f"graph must map (B, {n_in}) -> (B, {n_out}); its known answers have shape {list(want.shape)}",
+        )
     got = policy.run_normalised(z)
     if got.shape != want.shape or not np.all(np.abs(got - want) <= PARITY_TOL):
         raise bundle_error(

@@ -232,6 +232,23 @@ def test_tampered_bundles_are_refused(runs, tmp_path):
     with pytest.raises(BundleError, match=r"action\.low/high"):
         load_citylearn_bundle(resealed)
 
+    for name, groups in (("short_groups", [0, 1]), ("bad_group", [0] * 24 + [25])):
+        regrouped = copy(name)  # corrections spread over other slots than the policy was trained for
+        manifest = json.loads((regrouped / "manifest.json").read_text())
+        manifest["action"]["residual_groups"] = groups
+        write_manifest(
+            regrouped, {k: v for k, v in manifest.items() if k not in ("files", "manifest_sha256")}
+        )
+        with pytest.raises(BundleError, match=r"action\.residual_groups: null, or 25 group indices"):
+            load_citylearn_bundle(regrouped)
+    regrouped = copy("per_kind_on_per_device")  # valid groups, but the graph has 25 outputs, not 2
+    manifest = json.loads((regrouped / "manifest.json").read_text())
+    per_kind = json.loads((runs["ppo_per_kind"][1] / "manifest.json").read_text())
+    manifest["action"]["residual_groups"] = per_kind["action"]["residual_groups"]
+    write_manifest(regrouped, {k: v for k, v in manifest.items() if k not in ("files", "manifest_sha256")})
+    with pytest.raises(BundleError, match=r"graph must map \(B, \d+\) -> \(B, 2\)"):
+        load_citylearn_bundle(regrouped)
+
     swapped = copy("swapped")  # another policy's graph, hashes rewritten: the known answers catch it
     shutil.copy(sac / "policy.onnx", swapped / "policy.onnx")
     manifest = json.loads((swapped / "manifest.json").read_text())
