@@ -24,8 +24,9 @@ with the training env's scaling (the simulation window, hence CityLearn's observ
 Actions (``action_mode``): ``direct`` (default) sends the policy's action to CityLearn; ``rbc_residual``
 sends ``clip(RBC(state) + residual_scale * action)``, the rule-based controller of
 :mod:`envs.citylearn.devices` plus the policy's correction, so a policy starts at the RBC (zero correction)
-and learns only where to depart from it. A bundle of such a policy runs the same RBC from the raw
-observation (serve/citylearn_bundle.py).
+and learns only where to depart from it; with ``residual_per: kind`` the policy gives one correction per
+kind of device (every battery the same, every charger another) instead of one per device. A bundle of such
+a policy runs the same RBC from the raw observation (serve/citylearn_bundle.py).
 
 The schema may be any CityLearn 3.0.2 schema: :func:`envs.citylearn.prepare.prepare_schema` puts our reward
 in place of the schema's and drops, or names, what CityLearn 3.0.2 cannot load.
