@@ -151,7 +151,7 @@ def test_per_kind_config_gives_the_policy_one_correction_per_kind_of_device():
         for k in set(base.env_config) | set(kind.env_config)
         if base.env_config.get(k) != kind.env_config.get(k)
     }
-    assert differs == {"residual_per", "residual_scale"}
+    assert differs == {"residual_per"}
     assert (kind.env_config["residual_per"], kind.env_config["residual_scale"], kind.gamma) == (
         "kind",
         0.1,
