@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from envs.citylearn.devices import DeviceTable  # noqa: E402
 from envs.citylearn.env import CityLearnRLlibEnv, residual_action  # noqa: E402
 from envs.citylearn.evaluate import evaluate_weeks  # noqa: E402
+from envs.tables import format_table  # noqa: E402
 
 DISTRICT = "../shared/citylearn/citylearn_challenge_2022_phase_all_plus_evs"
 HOLDOUT = (8, 21, 34, 47)  # rllib_configs/citylearn/*.yaml
@@ -80,13 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         results = evaluate_weeks(env, weeks, out, controllers=("rbc",), policies=policies, seed=args.seed)
     rbc = results["rbc"]
     print(f"{args.schema}: held-out weeks {list(HOLDOUT)}, residual_scale {args.scale}, seed {args.seed}")
-    head = ("correction", "cost", "vs RBC", "CO2 kg", "vs RBC", "EV ok", "return")
-    print("{:26s} {:>9s} {:>7s} {:>9s} {:>7s} {:>6s} {:>8s}".format(*head))
-    for name, k in results.items():
-        cost = 100 * (1 - k["cost_total"] / rbc["cost_total"])
-        co2 = 100 * (1 - k["carbon_emissions_kg"] / rbc["carbon_emissions_kg"])
-        print(f"{name:26s} {k['cost_total']:9.1f} {cost:+6.1f}% {k['carbon_emissions_kg']:9.1f} {co2:+6.1f}% "
-              f"{k['ev_departure_success_ratio']:6.3f} {k['episode_return']:8.1f}")  # fmt: skip
+    rows = [
+        [name, k["cost_total"], 100 * (1 - k["cost_total"] / rbc["cost_total"]), k["carbon_emissions_kg"],
+         100 * (1 - k["carbon_emissions_kg"] / rbc["carbon_emissions_kg"]), k["ev_departure_success_ratio"],
+         k["episode_return"]]
+        for name, k in results.items()
+    ]  # fmt: skip
+    columns = ("correction", "cost", "cost vs RBC %", "CO2 kg", "CO2 vs RBC %", "EV success", "return")
+    print(format_table(rows, columns, fmt=[None, ".1f", "+.1f", ".1f", "+.1f", ".3f", ".1f"]))
     print("vs RBC: reduction (positive: lower than the RBC's)")
     return 0
 
