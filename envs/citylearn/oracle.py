@@ -1,0 +1,257 @@
+"""A perfect-foresight bound: the least cost (or CO2) any controller could reach on an episode.
+
+Per building, one linear program over the episode's steps, knowing the whole week in advance::
+
+    net_t  = base_t + c_t - d_t + sum_j (e_jt - v_jt)        base: load - PV with battery and sockets idle
+    i_t   >= net_t, i_t >= 0                                 import (CityLearn's cost and emissions KPIs
+                                                             price each building's import, no export credit)
+    s_t    = s_t-1 + eta c_t - d_t / eta                     battery energy, s in [(1 - DoD) cap, cap],
+                                                             c, d <= nominal power x step
+    q_kt   = q_kt-1 + eta_j e_jt - v_jt / eta_j              each stay k of a vehicle at socket j: energy in
+                                                             [0, capacity], charging (and V2G where the
+                                                             charger allows) only while plugged
+    q_k,departure + u_k >= required_soc x capacity           u_k: shortfall, priced at ``shortfall_price``
+                                                             per kWh (never worth it)
+
+    minimise  sum_t w_t i_t + shortfall_price sum_k u_k      w: the price (``cost``) or the carbon
+                                                             intensity (``co2``)
+
+It relaxes the simulator where that can only help the controller: the battery's efficiency is the best of
+its power-efficiency curve at every power, its charge power does not fall near full, it has no
+self-discharge, and sockets have no minimum power. So no controller does better on that episode than this
+bound (up to CityLearn's SoC noise on arriving vehicles): ``(rbc - bound) / rbc`` is the most a learned
+policy could gain over the RBC, the honest ceiling for a "5 % below the RBC" target.
+
+Stays, arrival SoCs and the idle ``base`` (net consumption less what the battery and sockets drew) come from
+running the episode under the RBC in the env: the vehicles arrive as they did for the RBC, which the bound is
+compared with (under every action 0, a vehicle that charged nowhere would arrive emptier than it does), with
+the evaluation's episode index (CityLearn seeds the vehicles' SoC drift with it). A vehicle still plugged at
+the episode's end owes the share of its energy that an even spread over its stay would have delivered by
+then (:class:`Stay` ``progress``): the bound neither skips nor front-loads energy needed after the window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+Objective = Literal["cost", "co2"]
+
+
+@dataclass
+class Stay:
+    """A vehicle's stay at a socket: steps [arrival, departure] (departure = last plugged step)."""
+
+    charger: int
+    arrival: int
+    departure: int
+    soc0: float
+    required: float
+    capacity: float
+    progress: float = 1.0
+    """Share of the way from ``soc0`` to ``required`` owed at ``departure``: 1 for a vehicle that leaves
+    within the episode; for one still plugged at the episode's end, the share of its stay spent by then (the
+    RBC's even spread), so the bound neither skips nor front-loads energy the vehicle needs after the window.
+    """
+
+
+def _arrival_socs(cl: Any) -> dict[tuple[str, str], float]:
+    """(building, charger id) -> the plugged vehicle's SoC as the controller observes it now."""
+    out = {}
+    for b in cl.buildings:
+        evs = b.observations(include_all=True, observation_names=["electric_vehicles_chargers_dict"])
+        for cid, d in (evs.get("electric_vehicles_chargers_dict") or {}).items():
+            if d.get("connected") and d.get("battery_soc") is not None:
+                out[(b.name, cid)] = float(d["battery_soc"])
+    return out
+
+
+def _stays(env: Any, b: Any, n: int, socs: list[dict[tuple[str, str], float]], h: float = 1.0) -> list[Stay]:
+    """The vehicles' stays at ``b``'s sockets over the ``n`` simulated steps; ``socs[t]`` is
+    :func:`_arrival_socs` at step t of the episode (a vehicle's own SoC history is not reliable after an
+    earlier episode: the same vehicle object visits several sockets and episodes)."""
+    out = []
+    for j, c in enumerate(b.electric_vehicle_chargers or []):
+        sim = c.charger_simulation
+        state = np.asarray(sim.electric_vehicle_charger_state, dtype=np.float64)
+        required = np.asarray(sim.electric_vehicle_required_soc_departure, dtype=np.float64)
+        hours_left = np.asarray(sim.electric_vehicle_departure_time, dtype=np.float64)
+        evs = list(c.past_connected_evs)[:n]
+        t = 0
+        while t < n:
+            ev = evs[t] if t < len(evs) else None
+            if ev is None or state[t] != 1:
+                t += 1
+                continue
+            start = t
+            while t + 1 < n and t + 1 < len(evs) and evs[t + 1] is ev and state[t + 1] == 1:
+                if t + 1 < len(required) and required[t + 1] != required[start]:
+                    break
+                t += 1
+            req = float(required[t]) if np.isfinite(required[t]) and required[t] >= 0 else 0.0
+            progress = 1.0
+            if t == n - 1 and np.isfinite(hours_left[start]) and hours_left[start] > 0:  # leaves later
+                steps_total = hours_left[start] / h + 1.0  # as the RBC counts: the countdown + this step
+                progress = min((t - start + 1) / steps_total, 1.0)
+            soc0 = socs[start].get((b.name, c.charger_id), float(ev.battery.soc[start]))
+            out.append(Stay(j, start, t, soc0, req, float(ev.battery.capacity), progress))
+            t += 1
+    return out
+
+
+def _building_lp(
+    b: Any, n: int, h: float, weight: np.ndarray, base: np.ndarray, stays: list[Stay], shortfall_price: float
+) -> dict[str, Any]:
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    chargers = list(b.electric_vehicle_chargers or [])
+    storage = b.electrical_storage
+    has_battery = storage is not None and float(getattr(storage, "capacity", 0.0) or 0.0) > 0
+    names: list[tuple[str, int, int]] = []  # (kind, index, step)
+
+    def var(kind: str, k: int, t: int) -> int:
+        names.append((kind, k, t))
+        return len(names) - 1
+
+    imp = [var("i", 0, t) for t in range(n)]
+    bat = []
+    if has_battery:
+        bat = [(var("c", 0, t), var("d", 0, t), var("s", 0, t)) for t in range(n)]
+    ev_vars = []
+    for k, st in enumerate(stays):
+        v2g = float(chargers[st.charger].max_discharging_power) > 0
+        ev_vars.append([(var("e", k, t), var("v", k, t) if v2g else None, var("q", k, t))
+                        for t in range(st.arrival, st.departure + 1)])  # fmt: skip
+    short = [var("u", k, 0) for k in range(len(stays))]
+    nv = len(names)
+    cost = np.zeros(nv)
+    cost[imp] = weight[:n]
+    cost[short] = shortfall_price
+    lo, hi = np.zeros(nv), np.full(nv, np.inf)
+    rows_ub, cols_ub, vals_ub, b_ub = [], [], [], []
+    rows_eq, cols_eq, vals_eq, b_eq = [], [], [], []
+
+    def ub(terms: list[tuple[int, float]], rhs: float) -> None:
+        r = len(b_ub)
+        for c, v in terms:
+            rows_ub.append(r)
+            cols_ub.append(c)
+            vals_ub.append(v)
+        b_ub.append(rhs)
+
+    def eq(terms: list[tuple[int, float]], rhs: float) -> None:
+        r = len(b_eq)
+        for c, v in terms:
+            rows_eq.append(r)
+            cols_eq.append(c)
+            vals_eq.append(v)
+        b_eq.append(rhs)
+
+    flows: list[list[tuple[int, float]]] = [[] for _ in range(n)]  # terms of net_t beyond base_t
+    if has_battery:
+        curve = np.asarray(getattr(storage, "power_efficiency_curve", [[0, 1], [storage.efficiency] * 2]))
+        # CityLearn applies sqrt(efficiency) each way (Battery.round_trip_efficiency): the curve's best
+        eta = float(np.sqrt(np.max(curve[1]) if curve.ndim == 2 else storage.efficiency))
+        cap, p = float(storage.capacity), float(storage.nominal_power) * h
+        s_min = max(1.0 - float(storage.depth_of_discharge), 0.0) * cap
+        s_prev: int | None = None
+        s0 = float(storage.initial_soc) * cap
+        for t, (c, d, s) in enumerate(bat):
+            hi[c] = hi[d] = p
+            lo[s], hi[s] = s_min, cap
+            terms = [(s, 1.0), (c, -eta), (d, 1.0 / eta)] + ([(s_prev, -1.0)] if s_prev is not None else [])
+            eq(terms, 0.0 if s_prev is not None else s0)
+            s_prev = s
+            flows[t] += [(c, 1.0), (d, -1.0)]
+    for k, st in enumerate(stays):
+        c = chargers[st.charger]
+        eta_j = float(c.efficiency)
+        q_prev: int | None = None
+        for t, (e, v, q) in zip(range(st.arrival, st.departure + 1), ev_vars[k], strict=True):
+            hi[e] = float(c.max_charging_power) * h
+            lo[q], hi[q] = 0.0, st.capacity
+            terms = [(q, 1.0), (e, -eta_j)]
+            if v is not None:
+                hi[v] = float(c.max_discharging_power) * h
+                terms.append((v, 1.0 / eta_j))
+                flows[t].append((v, -1.0))
+            flows[t].append((e, 1.0))
+            if q_prev is not None:
+                terms.append((q_prev, -1.0))
+            eq(terms, 0.0 if q_prev is not None else st.soc0 * st.capacity)
+            q_prev = q
+        owed = st.soc0 + st.progress * (st.required - st.soc0)  # = required for a vehicle that leaves
+        ub([(q_prev, -1.0), (short[k], -1.0)], -owed * st.capacity)
+    for t in range(n):  # net_t - i_t <= 0  <=>  base_t + flows - i_t <= 0
+        ub([*flows[t], (imp[t], -1.0)], -float(base[t]))
+    a_ub = coo_matrix((vals_ub, (rows_ub, cols_ub)), shape=(len(b_ub), nv)).tocsr()
+    a_eq = coo_matrix((vals_eq, (rows_eq, cols_eq)), shape=(len(b_eq), nv)).tocsr() if b_eq else None
+    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq if b_eq else None,
+                  bounds=list(zip(lo, hi, strict=True)), method="highs")  # fmt: skip
+    if res.status != 0:
+        raise RuntimeError(f"{b.name}: the bound's linear program failed: {res.message}")
+    x = res.x
+    return {
+        "import": x[imp],
+        "shortfall_kwh": float(np.sum(x[short])) if short else 0.0,
+        "shortfalls": [float(x[u]) for u in short],
+        "ev_kwh": float(sum(x[e] for vs in ev_vars for e, _, _ in vs)),
+    }
+
+
+def oracle_kpis(
+    env: Any, objective: Objective = "cost", seed: int | None = 0, shortfall_price: float = 100.0
+) -> dict[str, float]:
+    """The bound on ``env``'s current episode window (module docstring), as KPIs named like the evaluation's.
+
+    Args:
+        env: A :class:`envs.citylearn.env.CityLearnRLlibEnv` (reset here, run under the RBC).
+        objective: ``cost`` (price-weighted import) or ``co2`` (carbon-intensity-weighted import).
+        seed: Reset seed (the evaluation's, so arriving vehicles have the same SoC).
+        shortfall_price: Price of a kWh missing at departure, per unit of the objective's weight; above any
+            price or carbon intensity, so the bound leaves a vehicle short only where no plan can fill it.
+
+    Returns:
+        ``cost_total``, ``carbon_emissions_kg``, ``grid_import_kwh``, ``ev_charged_kwh``,
+        ``ev_departure_shortfall_kwh``, ``time_steps`` of the bound's plan.
+    """
+    from envs.citylearn.devices import DeviceTable, rbc_action, state_from_env
+
+    cl = env.citylearn
+    table = DeviceTable.from_env(cl)
+    # CityLearn seeds the vehicles' SoC drift with seed + episode index: the evaluation's index (evaluate.py)
+    cl.episode_tracker.reset_episode_index()
+    obs, _ = env.reset(seed=seed)
+    done = False
+    socs = []  # per step: every plugged vehicle's SoC as the RBC observes it (a stay's first: its arrival)
+    while not done:
+        socs.append(_arrival_socs(cl))
+        obs, _, terminated, truncated, _ = env.step(rbc_action(table, state_from_env(cl, table)))
+        done = terminated or truncated
+    n = int(cl.time_step)
+    h = float(cl.seconds_per_time_step) / 3600.0
+    totals = dict.fromkeys(("cost_total", "carbon_emissions_kg", "grid_import_kwh", "ev_charged_kwh",
+                            "ev_departure_shortfall_kwh"), 0.0)  # fmt: skip
+    for b in cl.buildings:
+        # the building with its battery and sockets idle: the RBC's net less what they drew
+        base = sum(np.nan_to_num(np.asarray(getattr(b, k), dtype=np.float64)[:n]) * sign for k, sign in (
+            ("net_electricity_consumption", 1.0), ("electrical_storage_electricity_consumption", -1.0),
+            ("chargers_electricity_consumption", -1.0)))  # fmt: skip
+        price = (np.asarray(b.pricing.electricity_pricing, dtype=np.float64)[:n]
+                 if b.pricing is not None else np.zeros(n))  # fmt: skip
+        ci = (np.asarray(b.carbon_intensity.carbon_intensity, dtype=np.float64)[:n]
+              if b.carbon_intensity is not None else np.zeros(n))  # fmt: skip
+        weight = price if objective == "cost" else ci
+        scale = float(np.max(weight)) if np.max(weight) > 0 else 1.0
+        plan = _building_lp(b, n, h, weight, base, _stays(cl, b, n, socs, h), shortfall_price * scale)
+        imp = plan["import"]
+        totals["cost_total"] += float(price @ imp)
+        totals["carbon_emissions_kg"] += float(ci @ imp)
+        totals["grid_import_kwh"] += float(imp.sum())
+        totals["ev_charged_kwh"] += plan["ev_kwh"]
+        totals["ev_departure_shortfall_kwh"] += plan["shortfall_kwh"]
+    totals["time_steps"] = float(n)
+    return totals
