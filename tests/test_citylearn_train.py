@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -159,3 +160,47 @@ def test_per_kind_config_gives_the_policy_one_correction_per_kind_of_device():
     )
     env = CityLearnRLlibEnv({**kind.env_config, "end_time_step": 2 * WEEK - 1, "holdout_weeks": []})
     assert env.action_space.shape == (2,) and len(env.action_names) == 25
+
+
+def test_narrow_config_keeps_the_reach_and_narrows_only_the_noise():
+    """ppo_narrow.yaml (the README's CityLearn table) is ppo.yaml with a whole device's reach and the policy's
+    noise started at a tenth of it: only residual_scale and the module differ."""
+    from rllib_configs.narrow_gaussian import NarrowGaussianPPOModule
+
+    base = load_train_config(REPO / "rllib_configs" / "citylearn" / "ppo.yaml").algo_config
+    narrow = load_train_config(REPO / "rllib_configs" / "citylearn" / "ppo_narrow.yaml").algo_config
+    keys = set(base.env_config) | set(narrow.env_config)
+    assert {k for k in keys if base.env_config.get(k) != narrow.env_config.get(k)} == {"residual_scale"}
+    assert (base.env_config["residual_scale"], narrow.env_config["residual_scale"]) == (0.1, 1.0)
+    assert (narrow.gamma, narrow.lr, narrow.num_epochs) == (base.gamma, base.lr, base.num_epochs)
+    assert narrow.rl_module_spec.module_class is NarrowGaussianPPOModule
+    assert narrow.model_config["log_std_offset"] == pytest.approx(np.log(0.1), abs=0.01)
+
+
+def test_narrow_module_shifts_the_log_std_and_keeps_the_mean():
+    """The module's action-distribution inputs are the default module's with log_std + offset (same weights),
+    in exploration and in training; a bad offset is refused naming the field."""
+    import torch
+    from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from rllib_configs.narrow_gaussian import NarrowGaussianPPOModule
+
+    spec = {
+        "module_class": NarrowGaussianPPOModule,
+        "observation_space": gym.spaces.Box(0.0, 1.0, (6,), np.float32),
+        "action_space": gym.spaces.Box(-1.0, 1.0, (3,), np.float32),
+    }
+    config = {"fcnet_hiddens": [16], "fcnet_activation": "tanh", "log_std_offset": -2.3}
+    module = RLModuleSpec(**spec, model_config=config).build()
+    batch = {"obs": torch.rand(5, 6)}
+    with torch.no_grad():
+        pairs = [(module._forward, DefaultPPOTorchRLModule._forward),
+                 (module._forward_train, DefaultPPOTorchRLModule._forward_train)]  # fmt: skip
+        for forward, default in pairs:
+            got = forward(dict(batch))["action_dist_inputs"]
+            want = default(module, dict(batch))["action_dist_inputs"]
+            assert torch.equal(got[:, :3], want[:, :3])
+            assert torch.allclose(got[:, 3:], want[:, 3:] - 2.3)
+    with pytest.raises(ValueError, match="log_std_offset"):
+        RLModuleSpec(**spec, model_config={**config, "log_std_offset": "wide"}).build()
