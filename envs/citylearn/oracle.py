@@ -18,7 +18,8 @@ Per building, one linear program over the episode's steps, knowing the whole wee
 
 It relaxes the simulator where that can only help the controller: the battery's efficiency is the best of
 its power-efficiency curve at every power, its charge power does not fall near full, it has no
-self-discharge, and sockets have no minimum power. So no controller does better on that episode than this
+self-discharge, vehicles' batteries lose nothing beyond the charger's efficiency, and sockets have no minimum
+power. So no controller does better on that episode than this
 bound (up to CityLearn's SoC noise on arriving vehicles): ``(rbc - bound) / rbc`` is the most a learned
 policy could gain over the RBC, the honest ceiling for a "5 % below the RBC" target.
 
@@ -38,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 Objective = Literal["cost", "co2"]
+"""Least cost or least CO2; :func:`plan_episode` also takes a share of cost in [0, 1]."""
 
 
 @dataclass
@@ -102,8 +104,19 @@ def _stays(env: Any, b: Any, n: int, socs: list[dict[tuple[str, str], float]], h
 
 
 def _building_lp(
-    b: Any, n: int, h: float, weight: np.ndarray, base: np.ndarray, stays: list[Stay], shortfall_price: float
+    b: Any,
+    n: int,
+    h: float,
+    weight: np.ndarray,
+    base: np.ndarray,
+    stays: list[Stay],
+    shortfall_price: float,
+    vehicle_efficiency: float = 1.0,
 ) -> dict[str, Any]:
+    """One building's plan (module docstring). ``vehicle_efficiency`` multiplies each charger's efficiency:
+    1 for the bound (vehicles' batteries lossless); below 1 for a plan meant to be run in CityLearn, whose
+    vehicle batteries lose energy of their own (about 10 % one way at a socket's power on the 2022 district).
+    """
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
@@ -168,7 +181,7 @@ def _building_lp(
             flows[t] += [(c, 1.0), (d, -1.0)]
     for k, st in enumerate(stays):
         c = chargers[st.charger]
-        eta_j = float(c.efficiency)
+        eta_j = float(c.efficiency) * vehicle_efficiency
         q_prev: int | None = None
         for t, (e, v, q) in zip(range(st.arrival, st.departure + 1), ev_vars[k], strict=True):
             hi[e] = float(c.max_charging_power) * h
@@ -194,30 +207,73 @@ def _building_lp(
     if res.status != 0:
         raise RuntimeError(f"{b.name}: the bound's linear program failed: {res.message}")
     x = res.x
+    battery = np.zeros(n)
+    for t, (c, d, _) in enumerate(bat):
+        battery[t] = x[c] - x[d]
+    sockets = np.zeros((len(chargers), n))  # grid-side kWh through each socket (V2G negative)
+    for k, st in enumerate(stays):
+        for t, (e, v, _) in zip(range(st.arrival, st.departure + 1), ev_vars[k], strict=True):
+            sockets[st.charger, t] += x[e] - (x[v] if v is not None else 0.0)
     return {
         "import": x[imp],
+        "battery_kwh": battery,
+        "socket_kwh": sockets,
         "shortfall_kwh": float(np.sum(x[short])) if short else 0.0,
         "shortfalls": [float(x[u]) for u in short],
         "ev_kwh": float(sum(x[e] for vs in ev_vars for e, _, _ in vs)),
     }
 
 
-def oracle_kpis(
-    env: Any, objective: Objective = "cost", seed: int | None = 0, shortfall_price: float = 100.0
-) -> dict[str, float]:
-    """The bound on ``env``'s current episode window (module docstring), as KPIs named like the evaluation's.
+@dataclass
+class Plan:
+    """A plan over an episode: its KPIs as the linear programs count them, and its actions per step."""
+
+    kpis: dict[str, float]
+    actions: np.ndarray
+    """(steps, actions) in the env's action units (a battery's share of its nominal power, a socket's of its
+    charging power; :class:`envs.citylearn.devices.DeviceTable`), clipped to [-1, 1]."""
+
+
+def _weight(price: np.ndarray, ci: np.ndarray, objective: Objective | float) -> np.ndarray:
+    """The per-kWh weight of import: the price, the carbon intensity, or ``a`` x price / its mean +
+    (1 - a) x intensity / its mean for a number ``a`` in [0, 1]."""
+    if objective == "cost":
+        return price
+    if objective == "co2":
+        return ci
+    a = float(objective)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"objective: 'cost', 'co2' or a share of cost in [0, 1], got {objective!r}")
+    return a * price / max(float(np.mean(price)), 1e-12) + (1.0 - a) * ci / max(float(np.mean(ci)), 1e-12)
+
+
+def plan_episode(
+    env: Any,
+    objective: Objective | float = "cost",
+    seed: int | None = 0,
+    shortfall_price: float = 100.0,
+    vehicle_efficiency: float = 1.0,
+    soc_margin: float = 0.0,
+) -> Plan:
+    """The linear programs' plan for ``env``'s current episode window (module docstring).
 
     Args:
         env: A :class:`envs.citylearn.env.CityLearnRLlibEnv` (reset here, run under the RBC).
-        objective: ``cost`` (price-weighted import) or ``co2`` (carbon-intensity-weighted import).
+        objective: ``cost`` (price-weighted import), ``co2`` (carbon-intensity-weighted import), or a share
+            of cost in [0, 1] (each weight scaled by its mean over the episode).
         seed: Reset seed (the evaluation's, so arriving vehicles have the same SoC).
         shortfall_price: Price of a kWh missing at departure, per unit of the objective's weight; above any
             price or carbon intensity, so the bound leaves a vehicle short only where no plan can fill it.
+        vehicle_efficiency: Multiplies every charger's efficiency (1: the bound; :func:`_building_lp`).
+        soc_margin: Added to every departing vehicle's required SoC, whose energy must then arrive one step
+            before departure (as the RBC aims): 0 for the bound; a plan to run in CityLearn needs both.
 
     Returns:
-        ``cost_total``, ``carbon_emissions_kg``, ``grid_import_kwh``, ``ev_charged_kwh``,
-        ``ev_departure_shortfall_kwh``, ``time_steps`` of the bound's plan.
+        The plan: KPIs ``cost_total``, ``carbon_emissions_kg``, ``grid_import_kwh``, ``ev_charged_kwh``,
+        ``ev_departure_shortfall_kwh``, ``time_steps``, and the actions of every step.
     """
+    import dataclasses
+
     from envs.citylearn.devices import DeviceTable, rbc_action, state_from_env
 
     cl = env.citylearn
@@ -235,7 +291,8 @@ def oracle_kpis(
     h = float(cl.seconds_per_time_step) / 3600.0
     totals = dict.fromkeys(("cost_total", "carbon_emissions_kg", "grid_import_kwh", "ev_charged_kwh",
                             "ev_departure_shortfall_kwh"), 0.0)  # fmt: skip
-    for b in cl.buildings:
+    actions = np.zeros((n, table.n_actions))
+    for b, spec in zip(cl.buildings, table.buildings, strict=True):
         # the building with its battery and sockets idle: the RBC's net less what they drew
         base = sum(np.nan_to_num(np.asarray(getattr(b, k), dtype=np.float64)[:n]) * sign for k, sign in (
             ("net_electricity_consumption", 1.0), ("electrical_storage_electricity_consumption", -1.0),
@@ -244,14 +301,52 @@ def oracle_kpis(
                  if b.pricing is not None else np.zeros(n))  # fmt: skip
         ci = (np.asarray(b.carbon_intensity.carbon_intensity, dtype=np.float64)[:n]
               if b.carbon_intensity is not None else np.zeros(n))  # fmt: skip
-        weight = price if objective == "cost" else ci
+        weight = _weight(price, ci, objective)
         scale = float(np.max(weight)) if np.max(weight) > 0 else 1.0
-        plan = _building_lp(b, n, h, weight, base, _stays(cl, b, n, socs, h), shortfall_price * scale)
+        stays = _stays(cl, b, n, socs, h)
+        if soc_margin:
+            stays = [dataclasses.replace(st, required=min(st.required + soc_margin, 1.0),
+                                         departure=max(st.departure - 1, st.arrival))
+                     if st.progress == 1.0 else st for st in stays]  # fmt: skip
+        plan = _building_lp(b, n, h, weight, base, stays, shortfall_price * scale, vehicle_efficiency)
         imp = plan["import"]
         totals["cost_total"] += float(price @ imp)
         totals["carbon_emissions_kg"] += float(ci @ imp)
         totals["grid_import_kwh"] += float(imp.sum())
         totals["ev_charged_kwh"] += plan["ev_kwh"]
         totals["ev_departure_shortfall_kwh"] += plan["shortfall_kwh"]
+        if spec.battery is not None and spec.battery.nominal_power_kw > 0:
+            actions[:, spec.battery.slot] = plan["battery_kwh"] / (spec.battery.nominal_power_kw * h)
+        for j, c in enumerate(spec.chargers):
+            if c.max_charging_power_kw > 0:
+                actions[:, c.slot] = plan["socket_kwh"][j] / (c.max_charging_power_kw * h)
     totals["time_steps"] = float(n)
-    return totals
+    return Plan(totals, np.clip(actions, -1.0, 1.0).astype(np.float32))
+
+
+def oracle_kpis(
+    env: Any, objective: Objective | float = "cost", seed: int | None = 0, shortfall_price: float = 100.0
+) -> dict[str, float]:
+    """The bound on ``env``'s current episode window (module docstring), as KPIs named like the
+    evaluation's (:func:`plan_episode` with the bound's settings; its arguments)."""
+    return plan_episode(env, objective, seed, shortfall_price).kpis
+
+
+class PlanReplay:
+    """A controller that replays a plan step by step in the env it was made for (it knows the future: a
+    benchmark's yardstick, never a policy). Made per window with :meth:`for_window`."""
+
+    def __init__(self, env: Any, **plan_kwargs: Any) -> None:
+        self.env = env
+        self.plan_kwargs = plan_kwargs
+        self.actions: np.ndarray | None = None
+
+    def for_window(self) -> PlanReplay:
+        """Plan the env's current window (runs the RBC once); returns self."""
+        self.actions = plan_episode(self.env, **self.plan_kwargs).actions
+        return self
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if self.actions is None:
+            raise RuntimeError("PlanReplay: call for_window() after setting the env's window")
+        return self.actions[min(int(self.env.citylearn.time_step), len(self.actions) - 1)]
