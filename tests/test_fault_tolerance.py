@@ -54,7 +54,7 @@ def test_killed_env_runner_is_restarted_and_training_reaches_target(tmp_path):
 
 @pytest.mark.integration
 def test_killed_driver_resumes_from_its_last_checkpoint(tmp_path):
-    iters = 30  # vectorised PPO trains an iteration in about a second: enough of them to kill mid-run
+    iters = 12  # vectorised PPO trains an iteration in about a second: enough of them to kill mid-run
     proc = start_train(tmp_path, iters)
     try:
         wait_for(lambda: len(list(tmp_path.glob("ft/*/checkpoint_000001"))) > 0, 300, "no second checkpoint",

@@ -82,17 +82,17 @@ def gridrl_tune(*args: str, **kw) -> subprocess.Popen:
 
 @pytest.mark.smoke
 def test_small_online_sweep_promotes_and_only_a_better_one_replaces_it(tmp_path):
-    p = sweep_file(tmp_path)
-    proc = gridrl_tune("--config", str(p), "--num-samples", "3", "--storage-path", str(tmp_path / "s"), "--seed", "1")
+    p = sweep_file(tmp_path, stop={"training_iteration": 1})  # promotion, not learning: one iteration a trial
+    proc = gridrl_tune("--config", str(p), "--num-samples", "2", "--storage-path", str(tmp_path / "s"), "--seed", "1")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     summary = last_json(out)
-    assert summary["trials"] == 3 and summary["errors"] == 0 and summary["promoted"] is True
+    assert summary["trials"] == 2 and summary["errors"] == 0 and summary["promoted"] is True
     best = tmp_path / "s" / "best" / "export" / "ppo"
     assert (best / "checkpoint").is_dir() and (best / "gridrl_run.json").is_file()
     record = json.loads((best / "promotion.json").read_text())
     assert record["sweep_id"] == "sweep-export-sweep" and set(record["params"]) == {"training.lr", "training.gamma"}
-    assert (Path(summary["sweep"]) / "results.csv").read_text().count("\n") == 4
+    assert (Path(summary["sweep"]) / "results.csv").read_text().count("\n") == 3
     assert (Path(summary["sweep"]) / "results.parquet").is_file() and (Path(summary["sweep"]) / "sweep.png").is_file()
     # gridrl evaluate takes the promoted path
     from rllib_configs.policy import load_policy
@@ -165,7 +165,7 @@ def test_small_offline_bc_sweep_finishes_and_evaluate_takes_the_promoted_path(tm
                    "offline_data": {"dataset_num_iters_per_learner": 2}},
     )
     storage = tmp_path / "s"
-    proc = gridrl_tune("--config", str(p), "--dataset", str(small_dataset), "--num-samples", "3",
+    proc = gridrl_tune("--config", str(p), "--dataset", str(small_dataset), "--num-samples", "2",
                        "--storage-path", str(storage), "--seed", "0", "--stop-iters", "1")
     try:
         out, _ = proc.communicate(timeout=420)
@@ -177,10 +177,10 @@ def test_small_offline_bc_sweep_finishes_and_evaluate_takes_the_promoted_path(tm
     assert "1 at a time on 2 CPUs" in out
     assert not re.search(r"Trial status: .*[2-9] RUNNING", out), "more trials at once than the sweep allows"
     summary = last_json(out)
-    assert summary["trials"] == 3 and summary["errors"] == 0 and summary["promoted"] is True
+    assert summary["trials"] == 2 and summary["errors"] == 0 and summary["promoted"] is True
     with open(Path(summary["sweep"]) / "results.csv", newline="") as f:
         # --stop-iters 1 over the file's 3
-        assert [row["iterations"] for row in csv.DictReader(f)] == ["1"] * 3
+        assert [row["iterations"] for row in csv.DictReader(f)] == ["1"] * 2
     best = storage / "best" / "export" / "bc"
     assert (best / "checkpoint").is_dir()
     assert json.loads((best / "promotion.json").read_text())["params"].keys() == {"training.lr"}
