@@ -18,10 +18,13 @@ Per building, one linear program over the episode's steps, knowing the whole wee
 
 It relaxes the simulator where that can only help the controller: the battery's efficiency is the best of
 its power-efficiency curve at every power, its charge power does not fall near full, it has no
-self-discharge, vehicles' batteries lose nothing beyond the charger's efficiency, and sockets have no minimum
-power. So no controller does better on that episode than this
-bound (up to CityLearn's SoC noise on arriving vehicles): ``(rbc - bound) / rbc`` is the most a learned
-policy could gain over the RBC, the honest ceiling for a "5 % below the RBC" target.
+self-discharge, vehicles' batteries lose nothing beyond the charger's efficiency, and sockets have no
+minimum power. So no controller that charges every departing vehicle to its target does better on that
+episode than this bound (up to CityLearn's SoC noise on arriving vehicles): ``(rbc - bound) / rbc`` is the
+most such a policy could gain over the RBC, the ceiling of a "5 % below the RBC" target. Two things it does
+not cover: a controller may leave some vehicles short (the target allows EV success 2 points below the
+RBC's), and it may leave a vehicle still plugged at the episode's end emptier than the RBC's even spread
+(no KPI sees it; the bound charges it that far).
 
 Stays, arrival SoCs and the idle ``base`` (net consumption less what the battery and sockets drew) come from
 running the episode under the RBC in the env: the vehicles arrive as they did for the RBC, which the bound is
