@@ -62,20 +62,10 @@ class Stay:
     """
 
 
-def _arrival_socs(cl: Any) -> dict[tuple[str, str], float]:
-    """(building, charger id) -> the plugged vehicle's SoC as the controller observes it now."""
-    out = {}
-    for b in cl.buildings:
-        evs = b.observations(include_all=True, observation_names=["electric_vehicles_chargers_dict"])
-        for cid, d in (evs.get("electric_vehicles_chargers_dict") or {}).items():
-            if d.get("connected") and d.get("battery_soc") is not None:
-                out[(b.name, cid)] = float(d["battery_soc"])
-    return out
-
-
-def _stays(env: Any, b: Any, n: int, socs: list[dict[tuple[str, str], float]], h: float = 1.0) -> list[Stay]:
-    """The vehicles' stays at ``b``'s sockets over the ``n`` simulated steps; ``socs[t]`` is
-    :func:`_arrival_socs` at step t of the episode (a vehicle's own SoC history is not reliable after an
+def _stays(b: Any, n: int, socs: np.ndarray, columns: dict[str, int], h: float = 1.0) -> list[Stay]:
+    """The vehicles' stays at ``b``'s sockets over the ``n`` simulated steps. ``socs`` (steps, chargers) is
+    every plugged vehicle's SoC as the RBC observed it (``DeviceState.ev``'s SoC column, NaN where none),
+    ``columns`` maps a charger id to its column (a vehicle's own SoC history is not reliable after an
     earlier episode: the same vehicle object visits several sockets and episodes)."""
     out = []
     for j, c in enumerate(b.electric_vehicle_chargers or []):
@@ -100,10 +90,36 @@ def _stays(env: Any, b: Any, n: int, socs: list[dict[tuple[str, str], float]], h
             if t == n - 1 and np.isfinite(hours_left[start]) and hours_left[start] > 0:  # leaves later
                 steps_total = hours_left[start] / h + 1.0  # as the RBC counts: the countdown + this step
                 progress = min((t - start + 1) / steps_total, 1.0)
-            soc0 = socs[start].get((b.name, c.charger_id), float(ev.battery.soc[start]))
+            observed = socs[start, columns[c.charger_id]] if c.charger_id in columns else np.nan
+            soc0 = float(observed) if np.isfinite(observed) else float(ev.battery.soc[start])
             out.append(Stay(j, start, t, soc0, req, float(ev.battery.capacity), progress))
             t += 1
     return out
+
+
+class _Rows:
+    """Linear constraint rows built term by term: ``add([(column, coefficient), ...], rhs)``."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.cols: list[int] = []
+        self.vals: list[float] = []
+        self.rhs: list[float] = []
+
+    def add(self, terms: list[tuple[int, float]], rhs: float) -> None:
+        for c, v in terms:
+            self.rows.append(len(self.rhs))
+            self.cols.append(c)
+            self.vals.append(v)
+        self.rhs.append(rhs)
+
+    def matrix(self, n_vars: int) -> Any:
+        """The rows as a sparse (rows, n_vars) matrix; None when there are none."""
+        from scipy.sparse import coo_matrix
+
+        if not self.rhs:
+            return None
+        return coo_matrix((self.vals, (self.rows, self.cols)), shape=(len(self.rhs), n_vars)).tocsr()
 
 
 def _building_lp(
@@ -121,7 +137,6 @@ def _building_lp(
     vehicle batteries lose energy of their own (about 10 % one way at a socket's power on the 2022 district).
     """
     from scipy.optimize import linprog
-    from scipy.sparse import coo_matrix
 
     chargers = list(b.electric_vehicle_chargers or [])
     storage = b.electrical_storage
@@ -147,24 +162,8 @@ def _building_lp(
     cost[imp] = weight[:n]
     cost[short] = shortfall_price
     lo, hi = np.zeros(nv), np.full(nv, np.inf)
-    rows_ub, cols_ub, vals_ub, b_ub = [], [], [], []
-    rows_eq, cols_eq, vals_eq, b_eq = [], [], [], []
-
-    def ub(terms: list[tuple[int, float]], rhs: float) -> None:
-        r = len(b_ub)
-        for c, v in terms:
-            rows_ub.append(r)
-            cols_ub.append(c)
-            vals_ub.append(v)
-        b_ub.append(rhs)
-
-    def eq(terms: list[tuple[int, float]], rhs: float) -> None:
-        r = len(b_eq)
-        for c, v in terms:
-            rows_eq.append(r)
-            cols_eq.append(c)
-            vals_eq.append(v)
-        b_eq.append(rhs)
+    upper, equal = _Rows(), _Rows()  # A_ub x <= b_ub, A_eq x = b_eq
+    ub, eq = upper.add, equal.add
 
     flows: list[list[tuple[int, float]]] = [[] for _ in range(n)]  # terms of net_t beyond base_t
     if has_battery:
@@ -203,9 +202,7 @@ def _building_lp(
         ub([(q_prev, -1.0), (short[k], -1.0)], -owed * st.capacity)
     for t in range(n):  # net_t - i_t <= 0  <=>  base_t + flows - i_t <= 0
         ub([*flows[t], (imp[t], -1.0)], -float(base[t]))
-    a_ub = coo_matrix((vals_ub, (rows_ub, cols_ub)), shape=(len(b_ub), nv)).tocsr()
-    a_eq = coo_matrix((vals_eq, (rows_eq, cols_eq)), shape=(len(b_eq), nv)).tocsr() if b_eq else None
-    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq if b_eq else None,
+    res = linprog(cost, A_ub=upper.matrix(nv), b_ub=upper.rhs, A_eq=equal.matrix(nv), b_eq=equal.rhs or None,
                   bounds=list(zip(lo, hi, strict=True)), method="highs")  # fmt: skip
     if res.status != 0:
         raise RuntimeError(f"{b.name}: the bound's linear program failed: {res.message}")
@@ -287,15 +284,19 @@ def plan_episode(
     done = False
     socs = []  # per step: every plugged vehicle's SoC as the RBC observes it (a stay's first: its arrival)
     while not done:
-        socs.append(_arrival_socs(cl))
-        obs, _, terminated, truncated, _ = env.step(rbc_action(table, state_from_env(cl, table)))
+        state = state_from_env(cl, table)
+        socs.append(state.ev[:, 1])
+        obs, _, terminated, truncated, _ = env.step(rbc_action(table, state))
         done = terminated or truncated
+    socs_by_step = np.array(socs).reshape(len(socs), len(table.chargers))
+    rows = iter(range(len(table.chargers)))  # DeviceState.ev's rows: the table's chargers, by building
+    columns = [{c.charger_id: next(rows) for c in spec.chargers} for spec in table.buildings]
     n = int(cl.time_step)
     h = float(cl.seconds_per_time_step) / 3600.0
     totals = dict.fromkeys(("cost_total", "carbon_emissions_kg", "grid_import_kwh", "ev_charged_kwh",
                             "ev_departure_shortfall_kwh"), 0.0)  # fmt: skip
     actions = np.zeros((n, table.n_actions))
-    for b, spec in zip(cl.buildings, table.buildings, strict=True):
+    for b, spec, column in zip(cl.buildings, table.buildings, columns, strict=True):
         # the building with its battery and sockets idle: the RBC's net less what they drew
         base = sum(np.nan_to_num(np.asarray(getattr(b, k), dtype=np.float64)[:n]) * sign for k, sign in (
             ("net_electricity_consumption", 1.0), ("electrical_storage_electricity_consumption", -1.0),
@@ -306,7 +307,7 @@ def plan_episode(
               if b.carbon_intensity is not None else np.zeros(n))  # fmt: skip
         weight = _weight(price, ci, objective)
         scale = float(np.max(weight)) if np.max(weight) > 0 else 1.0
-        stays = _stays(cl, b, n, socs, h)
+        stays = _stays(b, n, socs_by_step, column, h)
         if soc_margin:
             stays = [dataclasses.replace(st, required=min(st.required + soc_margin, 1.0),
                                          departure=max(st.departure - 1, st.arrival))
@@ -320,9 +321,10 @@ def plan_episode(
         totals["ev_departure_shortfall_kwh"] += plan["shortfall_kwh"]
         if spec.battery is not None and spec.battery.nominal_power_kw > 0:
             actions[:, spec.battery.slot] = plan["battery_kwh"] / (spec.battery.nominal_power_kw * h)
-        for j, c in enumerate(spec.chargers):
+        socket = {c.charger_id: j for j, c in enumerate(b.electric_vehicle_chargers or [])}  # plan's rows
+        for c in spec.chargers:
             if c.max_charging_power_kw > 0:
-                actions[:, c.slot] = plan["socket_kwh"][j] / (c.max_charging_power_kw * h)
+                actions[:, c.slot] = plan["socket_kwh"][socket[c.charger_id]] / (c.max_charging_power_kw * h)
     totals["time_steps"] = float(n)
     return Plan(totals, np.clip(actions, -1.0, 1.0).astype(np.float32))
 
