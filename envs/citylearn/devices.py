@@ -331,6 +331,15 @@ SOC_MARGIN = 0.02
 """The rule-based controller aims this much SoC above a vehicle's target (vehicle losses are not observed)."""
 
 
+def energy_to_target(
+    charger: ChargerSpec, soc: float, required: float, capacity: float, soc_margin: float = SOC_MARGIN
+) -> float:
+    """Grid-side kWh a plugged vehicle still needs to reach ``required + soc_margin`` (at most a full
+    battery) through ``charger``: the SoC missing times its capacity, divided by the charger's efficiency."""
+    target = min(required + soc_margin, 1.0)
+    return max(target - soc, 0.0) * capacity / max(charger.efficiency, 1e-6)
+
+
 def rbc_action(table: DeviceTable, state: DeviceState, soc_margin: float = SOC_MARGIN) -> np.ndarray:
     """The rule-based controller (``envs/citylearn/baselines.py`` describes the rules), in [-1, 1].
 
@@ -351,8 +360,7 @@ def rbc_action(table: DeviceTable, state: DeviceState, soc_margin: float = SOC_M
             j += 1
             if connected < 0.5 or not np.isfinite(required) or required < 0 or not np.isfinite(cap):
                 continue
-            target = min(required + soc_margin, 1.0)
-            need = max(target - soc, 0.0) * cap / max(c.efficiency, 1e-6)
+            need = energy_to_target(c, soc, required, cap, soc_margin)
             if need <= 1e-9:
                 continue
             p_max = c.max_charging_power_kw * h

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from envs.citylearn.devices import DeviceTable, rbc_action, state_from_env  # noqa: E402
+from envs.citylearn.devices import DeviceTable, energy_to_target, rbc_action, state_from_env  # noqa: E402
 from envs.citylearn.env import CityLearnRLlibEnv, residual_action  # noqa: E402
 from envs.citylearn.evaluate import evaluate_weeks  # noqa: E402
 from envs.tables import format_table  # noqa: E402
@@ -119,7 +119,7 @@ class PriceEV:
                 j += 1
                 if connected < 0.5 or not np.isfinite(required) or not np.isfinite(cap):
                     continue
-                need = max(min(required + 0.02, 1.0) - soc, 0.0) * cap / max(c.efficiency, 1e-6)
+                need = energy_to_target(c, soc, required, cap)  # the RBC's own need and margin
                 p_max = c.max_charging_power_kw * h
                 if need <= 1e-9 or p_max <= 0:
                     continue
