@@ -52,43 +52,79 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--days", type=int_at_least(1), default=1, help="held-out days per case (default 1)")
     add_day_window(p)
     p.add_argument("--seed", type=SEED, default=0, help="selects the held-out days and the drawn sites")
+    p.add_argument(
+        "--jobs", type=int_at_least(1), default=1,
+        help="cases run at once, one process each (default 1; the results do not depend on it)",
+    )  # fmt: skip
     add_output(p, "benchmark")
     return p
 
 
-def run_cases(
-    checkpoint: str, out: Path, site_paths: list[str | None], scenarios: list[str], days: int, seed: int,
-    episode_s: int, start_s: int,
-) -> list[dict[str, Any]]:  # fmt: skip
+def _run_case(
+    checkpoint: str, case_dir: Path, site: str | None, site_name: str, scenario: str, days: int, seed: int,
+    episode_s: int, start_s: int, threads: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One (site, weather) case: the policy, the PI and the oracle on the same held-out days."""
     from scripts.evaluate import evaluate_export
 
-    cases = []
-    total = len(site_paths) * len(scenarios)
-    for site in site_paths:
-        site_name = Path(site).stem if site else "default"
-        for scenario in scenarios:
-            t0 = time.perf_counter()
-            results = evaluate_export(
-                checkpoint, out / "cases" / f"{site_name}__{scenario}", days, seed, ["pi", "oracle"], site,
-                scenario, episode_s, start_s,
-            )  # fmt: skip
-            pol, pi = results["policy"], results["pi"]
-            for m in results.values():
-                m["wasted_kwh"] = m["export_kwh"] + m["controlled_import_kwh"]
-            case = {
-                "site": site_name, "scenario": scenario,
-                **{key: {k: results[k][key] for k in ("policy", "pi", "oracle")} for key in PER_CASE},
-                "export_reduction_pct": reduction_pct(pol["export_kwh"], pi["export_kwh"]),
-                "wasted_reduction_pct": reduction_pct(pol["wasted_kwh"], pi["wasted_kwh"]),
-                "gap_closed": pol["gap_closed"],
-                "safety_violations": pol["safety_violations"],
-                "metrics": results,
-            }  # fmt: skip
-            cases.append(case)
-            print(f"[benchmark] case {len(cases)}/{total} {site_name} {scenario}: export {pol['export_kwh']:.3f} "
-                  f"kWh vs PI {pi['export_kwh']:.3f} ({case['export_reduction_pct']:+.1f} %), "
-                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)  # fmt: skip
-    return cases
+    if threads is not None:  # a pool's worker: one torch thread each, so N workers share N cores
+        import torch
+
+        torch.set_num_threads(threads)
+    results = evaluate_export(checkpoint, case_dir, days, seed, ["pi", "oracle"], site, scenario, episode_s,
+                              start_s)  # fmt: skip
+    pol, pi = results["policy"], results["pi"]
+    for m in results.values():
+        m["wasted_kwh"] = m["export_kwh"] + m["controlled_import_kwh"]
+    return {
+        "site": site_name, "scenario": scenario,
+        **{key: {k: results[k][key] for k in ("policy", "pi", "oracle")} for key in PER_CASE},
+        "export_reduction_pct": reduction_pct(pol["export_kwh"], pi["export_kwh"]),
+        "wasted_reduction_pct": reduction_pct(pol["wasted_kwh"], pi["wasted_kwh"]),
+        "gap_closed": pol["gap_closed"],
+        "safety_violations": pol["safety_violations"],
+        "metrics": results,
+    }  # fmt: skip
+
+
+def run_cases(
+    checkpoint: str, out: Path, site_paths: list[str | None], scenarios: list[str], days: int, seed: int,
+    episode_s: int, start_s: int, jobs: int = 1,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every (site, weather) case, in that order whatever ``jobs`` (processes; each case is seeded on its
+    own, so the results do not depend on it)."""
+    from offline_data.stages import make_pool
+
+    named = [(site, Path(site).stem if site else "default") for site in site_paths]
+    todo = [(site, name, scenario) for site, name in named for scenario in scenarios]
+    pool = make_pool(min(jobs, len(todo)))
+    t0 = time.perf_counter()
+
+    def report(case: dict[str, Any], done: int) -> None:
+        pol, pi = case["export_kwh"]["policy"], case["export_kwh"]["pi"]
+        print(f"[benchmark] case {done}/{len(todo)} {case['site']} {case['scenario']}: export {pol:.3f} "
+              f"kWh vs PI {pi:.3f} ({case['export_reduction_pct']:+.1f} %), {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    def args(site: str | None, name: str, scenario: str) -> tuple:
+        case_dir = out / "cases" / f"{name}__{scenario}"
+        return (checkpoint, case_dir, site, name, scenario, days, seed, episode_s, start_s)
+
+    if pool is None:
+        cases = []
+        for item in todo:
+            cases.append(_run_case(*args(*item)))
+            report(cases[-1], len(cases))
+        return cases
+    from concurrent.futures import as_completed
+
+    with pool:
+        futures = {pool.submit(_run_case, *args(*item), 1): i for i, item in enumerate(todo)}
+        results: dict[int, dict[str, Any]] = {}
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            report(results[futures[fut]], len(results))
+    return [results[i] for i in range(len(todo))]
 
 
 PER_CASE = ("export_kwh", "peak_export_w", "controlled_import_kwh", "wasted_kwh", "oscillations_per_min",
@@ -239,8 +275,10 @@ def run(args: argparse.Namespace) -> int:
         with staged_output(out, BENCHMARK_OUTPUT, force=args.force) as tmp:
             drawn = write_sites(tmp / "sites", args.sites, args.seed, base)
             sites: list[str | None] = [base, *[str(p) for p in drawn]]
-            cases = run_cases(args.checkpoint, tmp, sites, scenarios, args.days, args.seed,
-                              int(round(args.hours * 3600)), int(round(args.start_h * 3600)))  # fmt: skip
+            window = int(round(args.hours * 3600)), int(round(args.start_h * 3600))
+            cases = run_cases(
+                args.checkpoint, tmp, sites, scenarios, args.days, args.seed, *window, args.jobs
+            )
             summary = summarise(cases)
             (tmp / "benchmark.json").write_text(
                 json.dumps(

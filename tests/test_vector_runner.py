@@ -185,6 +185,15 @@ def test_vectorised_ppo_trains_checkpoints_resumes_and_evaluates(tmp_path, ray_s
     ]
     assert (out / "benchmark.png").is_file() and (out / "sites" / "site_2_0.yaml").is_file()
     assert report["summary"]["cases"] == 4 and report["summary"]["safety_violations"] == 0
+    # --jobs: the same cases in the same order from worker processes
+    from scripts.benchmark import run_cases
+
+    sites = [None, str(out / "sites" / "site_2_0.yaml")]
+    pooled = run_cases(resumed, tmp_path / "jobs", sites, ["clear"], 1, 2, 612, 12 * 3600, jobs=2)
+    for case, serial in zip(pooled, report["cases"][::2], strict=True):
+        assert (case["site"], case["scenario"]) == (serial["site"], serial["scenario"])
+        assert case["export_kwh"] == serial["export_kwh"]
+        assert case["controlled_import_kwh"] == serial["controlled_import_kwh"]
 
 
 def test_benchmark_summary_takes_the_worst_case_and_skips_cases_without_export():
