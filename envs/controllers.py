@@ -138,6 +138,32 @@ def continuous_power(site) -> np.ndarray:
     return w
 
 
+ROLE_KINDS = ("water_heater", "ev_charger", "heat_pump")
+"""The kinds of controllable device, in the order :func:`phase_roles` ranks a phase's role by."""
+
+
+def phase_roles(site) -> tuple[int, int, int]:
+    """A :class:`~envs.site.Site`'s phases (0-based) ranked by their devices' role: the phase with the most
+    water-heater power first, then the most EV charging power, then the most heat-pump power (ties: the
+    lower phase first). The default site (water heater on L1, EV on L2, heat pump on L3) gives (0, 1, 2); a
+    site with its water heater on L3, its EV on L2 and its heat pump on L1 gives (2, 1, 0)."""
+    power = np.zeros((3, len(ROLE_KINDS)))
+    for sl in site.slaves:
+        if sl.kind in ROLE_KINDS:
+            power[sl.phase - 1, ROLE_KINDS.index(sl.kind)] += sl.max_power_w
+    return tuple(sorted(range(3), key=lambda p: (*(-power[p]), p)))  # type: ignore[return-value]
+
+
+def phase_map(trained_on, site) -> tuple[int, int, int]:
+    """For each phase of the site a policy was trained on (``trained_on``), the phase of ``site`` whose
+    devices play the same role (:func:`phase_roles` of both): the order in which a policy that reads
+    per-phase state features should read ``site``'s (envs/state_spec.py ``phase_permuted_columns``)."""
+    order = [0, 1, 2]
+    for t, d in zip(phase_roles(trained_on), phase_roles(site), strict=True):
+        order[t] = d
+    return tuple(order)  # type: ignore[return-value]
+
+
 class ContinuousFirstPI(PIController):
     """The PI with the day planner's dispatch rule (tests/benchmarks/bench_plan.py): its total goes first to
     the phases' continuously modulating devices (water heaters), the rest by headroom

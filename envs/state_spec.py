@@ -106,6 +106,22 @@ CLOCK_FEATURES: tuple[str, ...] = (
 """Features that are functions of the clock and the site's place alone (no control changes them)."""
 FEAT = {name: i for i, name in enumerate(FEATURE_NAMES)}
 N_FEATURES = len(FEATURES)
+
+
+def phase_permuted_columns(order: tuple[int, ...]) -> np.ndarray:
+    """Feature indices (N_FEATURES,) that read, in place of each per-phase feature of phase k
+    (``*_l1``..``*_l3``), the same feature of phase ``order[k]`` (0-based); the other features stay. Indexing
+    a state vector with them gives the state of the same site with its phases renamed: what a policy trained
+    on one layout reads on a site whose devices sit on other phases (rllib_configs/pi_residual.py
+    ``phase_order``)."""
+    if sorted(order) != [0, 1, 2]:
+        raise ValueError(f"phase order must be a permutation of (0, 1, 2), got {tuple(order)}")
+    cols = np.arange(len(FEATURES))
+    for i, f in enumerate(FEATURES):
+        stem, _, phase = f.name.rpartition("_l")
+        if stem and phase in ("1", "2", "3"):
+            cols[i] = FEAT[f"{stem}_l{order[int(phase) - 1] + 1}"]
+    return cols
 FEATURE_LOW = np.array([f.low for f in FEATURES], dtype=np.float32)
 FEATURE_HIGH = np.array([f.high for f in FEATURES], dtype=np.float32)
 

@@ -48,7 +48,7 @@ from envs.config import from_mapping
 from envs.controllers import PIConfig
 from envs.normalization import CLIP, ObsNormalizer
 from envs.site import SITE_FEATURE_NAMES, SITE_FEATURE_SCALE
-from envs.state_spec import FEAT, N_FEATURES
+from envs.state_spec import FEAT, N_FEATURES, phase_permuted_columns
 
 _TARGET = [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]
 _EXPORT = [FEAT[f"export_w_l{p}"] for p in (1, 2, 3)]
@@ -94,6 +94,13 @@ class ResidualConfig:
     ``site_features`` after the state vector): the features of the site it is deployed on, set by
     rllib_configs/policy.py ``Policy.for_site``, which :meth:`PIResidualPPOModule.deployed_action` appends
     to the state vectors it is given."""
+    phase_order: tuple[int, int, int] = (0, 1, 2)
+    """'learned' and 'supervisor': which phase's per-phase state features (``*_l1..3``) the networks read in
+    place of each phase of the site the policy was trained on (0-based; envs/controllers.py ``phase_map``,
+    set by rllib_configs/policy.py ``Policy.for_site``). The networks learned what L1's features mean on
+    a site whose water heater is on L1; on a site whose water heater is on L3 they read L3's there. Only
+    the networks' inputs move: the PI and the spread act on the site's own phases. Training keeps (0, 1, 2),
+    on the training site's layout (``draw_phases: false``)."""
     site_inputs: str = "all"
     """With site features in the observations, what the networks read of the site: 'all' (the features and
     the :func:`clear_sky_index`) or 'clear_sky_index' (that alone: the weather whatever the PV size, and
@@ -106,6 +113,7 @@ class ResidualConfig:
             raise ValueError("pi_residual: max_power_per_phase_w and residual_scale must be > 0, gains >= 0")
         if self.allocation not in ("residual", "learned", "supervisor"):
             raise ValueError(f"allocation: 'residual', 'learned' or 'supervisor', got {self.allocation!r}")
+        phase_permuted_columns(self.phase_order)  # raises on anything but a permutation of (0, 1, 2)
         if self.allocation != "residual" and (min(self.continuous_w) < 0 or max(self.continuous_w) <= 0):
             raise ValueError("continuous_w: allocation 'learned' needs a phase with continuous devices (W > 0)")
 
@@ -220,7 +228,10 @@ def _normalise(module: Any, obs: torch.Tensor) -> torch.Tensor:
     """The state vector normalised; with the site's features after it (the env's ``site_features``): those,
     as they are, and the :func:`clear_sky_index` (one more column than the observation: see
     :func:`_widen_for_site`)."""
-    z = (obs[..., :N_FEATURES] - module.obs_mean) / module.obs_std
+    state = obs[..., :N_FEATURES]
+    if module.residual.phase_order != (0, 1, 2):  # the training site's phases, as this site has them
+        state = state[..., phase_permuted_columns(module.residual.phase_order)]
+    z = (state - module.obs_mean) / module.obs_std
     z = torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)
     if obs.shape[-1] == N_FEATURES:
         return z

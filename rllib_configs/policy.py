@@ -138,18 +138,21 @@ class Policy:
     def for_site(self, site: Any) -> Policy:
         """This policy, told ``site``'s layout (a :class:`~envs.site.Site`): a module that spreads the PI's
         total by device kind (rllib_configs/pi_residual.py, allocation 'learned' or 'supervisor') gets the
-        site's water heaters per phase, as that site's master is configured, and its envs/site.py
-        ``site_features`` (which a supervisor trained with the env's ``site_features`` reads); other
-        policies are unchanged."""
-        from envs.controllers import continuous_power
-        from envs.site import site_features
+        site's water heaters per phase, as that site's master is configured, its envs/site.py
+        ``site_features`` (which a supervisor trained with the env's ``site_features`` reads) and the order
+        in which its networks read the site's phases (envs/controllers.py ``phase_map``: the phase whose
+        devices play each training phase's role); other policies are unchanged."""
+        from envs.controllers import continuous_power, phase_map
+        from envs.site import load_site, site_features
 
         cfg = getattr(self.module, "residual", None)
         if cfg is not None and cfg.allocation != "residual":
+            trained_on = load_site((self.info.get("env_config") or {}).get("site"))
             self.module.residual = replace(
                 cfg,
                 continuous_w=tuple(float(w) for w in continuous_power(site)),
                 site_features=tuple(float(f) for f in site_features(site)),
+                phase_order=phase_map(trained_on, site),
             )
         return self
 

@@ -282,6 +282,58 @@ def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
     assert unchanged.module.residual.continuous_w == (0.0, 0.0, 0.0)
 
 
+def test_on_another_layout_the_networks_read_the_phases_in_the_training_sites_order(tmp_path):
+    """envs/controllers.py phase_roles and phase_map, the module's phase_order: on a site whose water heater,
+    EV and heat pump sit on other phases than the training site's, Policy.for_site has the networks read
+    each phase's features where they learned those of the training site's phase with the same devices; the
+    targets still go to the site's own phases. Before, a supervisor trained on the default site read a
+    drawn site's heat pump phase as its water heater's."""
+    import gymnasium as gym
+    import yaml
+
+    from envs.config import from_mapping
+    from envs.controllers import phase_map, phase_roles, preference_targets
+    from envs.site import Site, load_site
+    from envs.state_spec import FEAT, N_FEATURES, phase_permuted_columns
+    from rllib_configs.policy import Policy
+
+    default = load_site(None)
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "envs/sites/default.yaml").read_text())
+    moved = {"water_heater": 3, "ev_charger": 1, "heat_pump": 2}
+    for slave in data["slaves"]:
+        slave["phase"] = moved[slave["kind"]]
+    other = from_mapping(Site, data, source="moved")
+    assert phase_roles(default) == (0, 1, 2) and phase_roles(other) == (2, 0, 1)
+    assert phase_map(default, default) == (0, 1, 2) and phase_map(default, other) == (2, 0, 1)
+    cols = phase_permuted_columns((2, 0, 1))
+    assert cols[FEAT["available_w_l1"]] == FEAT["available_w_l3"] and cols[FEAT["pv_w"]] == FEAT["pv_w"]
+    with pytest.raises(ValueError, match="permutation"):
+        phase_permuted_columns((0, 0, 1))
+
+    spec = load_train_config(SUPERVISOR_CONFIG)
+    action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    spaces = {"default_policy": (ExportControlEnv().observation_space, action)}
+    module = spec.algo_config.get_rl_module_spec(spaces=spaces).build()
+    torch.manual_seed(0)
+    for prm in module.parameters():  # a network that reads its inputs (a fresh head's outputs are ~0)
+        torch.nn.init.normal_(prm, std=0.3)
+    policy = Policy(module, None, {}, tmp_path)
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(0.0, 3000.0, (16, N_FEATURES)).astype(np.float32)
+    x = torch.as_tensor(obs)
+    with torch.no_grad():
+        on_default = policy.for_site(default).module.greedy_preference(x[:, cols]).numpy()
+        assert policy.module.residual.phase_order == (0, 1, 2)
+        moved_pref = policy.for_site(other).module.greedy_preference(x).numpy()
+        policy.module.residual = replace(policy.module.residual, phase_order=(0, 1, 2))
+        before = policy.module.greedy_preference(x).numpy()
+        targets = deterministic_module(policy.for_site(other).module)(x).double().numpy()
+    np.testing.assert_allclose(moved_pref, on_default, atol=1e-6)
+    assert np.abs(before - moved_pref).max() > 1e-3, "the test's states must tell the orders apart"
+    theirs = preference_targets(obs, moved_pref[:, 0], np.array([0.0, 0.0, 3000.0])) / 3750.0 - 1.0
+    np.testing.assert_allclose(targets, theirs, atol=1e-5)
+
+
 def test_the_clear_sky_index_reads_the_weather_whatever_the_pv_size():
     """rllib_configs/pi_residual.py clear_sky_index: PV over the site's clear-sky PV (kWp x W/m2), the same
     on a site with twice the PV under the same sky; 0 before sunrise and for a missing PV reading; clipped."""
