@@ -52,6 +52,9 @@ def test_killed_env_runner_is_restarted_and_training_reaches_target(tmp_path):
     assert victim not in descendants(proc.pid)
 
 
+# slow tier for CI's time budget (58 s; CI took 1,178 s at 8780e06), as its two neighbours: resuming from a
+# checkpoint stays in the default tier (test_vector_runner's Algorithm.from_checkpoint, test_tune's promotion)
+@pytest.mark.slow
 @pytest.mark.integration
 def test_killed_driver_resumes_from_its_last_checkpoint(tmp_path):
     iters = 12  # vectorised PPO trains an iteration in about a second: enough of them to kill mid-run

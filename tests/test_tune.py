@@ -157,6 +157,25 @@ def test_resume_after_killing_the_driver_does_not_rerun_finished_trials(tmp_path
     assert not (finished & restarted), f"finished trials were rerun: {finished & restarted}"
 
 
+def test_an_offline_sweep_on_2_cpus_runs_one_trial_at_a_time(tmp_path, small_dataset):
+    """tune/sweep.py concurrency: on 2 CPUs a BC trial (1 CPU) leaves one to Ray Data's file listing, so one
+    trial runs at a time whatever is asked; an online trial takes what fits (the sweep below, slow tier,
+    runs it)."""
+    from tune.sweep import concurrency, param_space
+
+    offline = sweep_file(tmp_path, base="rllib_configs/export/bc.yaml")
+    spec = load_sweep(offline, str(small_dataset))
+    config = param_space(spec, 0)[0]
+    assert concurrency(spec, config, 2.0, None) == 1 and concurrency(spec, config, 2.0, 4) == 1
+    assert concurrency(spec, config, 8.0, None) == 7
+    with pytest.raises(RuntimeError, match="Ray Data"):
+        concurrency(spec, config, 1.0, None)
+    online = load_sweep(sweep_file(tmp_path))
+    assert concurrency(online, param_space(online, 0)[0], 2.0, None) == 2
+
+
+# slow tier for CI's time budget (49 s; CI took 1,178 s at 8780e06): the test above checks the cap
+@pytest.mark.slow
 @pytest.mark.smoke
 def test_small_offline_bc_sweep_finishes_and_evaluate_takes_the_promoted_path(tmp_path, small_dataset):
     # The sweep used to hang here: Tune ignored the concurrency cap, two BC trials held both CPUs and Ray
