@@ -122,6 +122,8 @@ def phase_permuted_columns(order: tuple[int, ...]) -> np.ndarray:
         if stem and phase in ("1", "2", "3"):
             cols[i] = FEAT[f"{stem}_l{order[int(phase) - 1] + 1}"]
     return cols
+
+
 FEATURE_LOW = np.array([f.low for f in FEATURES], dtype=np.float32)
 FEATURE_HIGH = np.array([f.high for f in FEATURES], dtype=np.float32)
 
