@@ -128,18 +128,24 @@ def preference_targets(
     return preference_spread(pi_total_from_state(obs, config), obs, obs[:, _AVAIL_L], continuous_w, preference)
 
 
-def continuous_power(site) -> np.ndarray:
-    """Per phase (3,), the power of a :class:`~envs.site.Site`'s continuously modulating devices (its
-    water heaters), W: the layout a site's master is configured with."""
-    w = np.zeros(3)
-    for sl in site.slaves:
-        if sl.kind == "water_heater":
-            w[sl.phase - 1] += sl.max_power_w
-    return w
-
-
 ROLE_KINDS = ("water_heater", "ev_charger", "heat_pump")
 """The kinds of controllable device, in the order :func:`phase_roles` ranks a phase's role by."""
+
+
+def phase_power(site, kinds: tuple[str, ...] = ROLE_KINDS) -> np.ndarray:
+    """(3, len(kinds)): per phase, the summed maximum power of a :class:`~envs.site.Site`'s devices of each
+    kind, W: the layout a site's master is configured with."""
+    power = np.zeros((3, len(kinds)))
+    for sl in site.slaves:
+        if sl.kind in kinds:
+            power[sl.phase - 1, kinds.index(sl.kind)] += sl.max_power_w
+    return power
+
+
+def continuous_power(site) -> np.ndarray:
+    """Per phase (3,), the power of a :class:`~envs.site.Site`'s continuously modulating devices (its
+    water heaters), W."""
+    return phase_power(site, ("water_heater",))[:, 0]
 
 
 def phase_roles(site) -> tuple[int, int, int]:
@@ -147,10 +153,7 @@ def phase_roles(site) -> tuple[int, int, int]:
     water-heater power first, then the most EV charging power, then the most heat-pump power (ties: the
     lower phase first). The default site (water heater on L1, EV on L2, heat pump on L3) gives (0, 1, 2); a
     site with its water heater on L3, its EV on L2 and its heat pump on L1 gives (2, 1, 0)."""
-    power = np.zeros((3, len(ROLE_KINDS)))
-    for sl in site.slaves:
-        if sl.kind in ROLE_KINDS:
-            power[sl.phase - 1, ROLE_KINDS.index(sl.kind)] += sl.max_power_w
+    power = phase_power(site)
     return tuple(sorted(range(3), key=lambda p: (*(-power[p]), p)))  # type: ignore[return-value]
 
 

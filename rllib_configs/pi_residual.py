@@ -32,6 +32,7 @@ as the PI instead of as a clone that drifts from it in closed loop.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -224,13 +225,20 @@ def clear_sky_index(obs: torch.Tensor) -> torch.Tensor:
     return torch.where(sky > 20.0, csi, torch.zeros_like(csi)).clamp(0.0, CSI_MAX)
 
 
+@functools.lru_cache(maxsize=8)
+def _phase_index(order: tuple[int, int, int]) -> torch.Tensor:
+    """envs/state_spec.py ``phase_permuted_columns`` as an index tensor, built once per order: a deployed
+    policy indexes its state with it every second."""
+    return torch.as_tensor(phase_permuted_columns(order), dtype=torch.long)
+
+
 def _normalise(module: Any, obs: torch.Tensor) -> torch.Tensor:
     """The state vector normalised; with the site's features after it (the env's ``site_features``): those,
     as they are, and the :func:`clear_sky_index` (one more column than the observation: see
     :func:`_widen_for_site`)."""
     state = obs[..., :N_FEATURES]
     if module.residual.phase_order != (0, 1, 2):  # the training site's phases, as this site has them
-        state = state[..., phase_permuted_columns(module.residual.phase_order)]
+        state = state[..., _phase_index(module.residual.phase_order)]
     z = (state - module.obs_mean) / module.obs_std
     z = torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)
     if obs.shape[-1] == N_FEATURES:
