@@ -24,9 +24,15 @@ the master can observe is per phase: how long the phase's controllable power has
 a break, and the acknowledged energy commanded to it in that time (a tank that has taken a lot is nearly
 full; an EV plugged for hours has taken much of its charge).
 
+The weather of the last half hour is two exponentially weighted means with the same 30-minute time
+constant, of the PV power and of the clear-sky irradiance: their ratio over the site's PV size is the
+clear-sky index of the last half hour, which tells an overcast day from a clear one whatever the PV size
+and without the seconds' cloud edges (rllib_configs/pi_residual.py ``outlook_inputs``).
+
 Version history: ``export-state-v1`` (30 features) had the UTC hour and no clear-sky or headroom features;
-``export-state-v2`` has solar time, clear-sky irradiance and per-phase headroom (issue 16). A runtime
-refuses a bundle of another version (serve/bundle.py).
+``export-state-v2`` (39) has solar time, clear-sky irradiance and per-phase headroom (issue 16);
+``export-state-v3`` (41) adds the half hour's PV and clear-sky means. A runtime refuses a bundle of another
+version (serve/bundle.py).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import numpy as np
 from envs.jit import kernel
 from envs.solar import DAY_S, day_of_year, ghi_at, solar_seconds
 
-SPEC_VERSION = "export-state-v2"
+SPEC_VERSION = "export-state-v3"
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,15 @@ FEATURES: tuple[Feature, ...] = (
               "break (0 = none available; counted from the episode start)", 0.0, 1e7) for p in _PHASES),
     *(Feature(f"acked_kwh_since_available_l{p}", "kWh", f"acknowledged energy commanded to phase {p} since its "
               "power became available (0 = none available)", 0.0, 1e4) for p in _PHASES),
+    Feature("pv_w_ewm_30min", "W", "exponentially weighted mean of pv_w, time constant 30 min (from the "
+            "episode start)", 0.0, 1e6),
+    Feature("clear_sky_ewm_30min_w_m2", "W/m2", "exponentially weighted mean of clear_sky_w_m2, time "
+            "constant 30 min (from the episode start)", 0.0, 1200.0),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 CLOCK_FEATURES: tuple[str, ...] = (
     "solar_time_sin", "solar_time_cos", "doy_sin", "doy_cos",
-    "clear_sky_w_m2", "clear_sky_next_1h_w_m2", "clear_sky_rest_kwh_m2",
+    "clear_sky_w_m2", "clear_sky_next_1h_w_m2", "clear_sky_rest_kwh_m2", "clear_sky_ewm_30min_w_m2",
 )
 """Features that are functions of the clock and the site's place alone (no control changes them)."""
 FEAT = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -139,7 +149,9 @@ KS_AVAIL_FOR = 11  # 3 entries: seconds each phase has had power available witho
 KS_KWH = 14  # 3 entries: acknowledged kWh commanded to each phase since then
 KS_SKY_MIN = 17  # solar minute of the cached clear-sky values (-1 = none yet)
 KS_SKY = 18  # 3 entries: clear-sky now, mean over the next hour, rest of the day
-KS_SIZE = 21
+KS_EWM = 21  # 2 entries: the 30-minute means of pv_w and of clear_sky_w_m2
+KS_SIZE = 23
+EWM_TAU_S = 1800.0
 SKY_NEXT_POINTS = 6  # midpoints of 10-min slices of the next hour
 SKY_REST_POINTS = 24  # midpoints of equal slices of the rest of the solar day
 
@@ -262,6 +274,14 @@ def feature_row(sig: np.ndarray, kstate: np.ndarray, ring: np.ndarray, out: np.n
             kstate[KS_KWH + j] = 0.0
         out[33 + j] = kstate[KS_AVAIL_FOR + j]
         out[36 + j] = kstate[KS_KWH + j]
+    if count == 1:  # the episode's first second starts the means
+        kstate[KS_EWM] = pv
+        kstate[KS_EWM + 1] = kstate[KS_SKY]
+    else:
+        kstate[KS_EWM] += (pv - kstate[KS_EWM]) / EWM_TAU_S
+        kstate[KS_EWM + 1] += (kstate[KS_SKY] - kstate[KS_EWM + 1]) / EWM_TAU_S
+    out[39] = kstate[KS_EWM]
+    out[40] = kstate[KS_EWM + 1]
 
 
 @kernel
@@ -296,5 +316,5 @@ def spec_dict() -> dict:
     return {**body, "sha256": digest}
 
 
-assert N_FEATURES == 39 and N_SIGNALS == 17, "update feature_row's indices with the spec"
+assert N_FEATURES == 41 and N_SIGNALS == 17, "update feature_row's indices with the spec"
 assert FEAT["target_w_l1"] == 14 and FEAT["setpoint_w"] == 23 and SIG["setpoint_w"] == 15

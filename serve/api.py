@@ -4,7 +4,7 @@
 
 * by feature name: ``{"state": {"export_w_l1": 812.0, ..., "doy_cos": -0.43, ...}}``: all N_FEATURES
   names, no other, ``spec_version`` optional (if given it must match), or
-* as the ordered vector: ``{"state": [812.0, ...], "spec_version": "export-state-v2"}``: exactly
+* as the ordered vector: ``{"state": [812.0, ...], "spec_version": "export-state-v3"}``: exactly
   N_FEATURES values in FEATURE_NAMES order; the version is required, since the order means nothing
   without it;
 

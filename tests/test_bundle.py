@@ -147,7 +147,7 @@ TAMPERING = {
     "spec v1 bundle": (
         None,
         _spec_v1,
-        "state spec mismatch: bundle has 'export-state-v1'.*this runtime has 'export-state-v2'.*30 vs 39 features"
+        "state spec mismatch: bundle has 'export-state-v1'.*this runtime has 'export-state-v3'.*30 vs 41 features"
         ".*'hour_sin' vs 'solar_time_sin'.*Re-export it",
     ),
     "edited manifest": (None, "no-reseal", "manifest_sha256 mismatch"),

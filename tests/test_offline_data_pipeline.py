@@ -75,8 +75,9 @@ def test_features_match_the_env_observations(clean):
         rel = np.abs(got - want) / np.maximum(np.abs(want), 1.0)
         worst = int(rel.max(axis=0).argmax())
         assert rel.max() <= 1e-6, f"{column}: feature {FEATURE_NAMES[worst]} differs by {rel.max():.2e}"
-    # Spec v2's clock, clear-sky and headroom features are exercised, not constant, in this hour.
-    for name in ("solar_time_sin", "clear_sky_w_m2", "clear_sky_rest_kwh_m2", "available_for_s_l1"):
+    # Spec v2's clock, clear-sky and headroom features and v3's half-hour means are exercised, not constant.
+    for name in ("solar_time_sin", "clear_sky_w_m2", "clear_sky_rest_kwh_m2", "available_for_s_l1",
+                 "pv_w_ewm_30min", "clear_sky_ewm_30min_w_m2"):
         col = want[:, FEATURE_NAMES.index(name)]
         assert np.ptp(col) > 0, f"{name} is constant over the hour: the comparison would prove little"
     assert want[:, [FEATURE_NAMES.index(f"acked_kwh_since_available_l{p}") for p in (1, 2, 3)]].max() > 0

@@ -65,6 +65,7 @@ from envs.state_spec import (
     KS_AGE,
     KS_AVAIL_FOR,
     KS_COUNT,
+    KS_EWM,
     KS_HELD,
     KS_KWH,
     KS_POS,
@@ -149,6 +150,8 @@ def kernel_state(history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     kstate[:, KS_HELD : KS_HELD + 3] = last[:, [FEAT[f"export_w_l{p}"] for p in _PH]]
     kstate[:, KS_HELD + 3 : KS_HELD + 6] = last[:, _PV_L]
     kstate[:, KS_AGE] = last[:, FEAT["meter_age_s"]]
+    kstate[:, KS_EWM] = last[:, FEAT["pv_w_ewm_30min"]]  # the half hour's means go on from the logged ones
+    kstate[:, KS_EWM + 1] = last[:, FEAT["clear_sky_ewm_30min_w_m2"]]
     kstate[:, KS_COUNT] = RING
     kstate[:, KS_POS] = 0.0  # the ring holds the last RING totals, oldest first: next write at 0
     ring[:, 0] = history[:, -RING:, FEAT["export_w"]]

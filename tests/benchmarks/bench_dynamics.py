@@ -37,6 +37,7 @@ FEATURES = (
     + ["clear_sky_w_m2", "clear_sky_next_1h_w_m2", "clear_sky_rest_kwh_m2"]
     + [f"available_for_s_l{p}" for p in (1, 2, 3)]
     + [f"acked_kwh_since_available_l{p}" for p in (1, 2, 3)]
+    + ["pv_w_ewm_30min", "clear_sky_ewm_30min_w_m2"]
 )  # the names of envs/state_spec.py (tests/test_dynamics.py checks they agree)
 
 
