@@ -104,12 +104,24 @@ class ResidualConfig:
     on the training site's layout (``draw_phases: false``)."""
     site_inputs: str = "all"
     """With site features in the observations, what the networks read of the site: 'all' (the features and
-    the :func:`clear_sky_index`) or 'clear_sky_index' (that alone: the weather whatever the PV size, and
-    nothing of the site to fit to the few sites drawn in training)."""
+    the :func:`clear_sky_index`), 'clear_sky_index' (that alone: the weather whatever the PV size, and
+    nothing of the site to fit to the few sites drawn in training) or 'outlook' (the features and the two
+    :func:`outlook_inputs`: the half hour's clear-sky index and the day's PV outlook over the storage)."""
+    prior: str = "none"
+    """'supervisor': 'none' (the network's mean plus ``preference_bias`` is the preference) or 'outlook'
+    (plus :func:`outlook_prior`: +1 while the PV the rest of the day should bring is under
+    ``prior_threshold`` times the site's tank storage, -1 above it; needs site features). The network
+    learns a correction of that rule instead of the whole decision."""
+    prior_threshold: float = 2.0
+    """``prior: outlook``: the outlook (kWh of PV left in the day per kWh of tank) where the rule turns
+    from +1 (a dull day: the water heaters follow the surplus) to -1 (a sunny day: they keep their room
+    for noon)."""
 
     def __post_init__(self) -> None:
-        if self.site_inputs not in ("all", "clear_sky_index"):
-            raise ValueError(f"site_inputs: 'all' or 'clear_sky_index', got {self.site_inputs!r}")
+        if self.site_inputs not in ("all", "clear_sky_index", "outlook"):
+            raise ValueError(f"site_inputs: 'all', 'clear_sky_index' or 'outlook', got {self.site_inputs!r}")
+        if self.prior not in ("none", "outlook"):
+            raise ValueError(f"prior: 'none' or 'outlook', got {self.prior!r}")
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
             raise ValueError("pi_residual: max_power_per_phase_w and residual_scale must be > 0, gains >= 0")
         if self.allocation not in ("residual", "learned", "supervisor"):
@@ -225,6 +237,41 @@ def clear_sky_index(obs: torch.Tensor) -> torch.Tensor:
     return torch.where(sky > 20.0, csi, torch.zeros_like(csi)).clamp(0.0, CSI_MAX)
 
 
+_PV_EWM, _SKY_EWM = FEAT["pv_w_ewm_30min"], FEAT["clear_sky_ewm_30min_w_m2"]
+_SKY_REST = FEAT["clear_sky_rest_kwh_m2"]
+_TANKS = [SITE_FEATURE_NAMES.index(n) for n in ("wh_kwh", "hp_kwh")]
+OUTLOOK_MAX = 20.0
+"""The outlook is clipped to [0, OUTLOOK_MAX] (a site with a small tank and a large PV on a clear morning)."""
+
+
+def outlook_inputs(obs: torch.Tensor) -> torch.Tensor:
+    """(B, 2) for state vectors followed by envs/site.py ``site_features``: the clear-sky index of the last
+    half hour, ``pv_w_ewm_30min / (pv_kwp x clear_sky_ewm_30min_w_m2)`` in [0, :data:`CSI_MAX`] (0 while the
+    half hour's clear sky is under 20 W/m2), and the outlook, that index times the site's clear-sky PV
+    energy left in the day (``pv_kwp x clear_sky_rest_kwh_m2``) over its water heaters' and heat pumps' tank
+    kWh, in [0, :data:`OUTLOOK_MAX`]: how many times its tanks the day's PV should still bring if the half
+    hour's weather holds. The PV size and the tanks are what the site's file says; the rest is the state."""
+    site = obs[..., N_FEATURES:]
+    kwp = site[..., _KWP : _KWP + 1] * _KWP_SCALE
+    tanks = sum(site[..., i : i + 1] * float(SITE_FEATURE_SCALE[i]) for i in _TANKS)
+    sky = obs[..., _SKY_EWM : _SKY_EWM + 1]
+    pv = torch.nan_to_num(obs[..., _PV_EWM : _PV_EWM + 1], nan=0.0)
+    csi = pv / torch.clamp(kwp * sky, min=1.0)
+    csi = torch.where(sky > 20.0, csi, torch.zeros_like(csi)).clamp(0.0, CSI_MAX)
+    outlook = csi * kwp * obs[..., _SKY_REST : _SKY_REST + 1] / torch.clamp(tanks, min=1.0)
+    return torch.cat([csi, outlook.clamp(0.0, OUTLOOK_MAX)], dim=-1)
+
+
+def outlook_prior(obs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, 1): the outlook rule's preference for state vectors followed by site features: +1 (the water
+    heaters first) while :func:`outlook_inputs`' outlook is under ``threshold``, else -1. On a dull day the
+    tanks can take what is left of the PV, and a water heater follows a low, broken surplus exactly; on a
+    sunny day they cannot, and a water heater filled in the morning leaves the noon peak to export
+    (tests/benchmarks/bench_preferences.py ``--outlook`` measures the rule alone)."""
+    outlook = outlook_inputs(obs)[..., 1:2]
+    return torch.where(outlook < threshold, torch.ones_like(outlook), -torch.ones_like(outlook))
+
+
 @functools.lru_cache(maxsize=8)
 def _phase_index(order: tuple[int, int, int]) -> torch.Tensor:
     """envs/state_spec.py ``phase_permuted_columns`` as an index tensor, built once per order: a deployed
@@ -243,6 +290,10 @@ def _normalise(module: Any, obs: torch.Tensor) -> torch.Tensor:
     z = torch.clamp(torch.nan_to_num(z, nan=0.0), -CLIP, CLIP)
     if obs.shape[-1] == N_FEATURES:
         return z
+    if module.residual.site_inputs == "outlook":  # the outlook over its clip: about 0..1, as the rest
+        scale = torch.tensor([1.0, OUTLOOK_MAX / 4.0], dtype=obs.dtype, device=obs.device)
+        extra = outlook_inputs(obs) / scale
+        return torch.cat([z, obs[..., N_FEATURES:], extra.to(z.dtype)], dim=-1)
     csi = clear_sky_index(obs).to(z.dtype)
     if module.residual.site_inputs == "clear_sky_index":
         return torch.cat([z, csi], dim=-1)
@@ -268,6 +319,9 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
 
     def setup(self) -> None:
         _setup_residual(self)
+        if self.residual.prior != "none" and self.observation_space.shape[-1] <= N_FEATURES:
+            raise ValueError(f"pi_residual.prior: {self.residual.prior!r} reads the site's PV size and "
+                             "tanks: set env_config.site_features: true")
         _widen_for_site(self)
         super().setup()
 
@@ -279,9 +333,11 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
         logits = out[Columns.ACTION_DIST_INPUTS]
         if cfg.allocation == "supervisor":  # the action: the PI's preference (envs/export_env.py decision_s)
             mean, log_std = logits.chunk(2, dim=-1)
-            out[Columns.ACTION_DIST_INPUTS] = torch.cat(
-                [mean + cfg.preference_bias, log_std + math.log(cfg.residual_scale)], dim=-1
-            )
+            mean = mean + cfg.preference_bias
+            if cfg.prior == "outlook":
+                mean = mean + outlook_prior(batch[Columns.OBS], cfg.prior_threshold).to(mean.dtype)
+            log_std = log_std + math.log(cfg.residual_scale)
+            out[Columns.ACTION_DIST_INPUTS] = torch.cat([mean, log_std], dim=-1)
             return out
         if cfg.allocation == "learned":
             net_mean, log_std = logits.chunk(2, dim=-1)

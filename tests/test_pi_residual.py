@@ -384,5 +384,49 @@ def test_a_supervisor_reading_only_the_clear_sky_index_ignores_the_rest_of_the_s
         with torch.no_grad():
             mean = module.forward_inference({"obs": torch.as_tensor(obs)})["action_dist_inputs"][:, 0].numpy()
         widths[inputs] = module.catalog.observation_space.shape[0]
-        assert (mean[0] == mean[1]) == (inputs == "clear_sky_index"), inputs
+        same = np.isclose(mean[0], mean[1], rtol=1e-6, atol=0.0)  # rows of one batch: BLAS may round apart
+        assert same == (inputs == "clear_sky_index"), (inputs, mean)
     assert widths == {"clear_sky_index": N_FEATURES + 1, "all": N_FEATURES + len(SITE_FEATURE_NAMES) + 1}
+
+
+def test_the_outlook_prior_starts_a_supervisor_at_the_rule():
+    """pi_residual.prior 'outlook': with a zero network output the greedy preference is the outlook rule,
+    +1 while the PV the day still brings (the last half hour's clear-sky index x kWp x the clear-sky kWh/m2
+    left) is under prior_threshold x the site's tank kWh, -1 above it; the inputs follow the state and the
+    site's file, and the prior refuses a policy that is not told its site."""
+    import copy
+
+    import gymnasium as gym
+
+    from envs.site import SITE_FEATURE_NAMES, load_site, site_features
+    from envs.state_spec import FEAT, N_FEATURES
+    from rllib_configs.pi_residual import outlook_inputs
+
+    site = load_site(None)  # 8 kWp, tanks 8 + 5 kWh
+    space = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES + len(SITE_FEATURE_NAMES),), np.float32)
+    action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    obs = np.zeros((3, space.shape[0]), np.float32)
+    obs[:, N_FEATURES:] = site_features(site)
+    obs[:, FEAT["clear_sky_ewm_30min_w_m2"]] = 500.0
+    obs[:, FEAT["clear_sky_rest_kwh_m2"]] = 4.0  # 32 kWh of clear-sky PV left: 2.46 x the tanks
+    obs[:, FEAT["pv_w_ewm_30min"]] = [1000.0, 3600.0, 4000.0]  # clear-sky index 0.25, 0.9, 1.0
+    got = outlook_inputs(torch.as_tensor(obs, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got[:, 0], [0.25, 0.9, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(got[:, 1], np.array([0.25, 0.9, 1.0]) * 32.0 / 13.0, rtol=1e-6)
+
+    spec = load_train_config(SUPERVISOR_CONFIG)
+    cfg = copy.deepcopy(spec.algo_config)
+    mc = copy.deepcopy(cfg.model_config)
+    mc["pi_residual"].update(site_inputs="outlook", prior="outlook", prior_threshold=2.0)
+    cfg.rl_module(model_config=mc)
+    module = cfg.get_rl_module_spec(spaces={"default_policy": (space, action)}).build()
+    for p in module.pi.parameters():  # a zero network output: the rule itself
+        torch.nn.init.zeros_(p)
+    with torch.no_grad():
+        mean = module.forward_inference({"obs": torch.as_tensor(obs)})["action_dist_inputs"][:, 0].numpy()
+    np.testing.assert_array_equal(mean, [1.0, -1.0, -1.0])  # 0.62 < 2; 2.2 and 2.5 > 2
+    assert module.catalog.observation_space.shape[0] == N_FEATURES + len(SITE_FEATURE_NAMES) + 2
+
+    plain = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES,), np.float32)
+    with pytest.raises(ValueError, match="site_features: true"):
+        cfg.get_rl_module_spec(spaces={"default_policy": (plain, action)}).build()

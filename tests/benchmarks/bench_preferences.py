@@ -17,6 +17,13 @@ the perfect-foresight oracle on each day and prints each preference's share of t
 and last the ceiling of a preference held all day: the best of ``--constant`` on each day, chosen knowing the
 weather, averaged over the days as ``gridrl benchmark`` averages its gap (days where the oracle does not beat
 the PI by 1 Wh left out). A supervisor does better only by changing its preference within the day.
+``--outlook T1,T2,...`` adds, beside the constants, the outlook rule at each threshold (rllib_configs/
+pi_residual.py ``outlook_prior``, every second: +1 while the PV left in the day, at the last half hour's
+clear-sky index, is under T times the site's tank kWh, else -1), which is what ``prior: outlook`` starts
+a supervisor from. ``--constant`` may then be empty (``--constant=``).
+
+    .venv/bin/python tests/benchmarks/bench_preferences.py --constant=1 --outlook 1.5,2,3 --oracle --seed 7 \
+        --scenarios clear,broken_clouds,overcast,summer,winter [--site S]
 """
 
 from __future__ import annotations
@@ -31,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from envs.controllers import PIController  # noqa: E402
+from envs.controllers import ContinuousFirstPI, PIController, continuous_power, preference_spread  # noqa: E402
 from envs.export_env import ExportEnvConfig  # noqa: E402
 from envs.profiles import SCENARIOS  # noqa: E402
 from envs.rollout import rollout  # noqa: E402
-from envs.site import load_site  # noqa: E402
+from envs.site import load_site, site_features  # noqa: E402
+from rllib_configs.pi_residual import outlook_prior  # noqa: E402
 from rllib_configs.policy import load_policy  # noqa: E402
 
 
@@ -48,8 +56,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="the day drawn for each weather")
     p.add_argument("--every-s", type=int, default=1800, help="seconds between two printed preferences")
     p.add_argument("--oracle", action="store_true", help="--constant: also the gap closed, and its ceiling")
+    p.add_argument("--outlook", default="", help="comma-separated thresholds of the outlook rule")
     args = p.parse_args()
-    if args.constant:
+    if args.constant is not None or args.outlook:
         return constants(args)
     if not args.checkpoint:
         p.error("--checkpoint or --constant is required")
@@ -78,19 +87,24 @@ def main() -> int:
 
 def constants(args: argparse.Namespace) -> int:
     """Each preference in ``--constant`` held all day against the PI, per weather (whole days)."""
-    from envs.controllers import ContinuousFirstPI, continuous_power
     from envs.metrics import add_gap_closed, metrics_of_record, reduction_pct
     from envs.rollout import make_controller
     from scripts.evaluate import held_out_day_seed
 
-    prefs = [float(x) for x in args.constant.split(",") if x.strip()]
+    prefs = [float(x) for x in (args.constant or "").split(",") if x.strip()]
     if bad := [x for x in prefs if not -1.0 <= x <= 1.0]:
         print(f"--constant: preferences must be within [-1, 1], got {bad}", file=sys.stderr)
         return 2
+    thresholds = [float(x) for x in args.outlook.split(",") if x.strip()]
+    if not prefs and not thresholds:
+        print("--constant or --outlook: give at least one preference or threshold", file=sys.stderr)
+        return 2
+    labels = [f"{x:+.2f}" for x in prefs] + [f"outlook {t:g}" for t in thresholds]
     day_seed = held_out_day_seed(args.seed, 0)  # gridrl benchmark's first held-out day
     where = args.site or "default site"
     print(f"{where}, day seed {day_seed}: export kWh, and vs the PI's (+ = less export)")
     best_gaps, best_red = [], []
+    per_label: dict[str, list] = {}
     for scenario in args.scenarios.split(","):
         cfg = ExportEnvConfig(site=args.site, scenario=scenario.strip(), episode_s=86_400, start_s=0)
         site = cfg.load_site()
@@ -99,27 +113,52 @@ def constants(args: argparse.Namespace) -> int:
         if args.oracle:
             ctrl = make_controller("oracle", site.control.max_power_per_phase_w, day_seed)
             results["oracle"] = metrics_of_record(rollout(ctrl, cfg, seed=day_seed).frame)
-        for pref in prefs:
-            rule = ContinuousFirstPI(cont, preference=pref)
-            results[pref] = metrics_of_record(rollout(rule, cfg, day_seed).frame)
+        rules = [ContinuousFirstPI(cont, preference=pref) for pref in prefs]
+        rules += [OutlookRule(site, t) for t in thresholds]
+        for label, rule in zip(labels, rules, strict=True):
+            results[label] = metrics_of_record(rollout(rule, cfg, day_seed).frame)
         add_gap_closed(results)  # gridrl benchmark's gap closed (NaN without --oracle)
         pi = results["pi"]["export_kwh"]
-        reds = [reduction_pct(results[pref]["export_kwh"], pi) for pref in prefs]
-        cells = [f"{pref:+.2f}: {results[pref]['export_kwh']:.3f} ({red:+.1f} %"
-                 + (f", gap {results[pref]['gap_closed']:+.2f})" if args.oracle else ")")
-                 for pref, red in zip(prefs, reds, strict=True)]  # fmt: skip
+        reds = [reduction_pct(results[label]["export_kwh"], pi) for label in labels]
+        cells = [f"{label}: {results[label]['export_kwh']:.3f} ({red:+.1f} %"
+                 + (f", gap {results[label]['gap_closed']:+.2f})" if args.oracle else ")")
+                 for label, red in zip(labels, reds, strict=True)]  # fmt: skip
         oracle = results.get("oracle", {}).get("export_kwh", math.nan)
         head = f"{scenario:14s} PI {pi:.3f}" + (f" oracle {oracle:.3f}" if args.oracle else "")
         print(head + " | " + " | ".join(cells), flush=True)
-        best_red.append(max(reds))
+        best_red.append(max(reds[: len(prefs)] or reds))
         if args.oracle and pi - oracle > 1e-3:  # as gridrl benchmark's mean gap: days the oracle can improve
-            best_gaps.append(max(results[pref]["gap_closed"] for pref in prefs))
-    if args.oracle:
+            best_gaps.append(max(results[label]["gap_closed"] for label in labels[: len(prefs)] or labels))
+        for label in labels:
+            per_label.setdefault(label, []).append((reds[labels.index(label)], results[label]["gap_closed"],
+                                                   pi - oracle > 1e-3))  # fmt: skip
+    for label, rows in per_label.items():
+        gaps = [g for _, g, counted in rows if counted]
+        mean_gap = f", mean gap closed {sum(gaps) / max(len(gaps), 1):.3f}" if args.oracle else ""
+        print(f"{label}: mean export reduction {sum(r for r, _, _ in rows) / len(rows):+.1f} %, worst "
+              f"{min(r for r, _, _ in rows):+.1f} %{mean_gap}")
+    if args.oracle and prefs:
         print(f"ceiling of a preference held all day (the best of {args.constant} on each day): mean export "
               f"reduction {sum(best_red) / len(best_red):+.1f} %, mean gap closed "
               f"{sum(best_gaps) / max(len(best_gaps), 1):.3f} over {len(best_gaps)} days")
     return 0
 
+
+class OutlookRule(ContinuousFirstPI):
+    """The outlook rule alone (rllib_configs/pi_residual.py ``outlook_prior``) as the PI's dispatch
+    preference, recomputed every second from the state and the site's features: what ``prior: outlook``
+    starts from."""
+
+    def __init__(self, site, threshold: float):
+        super().__init__(tuple(continuous_power(site)))
+        self.threshold = threshold
+        self.site_features = torch.as_tensor(site_features(site), dtype=torch.float64)
+
+    def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float64)
+        x = torch.cat([x, self.site_features.expand(len(x), -1)], dim=-1)
+        pref = outlook_prior(x, self.threshold)[:, 0].numpy()
+        return preference_spread(u, obs, available, self.continuous_w, pref)
 
 if __name__ == "__main__":
     sys.exit(main())
