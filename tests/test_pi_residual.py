@@ -192,6 +192,18 @@ def test_a_preference_bias_of_one_starts_at_the_continuous_first_rule():
 SUPERVISOR_CONFIG = REPO / "rllib_configs/export/ppo_supervisor.yaml"
 
 
+def _supervisor_told_no_site():
+    """The supervisor config without its outlook prior, which reads the site's features: a module for state
+    vectors alone (the layout tests)."""
+    import copy
+
+    spec = load_train_config(SUPERVISOR_CONFIG)
+    mc = copy.deepcopy(spec.algo_config.model_config)
+    mc["pi_residual"]["prior"] = "none"
+    spec.algo_config.rl_module(model_config=mc)
+    return spec
+
+
 def test_torch_preference_targets_are_the_controllers():
     """The supervisor's deployed graph (torch) spreads the PI's total as the env's PI did in training
     (numpy)."""
@@ -269,7 +281,7 @@ def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
         if phases and 1 not in phases:
             break
     other = from_mapping(Site, drawn, source="drawn")
-    spec = load_train_config(SUPERVISOR_CONFIG)
+    spec = _supervisor_told_no_site()
     action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     spaces = {"default_policy": (ExportControlEnv().observation_space, action)}
     policy = Policy(spec.algo_config.get_rl_module_spec(spaces=spaces).build(), None, {}, tmp_path)
@@ -310,7 +322,7 @@ def test_on_another_layout_the_networks_read_the_phases_in_the_training_sites_or
     with pytest.raises(ValueError, match="permutation"):
         phase_permuted_columns((0, 0, 1))
 
-    spec = load_train_config(SUPERVISOR_CONFIG)
+    spec = _supervisor_told_no_site()
     action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     spaces = {"default_policy": (ExportControlEnv().observation_space, action)}
     module = spec.algo_config.get_rl_module_spec(spaces=spaces).build()
