@@ -21,7 +21,7 @@ import pytest
 
 from envs.actions import to_unit
 from envs.site import load_site
-from envs.state_spec import FEATURE_NAMES
+from envs.state_spec import EWM_TAU_S, FEATURE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_S = 70  # the rebuilt features' 60 s windows start at the episode's first second
@@ -99,9 +99,16 @@ def test_shadow_hour_of_simulated_traffic_builds_into_a_dataset(tmp_path):
     # The headroom counters (seconds and kWh since a phase's power became available) count from the
     # episode's first second, so a rebuilt episode that starts later trails by that offset until the next
     # break in availability: at most the warm-up, and its energy at most the warm-up at full power.
+    # The 30-minute means (spec v3) also start at the episode's first second: the rebuilt ones start at the
+    # readings then and approach the server's as exp(-age / 30 min), from at most the site's PV peak (W) and
+    # the clear sky's 1,200 W/m2.
     since = [i for i, n in enumerate(FEATURE_NAMES) if n.startswith(("available_for_s", "acked_kwh_since"))]
-    own = [i for i in range(len(FEATURE_NAMES)) if i not in since]
+    ewm = [FEATURE_NAMES.index(n) for n in ("pv_w_ewm_30min", "clear_sky_ewm_30min_w_m2")]
+    own = [i for i in range(len(FEATURE_NAMES)) if i not in since + ewm]
     assert d_obs[:, own].max() < 1e-2, "the rebuilt state vectors are not the ones the server saw"
     assert d_obs[:, since[:3]].max() <= WARMUP_S and d_obs[:, since[3:]].max() <= WARMUP_S * max_w / 3.6e6
+    peak = np.array([1e3 * sum(a.kwp for a in load_site(None).pv), 1200.0])
+    bound = np.exp(-(t[late] - t.min()) / EWM_TAU_S)[:, None] * peak + 1e-2
+    assert (d_obs[:, ewm] <= bound).all(), "the rebuilt 30-minute means do not converge to the server's"
     d_act = np.array([np.abs(a - to_unit(served[s]["action_w"], max_w)) for a, s in zip(act, t, strict=True)])
     assert d_act.max() < 1e-5, "the dataset's actions are not the targets the server sent"
