@@ -230,10 +230,18 @@ def clear_sky_index(obs: torch.Tensor) -> torch.Tensor:
     policy judges the weather by the watts, and an overcast day on a large PV site looks like a clear one on
     a small site (the supervisor chose +0.2 instead of +1 on such a day: README). Before sunrise (clear sky
     below 20 W/m2) it is 0."""
-    kwp = obs[..., N_FEATURES + _KWP : N_FEATURES + _KWP + 1] * _KWP_SCALE
-    sky = obs[..., _CLEAR_SKY : _CLEAR_SKY + 1]
-    pv = torch.nan_to_num(obs[..., _PV_W : _PV_W + 1], nan=0.0)
-    csi = pv / torch.clamp(kwp * sky, min=1.0)
+    return _csi(obs[..., _PV_W : _PV_W + 1], obs[..., _CLEAR_SKY : _CLEAR_SKY + 1], _site_kwp(obs))
+
+
+def _site_kwp(obs: torch.Tensor) -> torch.Tensor:
+    """(B, 1): the site's PV peak power, kWp, from the site features after the state vector."""
+    return obs[..., N_FEATURES + _KWP : N_FEATURES + _KWP + 1] * _KWP_SCALE
+
+
+def _csi(pv: torch.Tensor, sky: torch.Tensor, kwp: torch.Tensor) -> torch.Tensor:
+    """``pv / (kwp x sky)`` (W over kWp x W/m2) in [0, :data:`CSI_MAX`]; 0 while ``sky`` is under 20 W/m2
+    and for a missing PV reading."""
+    csi = torch.nan_to_num(pv, nan=0.0) / torch.clamp(kwp * sky, min=1.0)
     return torch.where(sky > 20.0, csi, torch.zeros_like(csi)).clamp(0.0, CSI_MAX)
 
 
@@ -251,13 +259,9 @@ def outlook_inputs(obs: torch.Tensor) -> torch.Tensor:
     energy left in the day (``pv_kwp x clear_sky_rest_kwh_m2``) over its water heaters' and heat pumps' tank
     kWh, in [0, :data:`OUTLOOK_MAX`]: how many times its tanks the day's PV should still bring if the half
     hour's weather holds. The PV size and the tanks are what the site's file says; the rest is the state."""
-    site = obs[..., N_FEATURES:]
-    kwp = site[..., _KWP : _KWP + 1] * _KWP_SCALE
-    tanks = sum(site[..., i : i + 1] * float(SITE_FEATURE_SCALE[i]) for i in _TANKS)
-    sky = obs[..., _SKY_EWM : _SKY_EWM + 1]
-    pv = torch.nan_to_num(obs[..., _PV_EWM : _PV_EWM + 1], nan=0.0)
-    csi = pv / torch.clamp(kwp * sky, min=1.0)
-    csi = torch.where(sky > 20.0, csi, torch.zeros_like(csi)).clamp(0.0, CSI_MAX)
+    kwp = _site_kwp(obs)
+    tanks = sum(obs[..., N_FEATURES + i : N_FEATURES + i + 1] * float(SITE_FEATURE_SCALE[i]) for i in _TANKS)
+    csi = _csi(obs[..., _PV_EWM : _PV_EWM + 1], obs[..., _SKY_EWM : _SKY_EWM + 1], kwp)
     outlook = csi * kwp * obs[..., _SKY_REST : _SKY_REST + 1] / torch.clamp(tanks, min=1.0)
     return torch.cat([csi, outlook.clamp(0.0, OUTLOOK_MAX)], dim=-1)
 

@@ -129,9 +129,8 @@ def constants(args: argparse.Namespace) -> int:
         best_red.append(max(reds[: len(prefs)] or reds))
         if args.oracle and pi - oracle > 1e-3:  # as gridrl benchmark's mean gap: days the oracle can improve
             best_gaps.append(max(results[label]["gap_closed"] for label in labels[: len(prefs)] or labels))
-        for label in labels:
-            per_label.setdefault(label, []).append((reds[labels.index(label)], results[label]["gap_closed"],
-                                                   pi - oracle > 1e-3))  # fmt: skip
+        for label, red in zip(labels, reds, strict=True):
+            per_label.setdefault(label, []).append((red, results[label]["gap_closed"], pi - oracle > 1e-3))
     for label, rows in per_label.items():
         gaps = [g for _, g, counted in rows if counted]
         mean_gap = f", mean gap closed {sum(gaps) / max(len(gaps), 1):.3f}" if args.oracle else ""
@@ -159,6 +158,7 @@ class OutlookRule(ContinuousFirstPI):
         x = torch.cat([x, self.site_features.expand(len(x), -1)], dim=-1)
         pref = outlook_prior(x, self.threshold)[:, 0].numpy()
         return preference_spread(u, obs, available, self.continuous_w, pref)
+
 
 if __name__ == "__main__":
     sys.exit(main())
