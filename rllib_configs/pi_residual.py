@@ -114,14 +114,21 @@ class ResidualConfig:
     learns a correction of that rule instead of the whole decision."""
     prior_threshold: float = 2.0
     """``prior: outlook``: the outlook (kWh of PV left in the day per kWh of tank) where the rule turns
-    from +1 (a dull day: the water heaters follow the surplus) to -1 (a sunny day: they keep their room
-    for noon)."""
+    from ``prior_dull`` (a dull day: the water heaters follow the surplus) to -1 (a sunny day: they keep
+    their room for noon)."""
+    prior_dull: float = 1.0
+    """``prior: outlook``: the rule's preference on a dull day, in (0, 1]. At +1 the water heaters take
+    the surplus of every phase first; below it, part stays on the phase that made it, which costs some
+    export and keeps the phases more even (a one-phase heater taking three phases' surplus is what raises
+    the phase imbalance)."""
 
     def __post_init__(self) -> None:
         if self.site_inputs not in ("all", "clear_sky_index", "outlook"):
             raise ValueError(f"site_inputs: 'all', 'clear_sky_index' or 'outlook', got {self.site_inputs!r}")
         if self.prior not in ("none", "outlook"):
             raise ValueError(f"prior: 'none' or 'outlook', got {self.prior!r}")
+        if not 0.0 < self.prior_dull <= 1.0:
+            raise ValueError(f"prior_dull: a preference in (0, 1], got {self.prior_dull!r}")
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
             raise ValueError("pi_residual: max_power_per_phase_w and residual_scale must be > 0, gains >= 0")
         if self.allocation not in ("residual", "learned", "supervisor"):
@@ -266,14 +273,14 @@ def outlook_inputs(obs: torch.Tensor) -> torch.Tensor:
     return torch.cat([csi, outlook.clamp(0.0, OUTLOOK_MAX)], dim=-1)
 
 
-def outlook_prior(obs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(B, 1): the outlook rule's preference for state vectors followed by site features: +1 (the water
-    heaters first) while :func:`outlook_inputs`' outlook is under ``threshold``, else -1. On a dull day the
-    tanks can take what is left of the PV, and a water heater follows a low, broken surplus exactly; on a
-    sunny day they cannot, and a water heater filled in the morning leaves the noon peak to export
+def outlook_prior(obs: torch.Tensor, threshold: float, dull: float = 1.0) -> torch.Tensor:
+    """(B, 1): the outlook rule's preference for state vectors followed by site features: ``dull`` (+1: the
+    water heaters first) while :func:`outlook_inputs`' outlook is under ``threshold``, else -1. On a dull day
+    the tanks can take what is left of the PV, and a water heater follows a low, broken surplus exactly; on
+    a sunny day they cannot, and a water heater filled in the morning leaves the noon peak to export
     (tests/benchmarks/bench_preferences.py ``--outlook`` measures the rule alone)."""
     outlook = outlook_inputs(obs)[..., 1:2]
-    return torch.where(outlook < threshold, torch.ones_like(outlook), -torch.ones_like(outlook))
+    return torch.where(outlook < threshold, torch.full_like(outlook, dull), -torch.ones_like(outlook))
 
 
 @functools.lru_cache(maxsize=8)
@@ -339,7 +346,8 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
             mean, log_std = logits.chunk(2, dim=-1)
             mean = mean + cfg.preference_bias
             if cfg.prior == "outlook":
-                mean = mean + outlook_prior(batch[Columns.OBS], cfg.prior_threshold).to(mean.dtype)
+                prior = outlook_prior(batch[Columns.OBS], cfg.prior_threshold, cfg.prior_dull)
+                mean = mean + prior.to(mean.dtype)
             log_std = log_std + math.log(cfg.residual_scale)
             out[Columns.ACTION_DIST_INPUTS] = torch.cat([mean, log_std], dim=-1)
             return out

@@ -438,6 +438,12 @@ def test_the_outlook_prior_starts_a_supervisor_at_the_rule():
         mean = module.forward_inference({"obs": torch.as_tensor(obs)})["action_dist_inputs"][:, 0].numpy()
     np.testing.assert_array_equal(mean, [1.0, -1.0, -1.0])  # 0.62 < 2; 2.2 and 2.5 > 2
     assert module.catalog.observation_space.shape[0] == N_FEATURES + len(SITE_FEATURE_NAMES) + 2
+    module.residual = dataclasses.replace(module.residual, prior_dull=0.5)  # a dull day's preference below +1
+    with torch.no_grad():
+        mean = module.forward_inference({"obs": torch.as_tensor(obs)})["action_dist_inputs"][:, 0].numpy()
+    np.testing.assert_array_equal(mean, [0.5, -1.0, -1.0])
+    with pytest.raises(ValueError, match="prior_dull"):
+        dataclasses.replace(module.residual, prior_dull=0.0)
 
     plain = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES,), np.float32)
     with pytest.raises(ValueError, match="site_features: true"):

@@ -20,7 +20,9 @@ the PI by 1 Wh left out). A supervisor does better only by changing its preferen
 ``--outlook T1,T2,...`` adds, beside the constants, the outlook rule at each threshold (rllib_configs/
 pi_residual.py ``outlook_prior``, every second: +1 while the PV left in the day, at the last half hour's
 clear-sky index, is under T times the site's tank kWh, else -1), which is what ``prior: outlook`` starts
-a supervisor from. ``--constant`` may then be empty (``--constant=``).
+a supervisor from; ``T@D`` sets its dull-day preference to D instead of +1 (``prior_dull``). ``--constant``
+may then be empty (``--constant=``). The summary gives, per rule, its mean phase imbalance and controlled
+import against the PI's over the same days (issue 16's targets: imbalance no worse, import at most 1.1 x).
 
     .venv/bin/python tests/benchmarks/bench_preferences.py --constant=1 --outlook 1.5,2,3 --oracle --seed 7 \
         --scenarios clear,broken_clouds,overcast,summer,winter [--site S]
@@ -95,16 +97,23 @@ def constants(args: argparse.Namespace) -> int:
     if bad := [x for x in prefs if not -1.0 <= x <= 1.0]:
         print(f"--constant: preferences must be within [-1, 1], got {bad}", file=sys.stderr)
         return 2
-    thresholds = [float(x) for x in args.outlook.split(",") if x.strip()]
+    try:
+        specs = [x.split("@") + ["1"] for x in args.outlook.split(",") if x.strip()]
+        thresholds = [(float(x[0]), float(x[1])) for x in specs]
+    except ValueError:
+        print(f"--outlook: T or T@D (D: the dull-day preference), got {args.outlook!r}", file=sys.stderr)
+        return 2
     if not prefs and not thresholds:
         print("--constant or --outlook: give at least one preference or threshold", file=sys.stderr)
         return 2
-    labels = [f"{x:+.2f}" for x in prefs] + [f"outlook {t:g}" for t in thresholds]
+    labels = [f"{x:+.2f}" for x in prefs]
+    labels += [f"outlook {t:g}" + (f"@{d:g}" if d != 1 else "") for t, d in thresholds]
     day_seed = held_out_day_seed(args.seed, 0)  # gridrl benchmark's first held-out day
     where = args.site or "default site"
     print(f"{where}, day seed {day_seed}: export kWh, and vs the PI's (+ = less export)")
     best_gaps, best_red = [], []
     per_label: dict[str, list] = {}
+    pi_totals: list[tuple[float, float]] = []
     for scenario in args.scenarios.split(","):
         cfg = ExportEnvConfig(site=args.site, scenario=scenario.strip(), episode_s=86_400, start_s=0)
         site = cfg.load_site()
@@ -114,7 +123,7 @@ def constants(args: argparse.Namespace) -> int:
             ctrl = make_controller("oracle", site.control.max_power_per_phase_w, day_seed)
             results["oracle"] = metrics_of_record(rollout(ctrl, cfg, seed=day_seed).frame)
         rules = [ContinuousFirstPI(cont, preference=pref) for pref in prefs]
-        rules += [OutlookRule(site, t) for t in thresholds]
+        rules += [OutlookRule(site, t, d) for t, d in thresholds]
         for label, rule in zip(labels, rules, strict=True):
             results[label] = metrics_of_record(rollout(rule, cfg, day_seed).frame)
         add_gap_closed(results)  # gridrl benchmark's gap closed (NaN without --oracle)
@@ -129,13 +138,20 @@ def constants(args: argparse.Namespace) -> int:
         best_red.append(max(reds[: len(prefs)] or reds))
         if args.oracle and pi - oracle > 1e-3:  # as gridrl benchmark's mean gap: days the oracle can improve
             best_gaps.append(max(results[label]["gap_closed"] for label in labels[: len(prefs)] or labels))
+        pi_totals.append((results["pi"]["phase_imbalance_w"], results["pi"]["controlled_import_kwh"]))
         for label, red in zip(labels, reds, strict=True):
-            per_label.setdefault(label, []).append((red, results[label]["gap_closed"], pi - oracle > 1e-3))
+            r = results[label]
+            per_label.setdefault(label, []).append(
+                (red, r["gap_closed"], pi - oracle > 1e-3, r["phase_imbalance_w"], r["controlled_import_kwh"])
+            )
+    pi_imb, pi_imp = (sum(x) / len(pi_totals) for x in zip(*pi_totals, strict=True))
     for label, rows in per_label.items():
-        gaps = [g for _, g, counted in rows if counted]
+        gaps = [row[1] for row in rows if row[2]]
         mean_gap = f", mean gap closed {sum(gaps) / max(len(gaps), 1):.3f}" if args.oracle else ""
-        print(f"{label}: mean export reduction {sum(r for r, _, _ in rows) / len(rows):+.1f} %, worst "
-              f"{min(r for r, _, _ in rows):+.1f} %{mean_gap}")
+        imb, imp = (sum(row[i] for row in rows) / len(rows) for i in (3, 4))
+        print(f"{label}: mean export reduction {sum(row[0] for row in rows) / len(rows):+.1f} %, worst "
+              f"{min(row[0] for row in rows):+.1f} %{mean_gap}; imbalance {imb:.0f} W "
+              f"vs the PI's {pi_imb:.0f}, controlled import {imp:.2f} kWh vs {pi_imp:.2f}")
     if args.oracle and prefs:
         print(f"ceiling of a preference held all day (the best of {args.constant} on each day): mean export "
               f"reduction {sum(best_red) / len(best_red):+.1f} %, mean gap closed "
@@ -148,15 +164,15 @@ class OutlookRule(ContinuousFirstPI):
     preference, recomputed every second from the state and the site's features: what ``prior: outlook``
     starts from."""
 
-    def __init__(self, site, threshold: float):
+    def __init__(self, site, threshold: float, dull: float = 1.0):
         super().__init__(tuple(continuous_power(site)))
-        self.threshold = threshold
+        self.threshold, self.dull = threshold, dull
         self.site_features = torch.as_tensor(site_features(site), dtype=torch.float64)
 
     def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float64)
         x = torch.cat([x, self.site_features.expand(len(x), -1)], dim=-1)
-        pref = outlook_prior(x, self.threshold)[:, 0].numpy()
+        pref = outlook_prior(x, self.threshold, self.dull)[:, 0].numpy()
         return preference_spread(u, obs, available, self.continuous_w, pref)
 
 
