@@ -101,30 +101,20 @@ def success_criteria(results: dict[str, dict[str, float]], who: str = "policy") 
     return rows
 
 
-class OnnxActor:
+def onnx_actor(policy: Any, out: Path, seed: int, n_parity: int = 200) -> Any:
     """A checkpoint's greedy policy as the edge runtime and Serve run it: its graph
     (rllib_configs/policy.py ``Policy.net``, told its site) written to ``out/policy.onnx`` by serve/bundle.py
     ``export_onnx``, which refuses it unless ONNX Runtime and torch agree on ``parity_states``, then run by
-    ONNX Runtime on one core. What the policy is judged on is the exported graph, and a day of a supervisor
-    takes about 22 s instead of torch's 110 on one core (torch's per-call overhead, one state a second)."""
+    ONNX Runtime on one core (``OnnxPolicy.act_unit``). What the policy is judged on is the exported graph,
+    and a day of a supervisor takes about 22 s instead of torch's 110 on one core (torch's per-call
+    overhead, one state a second)."""
+    from serve.bundle import ONNX_FILE, OnnxPolicy, export_onnx, parity_states
 
-    def __init__(self, policy: Any, out: Path, seed: int, n_parity: int = 200) -> None:
-        from serve.bundle import ONNX_FILE, OnnxPolicy, export_onnx, parity_states
-
-        out.mkdir(parents=True, exist_ok=True)
-        onnx = export_onnx(policy.net, out, parity_states(n_parity, seed), policy.checkpoint, seed)
-        print(f"[evaluate] ONNX graph: parity {onnx['parity']['max_abs_diff']:.2g} on {n_parity} states",
-              file=sys.stderr, flush=True)  # fmt: skip
-        self.graph = OnnxPolicy(out / ONNX_FILE, policy.normalizer)
-
-    def act_unit(self, obs: Any) -> Any:
-        """Greedy actions in [-1, 1] (B, 3) for raw state vectors (B, F), as ``Policy.act_unit``."""
-        import numpy as np
-
-        x = np.atleast_2d(obs)
-        if self.graph.normalizer is not None:
-            x = self.graph.normalizer(x)
-        return np.clip(self.graph.run_normalised(x), -1.0, 1.0)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx = export_onnx(policy.net, out, parity_states(n_parity, seed), policy.checkpoint, seed)
+    print(f"[evaluate] ONNX graph: parity {onnx['parity']['max_abs_diff']:.2g} on {n_parity} states",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return OnnxPolicy(out / ONNX_FILE, policy.normalizer)
 
 
 def evaluate_export(
@@ -153,7 +143,7 @@ def evaluate_export(
     cfg = ExportEnvConfig(site=site or trained_site, scenario=scenario, episode_s=episode_s, start_s=start_s)
     site_obj = cfg.load_site()
     policy.for_site(site_obj)
-    actor = OnnxActor(policy, out / "onnx", seed)
+    actor = onnx_actor(policy, out / "onnx", seed)
     max_w = site_obj.control.max_power_per_phase_w
     frames: dict[str, list[pl.DataFrame]] = {}
     for d in range(days):

@@ -87,6 +87,14 @@ class OnnxPolicy:
     def run_normalised(self, z: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input: np.asarray(z, np.float32)})[0]
 
+    def act_unit(self, obs: np.ndarray) -> np.ndarray:
+        """Actions in [-1, 1] (B, A) for raw state vectors (B, F) or one (F,): rllib_configs/policy.py
+        ``Policy.act_unit`` for the exported graph (envs/controllers.py ``UnitPolicy``)."""
+        x = np.atleast_2d(obs)
+        if self.normalizer is not None:
+            x = self.normalizer(x)
+        return np.clip(self.run_normalised(x), -1.0, 1.0)
+
     def __call__(self, state: np.ndarray) -> np.ndarray:
         x = self.normalizer(state[None, :]) if self.normalizer is not None else state[None, :]
         return self.run_normalised(x)[0]

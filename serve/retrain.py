@@ -301,10 +301,7 @@ class BundleController:
     def act(self, obs: np.ndarray) -> np.ndarray:
         if isinstance(self.policy, ControllerPolicy):
             return self.policy.controller.act(obs)
-        x = np.atleast_2d(obs)
-        if self.policy.normalizer is not None:
-            x = self.policy.normalizer(x)
-        return to_watts(np.clip(self.policy.run_normalised(x), -1.0, 1.0), self.max_w)
+        return to_watts(self.policy.act_unit(obs), self.max_w)
 
 
 def is_default_pi(bundle: Bundle) -> bool:
