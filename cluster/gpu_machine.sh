@@ -25,6 +25,13 @@
 #       --make-onnx needs torch and RLlib, so it is made here). Slow here: xz -9 of ~400 MB, minutes.
 #   there (carry .gpu/serve):
 #       bash cluster/gpu_machine.sh install-serve && export PYTHONPATH=/tmp/site:$PWD
+#
+# Offline training (issue 17; cluster/gpu_offline.sh generates and builds the dataset there and trains):
+#   here:   bash cluster/gpu_machine.sh prepare-offline
+#       Ray with RLlib and Data, the deps above and polars (the dataset's train split alone, 124 MB for 7
+#       days, does not fit the carry; polars does, packed): one xz site archive, .gpu/offline/site.tar.xz
+#       (50 MB), in about 2.5 min.
+#   there (carry .gpu/offline): bash cluster/gpu_machine.sh install-offline (15 s)
 set -euo pipefail
 
 GPU_DIR=${GPU_DIR:-.gpu}
@@ -55,15 +62,19 @@ prepare_serve_wheels() {
   rm -rf "${SERVE_DIR:?}/whl" && pip_download -d "$SERVE_DIR/whl" "${SERVE_WHEELS[@]}"
 }
 
-prepare_serve() {
-  local t0=$SECONDS
-  rm -rf "${SERVE_DIR:?}" && mkdir -p "$SERVE_DIR/dl"
-  pip_download -d "$SERVE_DIR/dl" "ray==$RAY_VERSION" "${DEPS[@]}" "${SERVE_DEPS[@]}"
-  python3 - "$SERVE_DIR" <<'PY'
+# pack_site DIR SKIP PACKAGE...: downloads the cp312 wheels of PACKAGE... into DIR, unpacks them into one site
+# folder without the paths that start with one of SKIP's space-separated prefixes, strips the ELF files'
+# symbol tables and packs it as DIR/site.tar.xz (deflated wheels do not fit the carry; xz does).
+pack_site() {
+  local dir=$1 skip=$2
+  shift 2
+  rm -rf "${dir:?}" && mkdir -p "$dir/dl"
+  pip_download -d "$dir/dl" "$@"
+  python3 - "$dir" "$skip" <<'PY'
 import pathlib, shutil, subprocess, sys, zipfile
 out = pathlib.Path(sys.argv[1])
 stage = out / "stage"
-skip = ("ray/jars/", "ray/dashboard/client/", "ray/llm/", "ray/rllib/", "ray/data/")
+skip = tuple(sys.argv[2].split())
 for whl in sorted((out / "dl").glob("*.whl")):
     with zipfile.ZipFile(whl) as z:
         for item in z.infolist():
@@ -85,12 +96,41 @@ for f in stage.rglob("*"):  # strip, and make executable (raylet, gcs_server, ha
         f.chmod(0o755)
 shutil.rmtree(out / "dl")
 PY
-  tar -C "$SERVE_DIR/stage" -cf - . | nice -n 19 xz -9 -T2 > "$SERVE_DIR/site.tar.xz"
-  rm -rf "${SERVE_DIR:?}/stage"
+  tar -C "$dir/stage" -cf - . | nice -n 19 xz -9 -T2 > "$dir/site.tar.xz"
+  rm -rf "${dir:?}/stage"
+}
+
+prepare_serve() {
+  local t0=$SECONDS
+  pack_site "$SERVE_DIR" "ray/jars/ ray/dashboard/client/ ray/llm/ ray/rllib/ ray/data/" \
+    "ray==$RAY_VERSION" "${DEPS[@]}" "${SERVE_DEPS[@]}"
   prepare_serve_wheels
   "${PYTHON:-.venv/bin/python}" tests/benchmarks/bench_serve.py --make-onnx "$SERVE_DIR/bundle"
   du -sh "$SERVE_DIR"/*
   echo "prepared in $((SECONDS - t0)) s"
+}
+
+# Offline training there (cluster/gpu_offline.sh): Ray with RLlib and Data, its deps and polars, so that the
+# 7-day dataset is generated and built there (its train split alone, 124 MB, does not fit the carry).
+OFFLINE_DIR=${OFFLINE_DIR:-$GPU_DIR/offline}
+prepare_offline() {
+  local t0=$SECONDS
+  pack_site "$OFFLINE_DIR" "ray/jars/ ray/dashboard/client/ ray/llm/" \
+    "ray==$RAY_VERSION" "${DEPS[@]}" polars==1.44.2 polars-runtime-32==1.44.2
+  du -sh "$OFFLINE_DIR"/*
+  echo "prepared in $((SECONDS - t0)) s"
+}
+
+install_offline() {
+  local t0=$SECONDS
+  if [ ! -f "$SITE/ray/__init__.py" ]; then
+    mkdir -p "$SITE"
+    tar -C "$SITE" -xJf "$OFFLINE_DIR/site.tar.xz"
+  fi
+  PYTHONPATH="$SITE:$PWD" python3 -c "import ray, ray.rllib, ray.data, polars, torch, numpy
+print('ray', ray.__version__, 'polars', polars.__version__, 'torch', torch.__version__, 'cuda',
+      torch.cuda.is_available(), 'numpy', numpy.__version__)"
+  echo "installed in $((SECONDS - t0)) s"
 }
 
 install_serve() {
@@ -147,7 +187,9 @@ case "${1:-}" in
   prepare-serve) prepare_serve ;;
   prepare-serve-wheels) prepare_serve_wheels ;;  # the wheels alone (the archive takes minutes)
   install-serve) install_serve ;;
-  *) echo "usage: bash cluster/gpu_machine.sh {prepare|install|prepare-serve[-wheels]|install-serve}" \
+  prepare-offline) prepare_offline ;;
+  install-offline) install_offline ;;
+  *) echo "usage: bash cluster/gpu_machine.sh {prepare|install|prepare-serve[-wheels]|install-serve|prepare-offline|install-offline}" \
       "(prepare here, install there)" >&2
     exit 2 ;;
 esac
