@@ -44,12 +44,14 @@ from ray.rllib.algorithms.cql.torch.default_cql_torch_rl_module import DefaultCQ
 from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.models.base import ENCODER_OUT
+from ray.rllib.utils.numpy import SMALL_NUMBER
 
 from envs.config import from_mapping
 from envs.controllers import PIConfig
 from envs.normalization import CLIP, ObsNormalizer
 from envs.site import SITE_FEATURE_NAMES, SITE_FEATURE_SCALE
 from envs.state_spec import FEAT, N_FEATURES, phase_permuted_columns
+from rllib_configs.iql import IQLTorchModule
 
 _TARGET = [FEAT[f"target_w_l{p}"] for p in (1, 2, 3)]
 _EXPORT = [FEAT[f"export_w_l{p}"] for p in (1, 2, 3)]
@@ -405,7 +407,13 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
         return to_unit(targets, cfg).to(obs.dtype)
 
 
-_SQUASH_EDGE = 1.0 - 1e-4  # 0 W and the full range come back within 0.4 W
+# The PI's action is held as far inside the bounds as RLlib's squashed Gaussian holds a logged action
+# (ray.rllib.utils.numpy.SMALL_NUMBER in its _unsquash): a logged 0 W and the PI's 0 W then have the same
+# pre-tanh value. With 1e-4 here the logs' 0 W (all three phases in 53 % of the seconds) sat 2.3 pre-tanh
+# units below the PI's, and residual IQL learned that offset as its correction: near 0 W it held every
+# target at a few watts, the PI's integrator read them back, and in closed loop it commanded nothing
+# (README, "IQL and residual CQL at GPU budgets"). 0 W and the full range come back within 0.004 W.
+_SQUASH_EDGE = 1.0 - SMALL_NUMBER
 
 
 class _NormalisingPiEncoder(torch.nn.Module):
@@ -421,7 +429,7 @@ class _NormalisingPiEncoder(torch.nn.Module):
         obs = batch[Columns.OBS]
         feats = self.inner({**batch, Columns.OBS: self.normalise(obs)})[ENCODER_OUT]
         # The squashed Gaussian's action is tanh(pre-tanh) on SAC's [-1, 1] bounds: the PI's action
-        # there is atanh of it (kept inside +-(1 - 1e-4): 0 W and the full range are common PI targets).
+        # there is atanh of it (kept inside +-_SQUASH_EDGE: 0 W and the full range are common PI targets).
         a = pi_action(obs, self.cfg).clamp(-_SQUASH_EDGE, _SQUASH_EDGE)
         base = 0.5 * (torch.log1p(a) - torch.log1p(-a))  # atanh, spelled so that ONNX opset 17 exports it
         return {ENCODER_OUT: torch.cat([feats, base.to(feats.dtype)], dim=-1)}
@@ -439,22 +447,21 @@ class _ResidualPiHead(torch.nn.Module):
         return centred_on(base, self.inner(feats), self.scale)
 
 
-class PIResidualCQLModule(DefaultCQLTorchRLModule):
-    """CQL's (SAC's) default torch module with the PI inside its policy, as PIResidualPPOModule's.
-
-    The policy's squashed Gaussian is centred on the PI's action (in pre-tanh units) plus ``residual_scale``
-    times the network's output, so the policy starts as the PI and offline training learns a correction
-    the Q functions back, not the control law; no BC stage is needed. The module reads raw states and
-    normalises them for its networks (policy and Q) itself, with the ``normalization`` statistics.
-    """
+class _ResidualSACPolicy:
+    """The PI inside an offline SAC-family module's policy (CQL's, IQL's): its squashed Gaussian is centred on
+    the PI's action (in pre-tanh units) plus ``residual_scale`` times the network's output, so the policy
+    starts as the PI and offline training learns a correction, not the control law; no BC stage is needed.
+    The module reads raw states and normalises them for its networks (policy, Q and V) itself, with the
+    ``normalization`` statistics. Mixed in before the RLlib module class."""
 
     def setup(self) -> None:
-        super().setup()
+        super().setup()  # type: ignore[misc]
+        name = type(self).__name__
         _setup_residual(self)
         if not isinstance(self.action_space, gym.spaces.Box) or self.action_space.shape != (3,):
-            raise ValueError("PIResidualCQLModule: the export domain's 3 per-phase targets only")
+            raise ValueError(f"{name}: the export domain's 3 per-phase targets only")
         if not (np.all(self.action_space.low == -1.0) and np.all(self.action_space.high == 1.0)):
-            raise ValueError("PIResidualCQLModule: the action space must be [-1, 1] (envs/actions.py)")
+            raise ValueError(f"{name}: the action space must be [-1, 1] (envs/actions.py)")
         self.pi_encoder = _NormalisingPiEncoder(self.pi_encoder, self.normalised, self.residual)
         self.pi = _ResidualPiHead(self.pi, self.residual.residual_scale, 3)
 
@@ -463,6 +470,24 @@ class PIResidualCQLModule(DefaultCQLTorchRLModule):
 
     def _qf_forward_train_helper(self, batch: dict[str, Any], encoder: Any, head: Any,
                                  squeeze: bool = True) -> Any:
-        return super()._qf_forward_train_helper(
+        return super()._qf_forward_train_helper(  # type: ignore[misc]
             {**batch, Columns.OBS: self.normalised(batch[Columns.OBS])}, encoder, head, squeeze=squeeze
         )
+
+
+class PIResidualCQLModule(_ResidualSACPolicy, DefaultCQLTorchRLModule):
+    """CQL's (SAC's) default torch module with the PI inside its policy (:class:`_ResidualSACPolicy`), as
+    PIResidualPPOModule's (rllib_configs/export/cql_residual.yaml)."""
+
+
+class PIResidualIQLModule(_ResidualSACPolicy, IQLTorchModule):
+    """IQL's module (rllib_configs/iql.py) with the PI inside its policy (:class:`_ResidualSACPolicy`;
+    rllib_configs/export/iql_residual.yaml). IQL clones the logged actions weighted by their advantage; a
+    plain clone of the PI drifted in closed loop (README, "IQL and residual CQL at GPU budgets"). Here the
+    clone is of the logged correction to the PI, and a zero correction is the PI. V reads normalised states
+    too."""
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> Any:
+        if embeddings is None:
+            batch = {**batch, Columns.OBS: self.normalised(batch[Columns.OBS])}
+        return super().compute_values(batch, embeddings)

@@ -20,6 +20,7 @@ from rllib_configs.policy import deterministic_module
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "rllib_configs/export/ppo_residual.yaml"
 CQL_CONFIG = REPO / "rllib_configs/export/cql_residual.yaml"
+IQL_CONFIG = REPO / "rllib_configs/export/iql_residual.yaml"
 ALLOC_CONFIG = REPO / "rllib_configs/export/ppo_alloc_warm.yaml"
 
 
@@ -44,12 +45,15 @@ def _module_with_zero_correction(config: Path = CONFIG, dataset: Path | None = N
 
 
 @pytest.mark.parametrize(
-    ("config", "tolerance_w"), [(CONFIG, 0.01), (CQL_CONFIG, 0.4), (ALLOC_CONFIG, 0.01)], ids=["ppo", "cql", "alloc"]
+    ("config", "tolerance_w"),
+    [(CONFIG, 0.01), (CQL_CONFIG, 0.01), (IQL_CONFIG, 0.01), (ALLOC_CONFIG, 0.01)],
+    ids=["ppo", "cql", "iql", "alloc"],
 )
 def test_greedy_targets_with_zero_correction_are_the_pis(config, tolerance_w, small_dataset, tmp_path):
     """Closed loop, 10 cloudy minutes: the module's greedy graph and PIController send the same targets.
 
-    CQL's squashed Gaussian cannot reach the bounds exactly: its PI action is held 1e-4 inside them. The
+    CQL's and IQL's squashed Gaussian cannot reach the bounds exactly: its PI action is held 1e-6 inside
+    them (0.004 W; RLlib holds a logged action as far inside, rllib_configs/pi_residual.py). The
     learned allocation is the PI's at preference 0 (its config starts at the rule, preference_bias 1).
     """
     if config == ALLOC_CONFIG:
@@ -57,7 +61,8 @@ def test_greedy_targets_with_zero_correction_are_the_pis(config, tolerance_w, sm
         assert "preference_bias: 1.0" in text
         config = tmp_path / "alloc_at_the_pi.yaml"
         config.write_text(text.replace("preference_bias: 1.0", "preference_bias: 0.0"))
-    env, module = _module_with_zero_correction(config, small_dataset if config == CQL_CONFIG else None)
+    offline = config in (CQL_CONFIG, IQL_CONFIG)
+    env, module = _module_with_zero_correction(config, small_dataset if offline else None)
     net, pi = deterministic_module(module), PIController()
     obs, _ = env.reset(seed=0)
     worst, moved = 0.0, 0.0
@@ -69,6 +74,34 @@ def test_greedy_targets_with_zero_correction_are_the_pis(config, tolerance_w, sm
         obs, *_ = env.step((theirs / 3750.0 - 1.0).astype(np.float32))
     assert moved > 500.0, "the window must make the PI act"
     assert worst < tolerance_w, f"greedy targets differ from the PI's by up to {worst:.3f} W"
+
+
+@pytest.mark.parametrize("config", [CQL_CONFIG, IQL_CONFIG], ids=["cql", "iql"])
+def test_a_logged_zero_watts_where_the_pi_commands_zero_teaches_no_correction(config, small_dataset):
+    """The logs hold 0 W (the action bound) on all three phases in about half the seconds. Where the PI in
+    the module also commands 0 W, the log-likelihood of that logged action (what IQL's actor loss weighs,
+    through RLlib's squashed Gaussian) must not pull the correction anywhere: its PI action sits exactly as
+    far inside the bound as RLlib holds the logged one. 1e-4 inside, against RLlib's 1e-6, it pulled the
+    mean 2.3 pre-tanh units down, and residual IQL learned to command nothing."""
+    from ray.rllib.core.columns import Columns
+
+    from rllib_configs.pi_residual import pi_targets
+
+    _, module = _module_with_zero_correction(config, small_dataset)
+    env = ExportControlEnv(ExportEnvConfig(scenario="clear", episode_s=600, start_s=2 * 3600))  # a night
+    env.reset(seed=0)
+    obs = np.stack([env.step(np.full(3, -1.0, np.float32))[0] for _ in range(300)])  # nothing commanded
+    x = torch.as_tensor(obs)
+    zero = pi_targets(x.double(), 0.3, 0.25).numpy() <= 0.0
+    assert zero.all(1).sum() >= 100, "states where the PI commands 0 W on every phase"
+    inputs = module.pi(module.pi_encoder({Columns.OBS: x})["encoder_out"]).detach().requires_grad_(True)
+    dist = module.get_train_action_dist_cls().from_logits(inputs)
+    logp = dist.logp(torch.full((len(obs), 3), -1.0))[torch.as_tensor(zero.all(1))]
+    (grad,) = torch.autograd.grad(logp.sum(), inputs)
+    rows = torch.as_tensor(zero.all(1))
+    # d logp / d mean = (logged - mean) / std^2 in pre-tanh units: the offset the logged 0 W pulls toward
+    offset = (grad[rows, :3] * torch.exp(2.0 * inputs[rows, 3:])).abs().max().item()
+    assert offset < 0.05, f"a logged 0 W pulls the mean {offset:.3f} pre-tanh units from the PI's 0 W"
 
 
 def test_exploration_starts_at_the_residual_scale():

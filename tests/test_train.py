@@ -70,19 +70,21 @@ def test_offline_configs_train_bc_then_cql_from_bc(small_dataset, tmp_path, ray_
 
 
 @pytest.mark.smoke
-def test_offline_cql_with_the_pi_inside_trains_and_acts_on_raw_states(small_dataset, tmp_path, ray_session):
-    cql = run_training(_offline_smoke_spec("cql_residual", small_dataset),
+@pytest.mark.parametrize("name", ["cql_residual", "iql_residual"])
+def test_offline_rl_with_the_pi_inside_trains_and_acts_on_raw_states(name, small_dataset, tmp_path,
+                                                                     ray_session):
+    run = run_training(_offline_smoke_spec(name, small_dataset),
                        RunOptions(storage_path=tmp_path, stop_iters=1, seed=1))
-    assert "evaluation/env_runners/episode_return_mean" in cql["metrics"]
-    policy = load_policy(cql["checkpoint"])
+    assert "evaluation/env_runners/episode_return_mean" in run["metrics"]
+    policy = load_policy(run["checkpoint"])
     assert policy.normalizer is None, "the module normalises raw states itself"
     a = policy.act_unit(_states()[:20])
     assert a.shape == (20, 3) and np.all(np.abs(a) <= 1.0)
-    assert np.array_equal(a, load_policy(cql["checkpoint"]).act_unit(_states()[:20]))
+    assert np.array_equal(a, load_policy(run["checkpoint"]).act_unit(_states()[:20]))
     # Its greedy graph, PI included, exports to ONNX (atanh has no opset-17 export: it is spelled with log1p)
     from serve.bundle import export_checkpoint
 
-    onnx = export_checkpoint(cql["checkpoint"], tmp_path / "bundle", seed=0, n_parity=200)["onnx"]
+    onnx = export_checkpoint(run["checkpoint"], tmp_path / "bundle", seed=0, n_parity=200)["onnx"]
     assert onnx["input_normalised"] is False and onnx["parity"]["max_abs_diff"] <= onnx["parity"]["tolerance"]
 
 
