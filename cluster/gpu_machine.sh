@@ -121,12 +121,13 @@ prepare_offline() {
   echo "prepared in $((SECONDS - t0)) s"
 }
 
+unpack_site() {  # DIR: DIR/site.tar.xz (pack_site's) into $SITE
+  mkdir -p "$SITE" && tar -C "$SITE" -xJf "$1/site.tar.xz"
+}
+
 install_offline() {
   local t0=$SECONDS
-  if [ ! -f "$SITE/ray/__init__.py" ]; then
-    mkdir -p "$SITE"
-    tar -C "$SITE" -xJf "$OFFLINE_DIR/site.tar.xz"
-  fi
+  [ -f "$SITE/ray/__init__.py" ] || unpack_site "$OFFLINE_DIR"
   PYTHONPATH="$SITE:$PWD" python3 -c "import ray, ray.rllib, ray.data, polars, torch, numpy
 print('ray', ray.__version__, 'polars', polars.__version__, 'torch', torch.__version__, 'cuda',
       torch.cuda.is_available(), 'numpy', numpy.__version__)"
@@ -136,8 +137,7 @@ print('ray', ray.__version__, 'polars', polars.__version__, 'torch', torch.__ver
 install_serve() {
   local t0=$SECONDS
   if [ ! -f "$SITE/ray/__init__.py" ]; then
-    mkdir -p "$SITE"
-    tar -C "$SITE" -xJf "$SERVE_DIR/site.tar.xz"
+    unpack_site "$SERVE_DIR"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
       "$SERVE_DIR"/whl/*.whl
   fi
