@@ -25,9 +25,10 @@ function of the raw state: the bundle exports it to ONNX unchanged, with ``input
 
 Configured under ``rl_module.model_config.pi_residual`` (see rllib_configs/export/ppo_residual.yaml).
 
-:class:`PIResidualCQLModule` does the same for offline CQL (rllib_configs/export/cql_residual.yaml):
-its squashed Gaussian is centred on the PI's action, so a policy trained from the PI's own logs starts
-as the PI instead of as a clone that drifts from it in closed loop.
+:class:`PIResidualCQLModule` and :class:`PIResidualIQLModule` do the same for offline CQL and IQL
+(rllib_configs/export/cql_residual.yaml, iql_residual.yaml): their squashed Gaussian is centred on the PI's
+action, so a policy trained from the PI's own logs starts as the PI instead of as a clone that drifts from
+it in closed loop.
 """
 
 from __future__ import annotations
