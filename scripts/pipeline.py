@@ -1,16 +1,19 @@
 """``gridrl pipeline``: the end-to-end main job, stage by stage, on a local embedded Ray by default.
 
-Stages: generate raw logs of the PI (with real-log defects) -> build the RLlib dataset -> the forward
-dynamics model (trained on the dataset, scored on its test split against persistence) -> behaviour cloning
-of the PI -> CQL initialised from BC -> evaluation of the CQL policy against the PI, the oracle and no
-control on held-out days -> the same policy estimated with the forward model on the test split, with the
-estimate's trust -> the promotion rule (envs/promotion.py): the CQL policy against the PI on validation
-days in the site's simulator (and, for information, as the forward model would judge it without one) ->
-export of what the rule ships as the bundle: the CQL policy (ONNX + manifest, parity-checked) only if it
-beats the PI by the margin (``--margin-pct``), with controlled import at most 1.1x the PI's (or less
-wasted energy) and no safety violation; otherwise the PI (a manifest-only ``controller: pi`` bundle) ->
-a short shadow run of the shipped bundle behind Ray Serve on loopback, with simulated site traffic (the PI
-acts, the bundle's controller is logged) -> a report.
+Stages: generate raw logs of the PI dithered within its stated bound (offline_data/generate.py: the logs an
+operator would record, with the coverage offline RL needs; with real-log defects) -> build the RLlib dataset
+-> the forward dynamics model (trained on the dataset, scored on its test split against persistence) -> the
+policy: residual IQL, the PI plus a correction learned from the logs
+(rllib_configs/export/iql_residual.yaml: it starts as the PI, needs no BC stage, and is the offline
+algorithm that stayed nearest the PI on the benchmark suite; README, "Offline RL") -> evaluation of the
+policy against the PI, the oracle and no control on held-out days -> the same policy estimated with the
+forward model on the test split, with the estimate's trust -> the promotion rule (envs/promotion.py): the
+policy against the PI on validation days in the site's simulator (and, for information, as the forward model
+would judge it without one) -> export of what the rule ships as the bundle: the policy (ONNX + manifest,
+parity-checked) only if it beats the PI by the margin (``--margin-pct``), with controlled import at most
+1.1x the PI's (or less wasted energy) and no safety violation; otherwise the PI (a manifest-only
+``controller: pi`` bundle) -> a short shadow run of the shipped bundle behind Ray Serve on loopback, with
+simulated site traffic (the PI acts, the bundle's controller is logged) -> a report.
 
 Each stage prints one progress line; then come the tables and the line ``shipped: CONTROLLER: why``; the
 last stdout line is a JSON summary, whose ``shipped`` is ``{"controller": "policy" | "pi", "reason": ...}``
@@ -40,9 +43,9 @@ class Profile:
     log_days: int
     log_hours: float
     log_start_hour: float
-    bc_iters: int
     model_iters: int
-    cql_iters: int
+    policy_iters: int
+    """Training iterations of the policy (its YAML's dataset_num_iters_per_learner learner updates each)."""
     model_windows: int
     model_horizon_s: int
     eval_days: int
@@ -54,26 +57,27 @@ class Profile:
     promotion_hours: float = 24.0
     promotion_start_hour: float = 0.0
     shrink: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Overrides of the training YAMLs per config ('bc', 'cql', 'forward_model'): dotted key -> value. The
+    """Overrides of the training YAMLs per config ('policy', 'forward_model'): dotted key -> value. The
     patched YAMLs are written to OUT/configs/ and trained from there (the tiny profile's sizes)."""
 
 
 PROFILES = {
-    # demo: daylight windows, a few iterations: minutes on 2 cores
+    # demo: daylight windows, a few iterations (1,000 learner updates): minutes on 2 cores
     "demo": Profile(
-        log_days=2, log_hours=8.0, log_start_hour=8.0, bc_iters=4, model_iters=1, cql_iters=6,
+        log_days=2, log_hours=8.0, log_start_hour=8.0, model_iters=1, policy_iters=10,
         model_windows=16, model_horizon_s=120, eval_days=1, eval_hours=6.0, eval_start_hour=9.0,
         shadow_hours=0.05, promotion_days=5, promotion_hours=2.0, promotion_start_hour=11.0,
     ),
-    # full: a week of whole days of logs, longer training, three whole held-out days, 5 whole validation days
+    # full: a week of whole days of logs, 10,000 learner updates (about 40 minutes on 2 cores), three whole
+    # held-out days, 5 whole validation days
     "full": Profile(
-        log_days=7, log_hours=24.0, log_start_hour=0.0, bc_iters=30, model_iters=8, cql_iters=100,
+        log_days=7, log_hours=24.0, log_start_hour=0.0, model_iters=8, policy_iters=100,
         model_windows=64, model_horizon_s=600, eval_days=3, eval_hours=24.0, eval_start_hour=0.0,
         shadow_hours=1.0,
     ),
     # tiny: every stage at the smallest size that runs it (CI's run of the job: tests/test_pipeline_run.py)
     "tiny": Profile(
-        log_days=2, log_hours=1.5, log_start_hour=10.0, bc_iters=1, model_iters=1, cql_iters=1,
+        log_days=2, log_hours=1.5, log_start_hour=10.0, model_iters=1, policy_iters=1,
         model_windows=4, model_horizon_s=60, eval_days=1, eval_hours=0.25, eval_start_hour=11.0,
         shadow_hours=0.02, promotion_days=5, promotion_hours=0.25, promotion_start_hour=11.0,
         shrink={
@@ -81,12 +85,18 @@ PROFILES = {
                 "model.hidden": 32, "model.members": 2, "model.context": 6, "training.steps_per_iter": 20,
                 "training.batch_size": 64, "training.val_windows": 300, "training.num_threads": 1,
             },
-            "bc": {"offline_data.dataset_num_iters_per_learner": 10, "environment.env_config.episode_s": 60},
-            "cql": {"offline_data.dataset_num_iters_per_learner": 2, "environment.env_config.episode_s": 60},
+            "policy": {
+                "offline_data.dataset_num_iters_per_learner": 2, "environment.env_config.episode_s": 60,
+            },
         },
     ),
 }  # fmt: skip
-CONFIGS = {name: f"rllib_configs/export/{name}.yaml" for name in ("forward_model", "bc", "cql")}
+CONFIGS = {
+    "forward_model": "rllib_configs/export/forward_model.yaml",
+    "policy": "rllib_configs/export/iql_residual.yaml",
+}
+POLICY = "the residual IQL policy"
+"""What the reports and the console call the trained policy."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -100,20 +110,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_ray(p)
     p.add_argument(
         "--margin-pct", type=float_in(0, 99.999), default=None,
-        help="promotion rule: the CQL policy ships only if it exports at least this %% less than the PI on "
+        help="promotion rule: the policy ships only if it exports at least this %% less than the PI on "
              "the validation days (default: envs/promotion.py PromotionConfig.margin_pct, 5)",
     )  # fmt: skip
     return p
 
 
-def _train(
-    config: Path, dataset: Path, runs: Path, name: str, iters: int, seed: int, init_from: str | None = None
-) -> dict:
+def _train(config: Path, dataset: Path, runs: Path, name: str, iters: int, seed: int) -> dict:
     from rllib_configs.loader import load_train_config
     from rllib_configs.runner import RunOptions, run_training
 
     spec = load_train_config(config, dataset=str(dataset))
-    opts = RunOptions(storage_path=runs, seed=seed, stop_iters=iters, name=name, init_from=init_from)
+    opts = RunOptions(storage_path=runs, seed=seed, stop_iters=iters, name=name)
     return run_training(spec, opts)
 
 
@@ -164,7 +172,7 @@ def stage_configs(prof: Profile, out: Path) -> dict[str, Path]:
 def promotion_stage(
     checkpoint: str, dataset: Path, model: dict[str, Any], prof: Profile, seed: int, margin_pct: float | None
 ) -> dict[str, Any]:
-    """The promotion rule on the CQL policy: judged in the dataset's site's simulator (the verdict that
+    """The promotion rule on the trained policy: judged in the dataset's site's simulator (the verdict that
     decides), and with the forward model as a site without a simulator would judge it (for information)."""
     from envs.controllers import PolicyController
     from envs.dynamics.data import site_path
@@ -179,17 +187,16 @@ def promotion_stage(
     config = PromotionConfig(**margin, days=prof.promotion_days, hours=prof.promotion_hours,
                              start_h=prof.promotion_start_hour, model_windows=prof.model_windows,
                              model_horizon_s=prof.model_horizon_s)  # fmt: skip
-    name = "the CQL policy"
-    verdict = judge_in_simulator(policy, site, config, seed, name=name)
+    verdict = judge_in_simulator(policy, site, config, seed, name=POLICY)
     by_model = judge_with_model(policy, model["checkpoint"], dataset, config, seed,
-                                model["evaluation"]["criteria"], name=name)  # fmt: skip
+                                model["evaluation"]["criteria"], name=POLICY)  # fmt: skip
     return {"site": site, "simulator": verdict.to_dict(), "forward_model": by_model.to_dict()}
 
 
 def ship(
     promotion: dict[str, Any], checkpoint: str, out: Path, evaluation: dict[str, float], seed: int
 ) -> dict[str, str]:
-    """Write the bundle the rule ships: the CQL policy if promoted, else the PI's; returns ``shipped``."""
+    """Write the bundle the rule ships: the policy if promoted, else the PI's; returns ``shipped``."""
     from serve.bundle import export_baseline, export_checkpoint
 
     verdict = promotion["simulator"]
@@ -231,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         from envs.tables import criteria_table
         from scripts.simulate import metrics_table
 
-        report = _stages(args, prof, out, Stages(total=10, stream=job.console.err))
+        report = _stages(args, prof, out, Stages(total=9, stream=job.console.err))
     results, criteria = report["metrics"], report["criteria"]
     fwd, model_based = report["forward_model"], report["model_based"]
     print(metrics_table(results))
@@ -244,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_results(model_based))
     print(format_promotion(report["promotion"]))
     shipped = report["shipped"]
-    job.finish(report, "the CQL policy" if shipped["controller"] == "policy" else "the PI", {
+    job.finish(report, POLICY if shipped["controller"] == "policy" else "the PI", {
         "export_kwh": {k: round(v["export_kwh"], 3) for k, v in results.items()},
         "shipped": {"controller": shipped["controller"], "reason": shipped["reason"]},
     })  # fmt: skip
@@ -265,7 +272,7 @@ def format_promotion(promotion: dict[str, Any]) -> str:
 
 
 def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) -> dict[str, Any]:
-    """The ten stages; returns the report (without the wall time and the logs)."""
+    """The nine stages; returns the report (without the wall time and the logs)."""
     from envs.dynamics.evaluator import evaluate_with_model
     from offline_data.build import BuildConfig, build
     from offline_data.generate import GenerateConfig, generate
@@ -274,38 +281,38 @@ def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) 
     from scripts.serve import serve_and_drive
 
     gen = GenerateConfig(days=prof.log_days, hours=prof.log_hours, start_hour=prof.log_start_hour,
-                         seed=args.seed, defects=0.02, scenario="random")  # fmt: skip
-    stages.run("generate raw logs of the PI", generate, gen, out / "raw")
+                         seed=args.seed, defects=0.02, scenario="random",
+                         controller="dithered_pi")  # fmt: skip
+    stages.run("generate raw logs of the dithered PI (bounded exploration)", generate, gen, out / "raw")
     manifest = stages.run("build the dataset", build, out / "raw", out / "dataset", BuildConfig(),
                           seed=args.seed, progress=False)  # fmt: skip
     configs = stage_configs(prof, out)
     fwd = stages.run("forward model: train, score on the test split", model_stage, out / "dataset",
                      out / "runs", args.seed, prof.model_iters, configs["forward_model"])  # fmt: skip
-    bc = stages.run("behaviour cloning (BC)", _train, configs["bc"], out / "dataset", out / "runs",
-                    "bc", prof.bc_iters, args.seed)
-    cql = stages.run("CQL from BC", _train, configs["cql"], out / "dataset", out / "runs", "cql",
-                     prof.cql_iters, args.seed, init_from=bc["checkpoint"])
+    policy = stages.run("residual IQL: the PI plus a correction learned from the logs", _train,
+                        configs["policy"], out / "dataset", out / "runs", "policy", prof.policy_iters,
+                        args.seed)  # fmt: skip
     results = stages.run(
-        "evaluate CQL against PI, oracle and no control on held-out days", evaluate_export, cql["checkpoint"],
-        out / "evaluation", prof.eval_days, args.seed, ["pi", "oracle", "zero"], None, "broken_clouds",
-        int(prof.eval_hours * 3600), int(prof.eval_start_hour * 3600),
+        "evaluate the policy against PI, oracle and no control on held-out days", evaluate_export,
+        policy["checkpoint"], out / "evaluation", prof.eval_days, args.seed, ["pi", "oracle", "zero"], None,
+        "broken_clouds", int(prof.eval_hours * 3600), int(prof.eval_start_hour * 3600),
     )
     model_based = stages.run(
-        "model-based estimate of CQL vs PI on the test split (no simulator)",
+        "model-based estimate of the policy vs PI on the test split (no simulator)",
         lambda: evaluate_with_model(
-            load_policy(cql["checkpoint"]), fwd["checkpoint"], str(out / "dataset"), out / "evaluation_model",
-            args.seed, prof.model_windows, prof.model_horizon_s, ("pi", "zero"),
+            load_policy(policy["checkpoint"]), fwd["checkpoint"], str(out / "dataset"),
+            out / "evaluation_model", args.seed, prof.model_windows, prof.model_horizon_s, ("pi", "zero"),
             model_criteria=fwd["evaluation"]["criteria"],
         ),
     )
     promotion = stages.run(
-        "promotion rule: CQL vs PI on validation days (simulator; forward model for information)",
-        promotion_stage, cql["checkpoint"], out / "dataset", fwd, prof, args.seed, args.margin_pct,
+        "promotion rule: the policy vs PI on validation days (simulator; forward model for information)",
+        promotion_stage, policy["checkpoint"], out / "dataset", fwd, prof, args.seed, args.margin_pct,
     )
     promoted = promotion["simulator"]["promoted"]
-    what = "the CQL policy (ONNX parity-checked)" if promoted else "the PI (the policy did not beat it)"
-    shipped = stages.run(f"export {what} as the bundle", ship, promotion, cql["checkpoint"], out / "bundle",
-                         results["policy"], args.seed)  # fmt: skip
+    what = f"{POLICY} (ONNX parity-checked)" if promoted else "the PI (the policy did not beat it)"
+    shipped = stages.run(f"export {what} as the bundle", ship, promotion, policy["checkpoint"],
+                         out / "bundle", results["policy"], args.seed)  # fmt: skip
     shadow = stages.run(
         "shadow run of the shipped bundle behind Ray Serve (simulated traffic)", serve_and_drive,
         str(out / "bundle"), out / "serve", prof.shadow_hours, args.seed, address=args.address,
@@ -316,7 +323,7 @@ def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) 
         "profile": args.profile, "settings": asdict(prof), "seed": args.seed, "out": str(out),
         "stage_s": stages.timings, "dataset": dataset_summary(manifest),
         "configs": {k: str(v) for k, v in configs.items()},
-        "forward_model": fwd, "model_based": model_based, "bc": bc, "cql": cql,
+        "forward_model": fwd, "model_based": model_based, "policy": policy,
         "promotion": promotion, "shipped": shipped, "bundle": str(out / "bundle"),
         "shadow": shadow, "metrics": results, "criteria": criteria,
     }

@@ -32,7 +32,7 @@ def test_tiny_pipeline_ships_what_the_rule_decided(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:] + (out / "pipeline.log").read_text()[-3000:]
     progress = [line for line in res.stderr.splitlines() if line.startswith("[pipeline] ")]
-    assert len(progress) == 10 and progress[-1].startswith("[pipeline] 10/10 shadow run of the shipped")
+    assert len(progress) == 9 and progress[-1].startswith("[pipeline] 9/9 shadow run of the shipped")
     # a console a person can read: stderr holds the progress lines alone, stdout no library's lines (Ray's
     # and RLlib's warnings, Tune's boxes, workers' "(pid=...)" lines): those are in the logs the summary names
     assert res.stderr.splitlines() == progress, res.stderr[-3000:]
@@ -47,7 +47,7 @@ def test_tiny_pipeline_ships_what_the_rule_decided(tmp_path):
     verdict = report["promotion"]["simulator"]
     assert verdict["promoted"] is (shipped["controller"] == "policy")
     assert shipped["reason"].startswith(verdict["reason"]) and "validation day" in shipped["reason"]
-    assert f"shipped: {'the CQL policy' if verdict['promoted'] else 'the PI'}: " in res.stdout
+    assert f"shipped: {'the residual IQL policy' if verdict['promoted'] else 'the PI'}: " in res.stdout
     assert len(verdict["cases"]) == report["settings"]["promotion_days"]
     # the forward model's verdict, for information, carries its trust: a one-iteration model is not trusted
     assert report["promotion"]["forward_model"]["trust"] < 1.0
