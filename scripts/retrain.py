@@ -13,7 +13,7 @@ says why, writes no bundle and leaves the old one untouched. DIR/report.json hol
 
 Where the checkpoints come from: the old bundle's manifest (``training.checkpoint``, and
 ``retrain.forward_model`` for a bundle written by retrain), else the report.json beside the bundle of
-the run that wrote it (``gridrl pipeline``'s OUT/report.json: its CQL policy and forward model, also when
+the run that wrote it (``gridrl pipeline``'s OUT/report.json: its policy and forward model, also when
 it shipped the PI), else ``--policy-checkpoint`` / ``--model-checkpoint``, which override both.
 
 Each stage prints one progress line on stderr; then the verdict's checks and ``shipped: ...: why``. The

@@ -26,9 +26,9 @@
 * the old bundle's manifest: ``training.checkpoint`` (a policy bundle's), ``retrain.forward_model`` (a
   bundle written by this loop);
 * the ``report.json`` of the run that wrote the bundle, beside it (``OUT/bundle`` and ``OUT/report.json``
-  of ``gridrl pipeline`` or of this loop), if its ``bundle`` is this bundle: ``cql`` / ``policy`` and
-  ``forward_model`` checkpoints. A PI bundle the pipeline shipped is fine-tuned from the CQL policy the
-  rule refused.
+  of ``gridrl pipeline`` or of this loop), if its ``bundle`` is this bundle: ``policy`` / ``cql`` and
+  ``forward_model`` checkpoints (``cql``: reports of the pipeline before residual IQL). A PI bundle the
+  pipeline shipped is fine-tuned from the policy the rule refused.
 
 Every check on the inputs (:func:`check_inputs`) runs before anything is written or Ray starts; a problem is
 a :class:`RetrainError` naming the file and the field, or the flag.
