@@ -5,15 +5,16 @@ operator would record, with the coverage offline RL needs; with real-log defects
 -> the forward dynamics model (trained on the dataset, scored on its test split against persistence) -> the
 policy: residual IQL, the PI plus a correction learned from the logs
 (rllib_configs/export/iql_residual.yaml: it starts as the PI, needs no BC stage, and is the offline
-algorithm that stayed nearest the PI on the benchmark suite; README, "Offline RL") -> evaluation of the
-policy against the PI, the oracle and no control on held-out days -> the same policy estimated with the
-forward model on the test split, with the estimate's trust -> the promotion rule (envs/promotion.py): the
-policy against the PI on validation days in the site's simulator (and, for information, as the forward model
-would judge it without one) -> export of what the rule ships as the bundle: the policy (ONNX + manifest,
-parity-checked) only if it beats the PI by the margin (``--margin-pct``), with controlled import at most
-1.1x the PI's (or less wasted energy) and no safety violation; otherwise the PI (a manifest-only
-``controller: pi`` bundle) -> a short shadow run of the shipped bundle behind Ray Serve on loopback, with
-simulated site traffic (the PI acts, the bundle's controller is logged) -> a report.
+algorithm that stayed nearest the PI on the benchmark suite: README, "IQL and residual CQL at GPU budgets")
+-> evaluation of the policy against the PI, the oracle and no control on held-out days -> the same policy
+estimated with the forward model on the test split, with the estimate's trust -> the promotion rule
+(envs/promotion.py): the policy against the PI on validation days in the site's simulator (and, for
+information, as the forward model would judge it without one) -> export of what the rule ships as the
+bundle: the policy (ONNX + manifest, parity-checked) only if it beats the PI by the margin
+(``--margin-pct``), with controlled import at most 1.1x the PI's (or less wasted energy) and no safety
+violation; otherwise the PI (a manifest-only ``controller: pi`` bundle) -> a short shadow run of the shipped
+bundle behind Ray Serve on loopback, with simulated site traffic (the PI acts, the bundle's controller is
+logged) -> a report.
 
 Each stage prints one progress line; then come the tables and the line ``shipped: CONTROLLER: why``; the
 last stdout line is a JSON summary, whose ``shipped`` is ``{"controller": "policy" | "pi", "reason": ...}``
@@ -68,8 +69,8 @@ PROFILES = {
         model_windows=16, model_horizon_s=120, eval_days=1, eval_hours=6.0, eval_start_hour=9.0,
         shadow_hours=0.05, promotion_days=5, promotion_hours=2.0, promotion_start_hour=11.0,
     ),
-    # full: a week of whole days of logs, 10,000 learner updates (about 40 minutes on 2 cores), three whole
-    # held-out days, 5 whole validation days
+    # full: a week of whole days of logs, 10,000 learner updates (50 minutes on 2 shared cores; with the
+    # 8-iteration forward model, hours in all: README), three whole held-out days, 5 whole validation days
     "full": Profile(
         log_days=7, log_hours=24.0, log_start_hour=0.0, model_iters=8, policy_iters=100,
         model_windows=64, model_horizon_s=600, eval_days=3, eval_hours=24.0, eval_start_hour=0.0,
