@@ -74,6 +74,10 @@ class ResidualConfig:
     """The network's output (and its initial exploration std) in [-1, 1] action units."""
     normalization: str = "default"
     """Statistics the networks' inputs are normalised with: 'default' or a normalization.json path."""
+    normalization_stats: dict[str, Any] | None = None
+    """The content of that file, which the module writes here when it is first built: its checkpoint then
+    carries the statistics in its constructor arguments and loads where the file is not (a checkpoint
+    trained on another machine, a dataset since deleted). Not set by hand."""
     allocation: str = "residual"
     """'residual': the network's 3 outputs are per-phase corrections of the PI's targets. 'learned': the
     network steers how the PI's total is spread over the phases (see :func:`learned_targets`): output 0
@@ -218,10 +222,19 @@ def centred_on(base: torch.Tensor, net_out: torch.Tensor, scale: float) -> torch
 
 def _setup_residual(module: Any) -> None:
     """``module.residual`` (the typed settings) and the normalisation statistics as buffers ``obs_mean``,
-    ``obs_std`` (saved with the weights)."""
+    ``obs_std`` (saved with the weights), read from ``normalization_stats`` if set, else from the
+    ``normalization`` file, whose content then goes into ``normalization_stats`` (ResidualConfig)."""
     mc = module.model_config if isinstance(module.model_config, dict) else asdict(module.model_config)
     module.residual = from_mapping(ResidualConfig, dict(mc.get("pi_residual") or {}), path="pi_residual")
-    norm = ObsNormalizer.load(module.residual.normalization)
+    stats = module.residual.normalization_stats
+    if stats is None:
+        norm = ObsNormalizer.load(module.residual.normalization)
+        if isinstance(module.model_config, dict):  # what RLlib saves as the module's constructor arguments
+            module.model_config["pi_residual"] = {**(mc.get("pi_residual") or {}),
+                                                  "normalization_stats": norm.to_dict()}  # fmt: skip
+    else:
+        where = f"pi_residual.normalization_stats ({module.residual.normalization})"
+        norm = ObsNormalizer.from_dict(stats, where)
     module.register_buffer("obs_mean", torch.as_tensor(np.asarray(norm.mean, np.float32)))
     module.register_buffer("obs_std", torch.as_tensor(np.asarray(norm.std, np.float32)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,6 +103,27 @@ def test_a_logged_zero_watts_where_the_pi_commands_zero_teaches_no_correction(co
     # d logp / d mean = (logged - mean) / std^2 in pre-tanh units: the offset the logged 0 W pulls toward
     offset = (grad[rows, :3] * torch.exp(2.0 * inputs[rows, 3:])).abs().max().item()
     assert offset < 0.05, f"a logged 0 W pulls the mean {offset:.3f} pre-tanh units from the PI's 0 W"
+
+
+def test_a_checkpoint_loads_where_its_normalization_file_is_gone(small_dataset, tmp_path):
+    """A module keeps the statistics it read in its constructor arguments: its checkpoint loads on a machine
+    without the file (a run trained on the GPU machine, a dataset since deleted), with the same buffers."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    norm = tmp_path / "normalization.json"
+    shutil.copy(small_dataset / "normalization.json", norm)
+    spec = load_train_config(IQL_CONFIG, dataset=str(small_dataset))
+    mc = dict(spec.algo_config.model_config)
+    mc["pi_residual"] = {**mc["pi_residual"], "normalization": str(norm)}
+    spec.algo_config.rl_module(model_config=mc)
+    env = ExportControlEnv(ExportEnvConfig(scenario="broken_clouds", episode_s=600, start_s=12 * 3600))
+    module = spec.algo_config.get_rl_module_spec(env=env).build()
+    module.save_to_path(tmp_path / "module")
+    norm.unlink()
+    loaded = RLModule.from_checkpoint(tmp_path / "module")
+    assert loaded.residual.normalization == str(norm) and loaded.residual.normalization_stats is not None
+    assert torch.equal(loaded.obs_mean, module.obs_mean) and torch.equal(loaded.obs_std, module.obs_std)
+    assert not torch.equal(module.obs_std, torch.ones_like(module.obs_std))
 
 
 def test_exploration_starts_at_the_residual_scale():
