@@ -12,10 +12,10 @@
 #    and so the same dataset, as here (its manifest's split counts go into each log.txt, for comparison);
 # 3. trains each CONFIG (rllib_configs/export/{iql,iql_residual,cql_residual,cql,bc}.yaml) for SECONDS
 #    with the learner on the GPU and UPDATES_PER_ITER learner updates per iteration (default 500: each
-#    iteration also runs one evaluation episode, which the GPU does not speed up). RLlib moves the target networks once per
-#    iteration, so the copy of the config sets `tau` per iteration to what 0.005 per update gives over the
-#    iteration's updates (1 - 0.995^N, CORL's rate). The configs train side by side, each in its own
-#    embedded Ray on its share of the cores;
+#    iteration also runs one evaluation episode, which the GPU does not speed up). RLlib moves the target
+#    networks once per iteration, so the copy of the config sets `tau` per iteration to what 0.005 per
+#    update gives over the iteration's updates (1 - 0.995^N, CORL's rate). The configs train side by side,
+#    each in its own embedded Ray on its share of the cores;
 # 4. writes, per config, to $OUT/<config stem>/ (default ./out/gpu_offline): log.txt (the update count
 #    first, then the machine, the dataset's transitions, the training lines and progress.csv) and the last
 #    checkpoint's RLModule with the run's gridrl_run.json as checkpoint.tgz.partNN (15 MiB each: the device
