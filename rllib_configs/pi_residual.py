@@ -225,13 +225,13 @@ def _setup_residual(module: Any) -> None:
     ``obs_std`` (saved with the weights), read from ``normalization_stats`` if set, else from the
     ``normalization`` file, whose content then goes into ``normalization_stats`` (ResidualConfig)."""
     mc = module.model_config if isinstance(module.model_config, dict) else asdict(module.model_config)
-    module.residual = from_mapping(ResidualConfig, dict(mc.get("pi_residual") or {}), path="pi_residual")
+    raw = dict(mc.get("pi_residual") or {})
+    module.residual = from_mapping(ResidualConfig, raw, path="pi_residual")
     stats = module.residual.normalization_stats
     if stats is None:
         norm = ObsNormalizer.load(module.residual.normalization)
         if isinstance(module.model_config, dict):  # what RLlib saves as the module's constructor arguments
-            module.model_config["pi_residual"] = {**(mc.get("pi_residual") or {}),
-                                                  "normalization_stats": norm.to_dict()}  # fmt: skip
+            module.model_config["pi_residual"] = {**raw, "normalization_stats": norm.to_dict()}
     else:
         where = f"pi_residual.normalization_stats ({module.residual.normalization})"
         norm = ObsNormalizer.from_dict(stats, where)
