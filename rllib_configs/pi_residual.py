@@ -115,10 +115,12 @@ class ResidualConfig:
     nothing of the site to fit to the few sites drawn in training) or 'outlook' (the features and the two
     :func:`outlook_inputs`: the half hour's clear-sky index and the day's PV outlook over the storage)."""
     prior: str = "none"
-    """'supervisor': 'none' (the network's mean plus ``preference_bias`` is the preference) or 'outlook'
+    """'supervisor': 'none' (the network's mean plus ``preference_bias`` is the preference), 'outlook'
     (plus :func:`outlook_prior`: +1 while the PV the rest of the day should bring is under
-    ``prior_threshold`` times the site's tank storage, -1 above it; needs site features). The network
-    learns a correction of that rule instead of the whole decision."""
+    ``prior_threshold`` times the site's tank storage, -1 above it; needs site features) or 'headroom'
+    (the same rule over the room left in the tanks, :func:`headroom_outlook`: a water heater filled this
+    morning no longer counts as storage for the afternoon). The network learns a correction of that rule
+    instead of the whole decision."""
     prior_threshold: float = 2.0
     """``prior: outlook``: the outlook (kWh of PV left in the day per kWh of tank) where the rule turns
     from ``prior_dull`` (a dull day: the water heaters follow the surplus) to -1 (a sunny day: they keep
@@ -132,8 +134,8 @@ class ResidualConfig:
     def __post_init__(self) -> None:
         if self.site_inputs not in ("all", "clear_sky_index", "outlook"):
             raise ValueError(f"site_inputs: 'all', 'clear_sky_index' or 'outlook', got {self.site_inputs!r}")
-        if self.prior not in ("none", "outlook"):
-            raise ValueError(f"prior: 'none' or 'outlook', got {self.prior!r}")
+        if self.prior not in ("none", "outlook", "headroom"):
+            raise ValueError(f"prior: 'none', 'outlook' or 'headroom', got {self.prior!r}")
         if not 0.0 < self.prior_dull <= 1.0:
             raise ValueError(f"prior_dull: a preference in (0, 1], got {self.prior_dull!r}")
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
@@ -289,13 +291,43 @@ def outlook_inputs(obs: torch.Tensor) -> torch.Tensor:
     return torch.cat([csi, outlook.clamp(0.0, OUTLOOK_MAX)], dim=-1)
 
 
-def outlook_prior(obs: torch.Tensor, threshold: float, dull: float = 1.0) -> torch.Tensor:
+_ACKED_KWH = [FEAT[f"acked_kwh_since_available_l{p}"] for p in (1, 2, 3)]
+HEADROOM_FLOOR = 0.1
+""":func:`headroom_outlook` counts at least this share of the water heaters' tank as room left: the
+acknowledged energy is the master's count, not the tank's state (hot water drawn since makes room again)."""
+
+
+def headroom_outlook(obs: torch.Tensor, continuous_w: Any) -> torch.Tensor:
+    """(B, 1): :func:`outlook_inputs`' outlook over the room left in the tanks instead of their size: the
+    water heaters' tank kWh less the energy acknowledged on their phases (``continuous_w`` > 0) since
+    their power became available (state spec v2 ``acked_kwh_since_available_l*``), at least
+    :data:`HEADROOM_FLOOR` of it, plus the heat pumps' tank kWh; in [0, :data:`OUTLOOK_MAX`]. With the
+    tank's size alone, a water heater filled on a broken-cloud morning still reads as room for the
+    afternoon and the rule keeps it first while the other devices' surplus goes out (a drawn site lost
+    6 % against the PI there; README, "The headroom rule"). Only what the master counts: when a full
+    tank's power becomes available again its count restarts at 0."""
+    mask = (torch.as_tensor(continuous_w, dtype=obs.dtype, device=obs.device) > 0).to(obs.dtype)
+    acked = (torch.nan_to_num(obs[..., _ACKED_KWH]) * mask).sum(-1, keepdim=True)
+    wh, hp = (obs[..., N_FEATURES + i : N_FEATURES + i + 1] * float(SITE_FEATURE_SCALE[i]) for i in _TANKS)
+    room = torch.maximum(wh - acked, HEADROOM_FLOOR * wh) + hp
+    csi = outlook_inputs(obs)[..., :1]
+    outlook = csi * _site_kwp(obs) * obs[..., _SKY_REST : _SKY_REST + 1] / torch.clamp(room, min=1.0)
+    return outlook.clamp(0.0, OUTLOOK_MAX)
+
+
+def outlook_prior(
+    obs: torch.Tensor, threshold: float, dull: float = 1.0, continuous_w: Any = None
+) -> torch.Tensor:
     """(B, 1): the outlook rule's preference for state vectors followed by site features: ``dull`` (+1: the
     water heaters first) while :func:`outlook_inputs`' outlook is under ``threshold``, else -1. On a dull day
     the tanks can take what is left of the PV, and a water heater follows a low, broken surplus exactly; on
     a sunny day they cannot, and a water heater filled in the morning leaves the noon peak to export
-    (tests/benchmarks/bench_preferences.py ``--outlook`` measures the rule alone)."""
-    outlook = outlook_inputs(obs)[..., 1:2]
+    (tests/benchmarks/bench_preferences.py ``--outlook`` measures the rule alone). With ``continuous_w``
+    (the water heaters' power per phase) the outlook is :func:`headroom_outlook`, over the room left."""
+    if continuous_w is None:
+        outlook = outlook_inputs(obs)[..., 1:2]
+    else:
+        outlook = headroom_outlook(obs, continuous_w)
     return torch.where(outlook < threshold, torch.full_like(outlook, dull), -torch.ones_like(outlook))
 
 
@@ -361,8 +393,9 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
         if cfg.allocation == "supervisor":  # the action: the PI's preference (envs/export_env.py decision_s)
             mean, log_std = logits.chunk(2, dim=-1)
             mean = mean + cfg.preference_bias
-            if cfg.prior == "outlook":
-                prior = outlook_prior(batch[Columns.OBS], cfg.prior_threshold, cfg.prior_dull)
+            if cfg.prior != "none":
+                room = cfg.continuous_w if cfg.prior == "headroom" else None
+                prior = outlook_prior(batch[Columns.OBS], cfg.prior_threshold, cfg.prior_dull, room)
                 mean = mean + prior.to(mean.dtype)
             log_std = log_std + math.log(cfg.residual_scale)
             out[Columns.ACTION_DIST_INPUTS] = torch.cat([mean, log_std], dim=-1)

@@ -503,3 +503,52 @@ def test_the_outlook_prior_starts_a_supervisor_at_the_rule():
     plain = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES,), np.float32)
     with pytest.raises(ValueError, match="site_features: true"):
         cfg.get_rl_module_spec(spaces={"default_policy": (plain, action)}).build()
+
+
+def test_the_headroom_prior_counts_the_room_left_in_the_water_heaters_tank():
+    """pi_residual.prior 'headroom': the outlook rule over the tanks' room left, the water heaters' tank less
+    the energy acknowledged on their phases since available (at least HEADROOM_FLOOR of it), plus the heat
+    pumps' tanks. A morning that filled the water heater turns the rule from +1 to -1 where the tank's size
+    alone keeps it at +1; energy acknowledged on a phase without a water heater does not count."""
+    import copy
+
+    import gymnasium as gym
+
+    from envs.site import SITE_FEATURE_NAMES, load_site, site_features
+    from envs.state_spec import FEAT, N_FEATURES
+    from rllib_configs.pi_residual import HEADROOM_FLOOR, headroom_outlook, outlook_inputs
+
+    site = load_site(None)  # 8 kWp; water heater 8 kWh on L1, heat pump tank 5 kWh
+    space = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES + len(SITE_FEATURE_NAMES),), np.float32)
+    action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    obs = np.zeros((4, space.shape[0]), np.float32)
+    obs[:, N_FEATURES:] = site_features(site)
+    obs[:, FEAT["clear_sky_ewm_30min_w_m2"]] = 500.0
+    obs[:, FEAT["clear_sky_rest_kwh_m2"]] = 2.0  # 16 kWh of clear-sky PV left
+    obs[:, FEAT["pv_w_ewm_30min"]] = 2000.0  # clear-sky index 0.5: 8 kWh expected
+    obs[1, FEAT["acked_kwh_since_available_l1"]] = 4.0  # half the water heater's tank delivered
+    obs[2, FEAT["acked_kwh_since_available_l1"]] = 20.0  # more than the tank: the floor
+    obs[3, FEAT["acked_kwh_since_available_l2"]] = 6.0  # the EV's phase: not the water heater's room
+    x = torch.as_tensor(obs, dtype=torch.float64)
+    cont = (3000.0, 0.0, 0.0)
+    rooms = np.array([8.0 + 5.0, 4.0 + 5.0, HEADROOM_FLOOR * 8.0 + 5.0, 8.0 + 5.0])
+    np.testing.assert_allclose(headroom_outlook(x, cont).numpy()[:, 0], 8.0 / rooms, rtol=1e-6)
+    np.testing.assert_allclose(outlook_inputs(x).numpy()[:, 1], 8.0 / 13.0, rtol=1e-6)  # the tanks' size
+
+    spec = load_train_config(SUPERVISOR_CONFIG)
+    cfg = copy.deepcopy(spec.algo_config)
+    mc = copy.deepcopy(cfg.model_config)
+    mc["pi_residual"].update(site_inputs="outlook", prior="headroom", prior_threshold=0.85)
+    cfg.rl_module(model_config=mc)
+    module = cfg.get_rl_module_spec(spaces={"default_policy": (space, action)}).build()
+    for p in module.pi.parameters():  # a zero network output: the rule itself
+        torch.nn.init.zeros_(p)
+    with torch.no_grad():
+        mean = module.forward_inference({"obs": x.float()})["action_dist_inputs"][:, 0].numpy()
+    np.testing.assert_array_equal(mean, [1.0, -1.0, -1.0, 1.0])  # 0.62, 0.89, 1.37, 0.62 against 0.85
+    module.residual = dataclasses.replace(module.residual, prior="outlook")  # the tanks' size: +1 throughout
+    with torch.no_grad():
+        mean = module.forward_inference({"obs": x.float()})["action_dist_inputs"][:, 0].numpy()
+    np.testing.assert_array_equal(mean, [1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="prior"):
+        dataclasses.replace(module.residual, prior="room")

@@ -20,8 +20,9 @@ the PI by 1 Wh left out). A supervisor does better only by changing its preferen
 ``--outlook T1,T2,...`` adds, beside the constants, the outlook rule at each threshold (rllib_configs/
 pi_residual.py ``outlook_prior``, every second: +1 while the PV left in the day, at the last half hour's
 clear-sky index, is under T times the site's tank kWh, else -1), which is what ``prior: outlook`` starts
-a supervisor from; ``T@D`` sets its dull-day preference to D instead of +1 (``prior_dull``). ``--constant``
-may then be empty (``--constant=``). The summary gives, per rule, its mean phase imbalance and controlled
+a supervisor from; ``T@D`` sets its dull-day preference to D instead of +1 (``prior_dull``), and ``hT``
+is the rule over the tanks' room left instead of their size (``prior: headroom``, ``headroom_outlook``).
+``--constant`` may then be empty (``--constant=``). The summary gives, per rule, its mean phase imbalance and controlled
 import against the PI's over the same days (issue 16's targets: imbalance no worse, import at most 1.1 x).
 
     .venv/bin/python tests/benchmarks/bench_preferences.py --constant=1 --outlook 1.5,2,3 --oracle --seed 7 \
@@ -98,16 +99,18 @@ def constants(args: argparse.Namespace) -> int:
         print(f"--constant: preferences must be within [-1, 1], got {bad}", file=sys.stderr)
         return 2
     try:
-        specs = [x.split("@") + ["1"] for x in args.outlook.split(",") if x.strip()]
-        thresholds = [(float(x[0]), float(x[1])) for x in specs]
+        specs = [x.strip().split("@") + ["1"] for x in args.outlook.split(",") if x.strip()]
+        thresholds = [(x[0].startswith("h"), float(x[0].removeprefix("h")), float(x[1])) for x in specs]
     except ValueError:
-        print(f"--outlook: T or T@D (D: the dull-day preference), got {args.outlook!r}", file=sys.stderr)
+        print(f"--outlook: T, hT or T@D (h: over the tanks' room left; D: the dull-day preference), got "
+              f"{args.outlook!r}", file=sys.stderr)
         return 2
     if not prefs and not thresholds:
         print("--constant or --outlook: give at least one preference or threshold", file=sys.stderr)
         return 2
     labels = [f"{x:+.2f}" for x in prefs]
-    labels += [f"outlook {t:g}" + (f"@{d:g}" if d != 1 else "") for t, d in thresholds]
+    labels += [("headroom " if h else "outlook ") + f"{t:g}" + (f"@{d:g}" if d != 1 else "")
+               for h, t, d in thresholds]
     day_seed = held_out_day_seed(args.seed, 0)  # gridrl benchmark's first held-out day
     where = args.site or "default site"
     print(f"{where}, day seed {day_seed}: export kWh, and vs the PI's (+ = less export)")
@@ -123,7 +126,7 @@ def constants(args: argparse.Namespace) -> int:
             ctrl = make_controller("oracle", site.control.max_power_per_phase_w, day_seed)
             results["oracle"] = metrics_of_record(rollout(ctrl, cfg, seed=day_seed).frame)
         rules = [ContinuousFirstPI(cont, preference=pref) for pref in prefs]
-        rules += [OutlookRule(site, t, d) for t, d in thresholds]
+        rules += [OutlookRule(site, t, d, headroom=h) for h, t, d in thresholds]
         for label, rule in zip(labels, rules, strict=True):
             results[label] = metrics_of_record(rollout(rule, cfg, day_seed).frame)
         add_gap_closed(results)  # gridrl benchmark's gap closed (NaN without --oracle)
@@ -162,17 +165,18 @@ def constants(args: argparse.Namespace) -> int:
 class OutlookRule(ContinuousFirstPI):
     """The outlook rule alone (rllib_configs/pi_residual.py ``outlook_prior``) as the PI's dispatch
     preference, recomputed every second from the state and the site's features: what ``prior: outlook``
-    starts from."""
+    starts from; with ``headroom``, over the tanks' room left (``prior: headroom``)."""
 
-    def __init__(self, site, threshold: float, dull: float = 1.0):
+    def __init__(self, site, threshold: float, dull: float = 1.0, headroom: bool = False):
         super().__init__(tuple(continuous_power(site)))
         self.threshold, self.dull = threshold, dull
+        self.room = self.continuous_w if headroom else None
         self.site_features = torch.as_tensor(site_features(site), dtype=torch.float64)
 
     def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float64)
         x = torch.cat([x, self.site_features.expand(len(x), -1)], dim=-1)
-        pref = outlook_prior(x, self.threshold, self.dull)[:, 0].numpy()
+        pref = outlook_prior(x, self.threshold, self.dull, self.room)[:, 0].numpy()
         return preference_spread(u, obs, available, self.continuous_w, pref)
 
 
