@@ -22,8 +22,9 @@ pi_residual.py ``outlook_prior``, every second: +1 while the PV left in the day,
 clear-sky index, is under T times the site's tank kWh, else -1), which is what ``prior: outlook`` starts
 a supervisor from; ``T@D`` sets its dull-day preference to D instead of +1 (``prior_dull``), and ``hT``
 is the rule over the tanks' room left instead of their size (``prior: headroom``, ``headroom_outlook``).
-``--constant`` may then be empty (``--constant=``). The summary gives, per rule, its mean phase imbalance and controlled
-import against the PI's over the same days (issue 16's targets: imbalance no worse, import at most 1.1 x).
+``--constant`` may then be empty (``--constant=``). The summary gives, per rule, its mean phase imbalance
+and controlled import against the PI's over the same days (issue 16's targets: imbalance no worse, import at
+most 1.1 x).
 
     .venv/bin/python tests/benchmarks/bench_preferences.py --constant=1 --outlook 1.5,2,3 --oracle --seed 7 \
         --scenarios clear,broken_clouds,overcast,summer,winter [--site S]
