@@ -456,13 +456,29 @@ def test_a_supervisor_reading_only_the_clear_sky_index_ignores_the_rest_of_the_s
     assert widths == {"clear_sky_index": N_FEATURES + 1, "all": N_FEATURES + len(SITE_FEATURE_NAMES) + 1}
 
 
+def _supervisor_at_its_rule(space, **pi_residual):
+    """The supervisor config's module for observations ``space``, with ``pi_residual`` settings (and
+    site_inputs 'outlook') and a zero network output: its greedy preference is its prior rule itself."""
+    import copy
+
+    import gymnasium as gym
+
+    cfg = copy.deepcopy(load_train_config(SUPERVISOR_CONFIG).algo_config)
+    mc = copy.deepcopy(cfg.model_config)
+    mc["pi_residual"].update(site_inputs="outlook", **pi_residual)
+    cfg.rl_module(model_config=mc)
+    action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    module = cfg.get_rl_module_spec(spaces={"default_policy": (space, action)}).build()
+    for p in module.pi.parameters():
+        torch.nn.init.zeros_(p)
+    return module
+
+
 def test_the_outlook_prior_starts_a_supervisor_at_the_rule():
     """pi_residual.prior 'outlook': with a zero network output the greedy preference is the outlook rule,
     +1 while the PV the day still brings (the last half hour's clear-sky index x kWp x the clear-sky kWh/m2
     left) is under prior_threshold x the site's tank kWh, -1 above it; the inputs follow the state and the
     site's file, and the prior refuses a policy that is not told its site."""
-    import copy
-
     import gymnasium as gym
 
     from envs.site import SITE_FEATURE_NAMES, load_site, site_features
@@ -471,7 +487,6 @@ def test_the_outlook_prior_starts_a_supervisor_at_the_rule():
 
     site = load_site(None)  # 8 kWp, tanks 8 + 5 kWh
     space = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES + len(SITE_FEATURE_NAMES),), np.float32)
-    action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     obs = np.zeros((3, space.shape[0]), np.float32)
     obs[:, N_FEATURES:] = site_features(site)
     obs[:, FEAT["clear_sky_ewm_30min_w_m2"]] = 500.0
@@ -481,14 +496,7 @@ def test_the_outlook_prior_starts_a_supervisor_at_the_rule():
     np.testing.assert_allclose(got[:, 0], [0.25, 0.9, 1.0], rtol=1e-6)
     np.testing.assert_allclose(got[:, 1], np.array([0.25, 0.9, 1.0]) * 32.0 / 13.0, rtol=1e-6)
 
-    spec = load_train_config(SUPERVISOR_CONFIG)
-    cfg = copy.deepcopy(spec.algo_config)
-    mc = copy.deepcopy(cfg.model_config)
-    mc["pi_residual"].update(site_inputs="outlook", prior="outlook", prior_threshold=2.0)
-    cfg.rl_module(model_config=mc)
-    module = cfg.get_rl_module_spec(spaces={"default_policy": (space, action)}).build()
-    for p in module.pi.parameters():  # a zero network output: the rule itself
-        torch.nn.init.zeros_(p)
+    module = _supervisor_at_its_rule(space, prior="outlook", prior_threshold=2.0)
     with torch.no_grad():
         mean = module.forward_inference({"obs": torch.as_tensor(obs)})["action_dist_inputs"][:, 0].numpy()
     np.testing.assert_array_equal(mean, [1.0, -1.0, -1.0])  # 0.62 < 2; 2.2 and 2.5 > 2
@@ -502,7 +510,7 @@ def test_the_outlook_prior_starts_a_supervisor_at_the_rule():
 
     plain = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES,), np.float32)
     with pytest.raises(ValueError, match="site_features: true"):
-        cfg.get_rl_module_spec(spaces={"default_policy": (plain, action)}).build()
+        _supervisor_at_its_rule(plain, prior="outlook")
 
 
 def test_the_headroom_prior_counts_the_room_left_in_the_water_heaters_tank():
@@ -510,8 +518,6 @@ def test_the_headroom_prior_counts_the_room_left_in_the_water_heaters_tank():
     the energy acknowledged on their phases since available (at least HEADROOM_FLOOR of it), plus the heat
     pumps' tanks. A morning that filled the water heater turns the rule from +1 to -1 where the tank's size
     alone keeps it at +1; energy acknowledged on a phase without a water heater does not count."""
-    import copy
-
     import gymnasium as gym
 
     from envs.site import SITE_FEATURE_NAMES, load_site, site_features
@@ -520,7 +526,6 @@ def test_the_headroom_prior_counts_the_room_left_in_the_water_heaters_tank():
 
     site = load_site(None)  # 8 kWp; water heater 8 kWh on L1, heat pump tank 5 kWh
     space = gym.spaces.Box(-np.inf, np.inf, (N_FEATURES + len(SITE_FEATURE_NAMES),), np.float32)
-    action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     obs = np.zeros((4, space.shape[0]), np.float32)
     obs[:, N_FEATURES:] = site_features(site)
     obs[:, FEAT["clear_sky_ewm_30min_w_m2"]] = 500.0
@@ -535,14 +540,7 @@ def test_the_headroom_prior_counts_the_room_left_in_the_water_heaters_tank():
     np.testing.assert_allclose(headroom_outlook(x, cont).numpy()[:, 0], 8.0 / rooms, rtol=1e-6)
     np.testing.assert_allclose(outlook_inputs(x).numpy()[:, 1], 8.0 / 13.0, rtol=1e-6)  # the tanks' size
 
-    spec = load_train_config(SUPERVISOR_CONFIG)
-    cfg = copy.deepcopy(spec.algo_config)
-    mc = copy.deepcopy(cfg.model_config)
-    mc["pi_residual"].update(site_inputs="outlook", prior="headroom", prior_threshold=0.85)
-    cfg.rl_module(model_config=mc)
-    module = cfg.get_rl_module_spec(spaces={"default_policy": (space, action)}).build()
-    for p in module.pi.parameters():  # a zero network output: the rule itself
-        torch.nn.init.zeros_(p)
+    module = _supervisor_at_its_rule(space, prior="headroom", prior_threshold=0.85)
     with torch.no_grad():
         mean = module.forward_inference({"obs": x.float()})["action_dist_inputs"][:, 0].numpy()
     np.testing.assert_array_equal(mean, [1.0, -1.0, -1.0, 1.0])  # 0.62, 0.89, 1.37, 0.62 against 0.85
