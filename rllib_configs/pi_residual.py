@@ -304,8 +304,8 @@ def headroom_outlook(obs: torch.Tensor, continuous_w: Any) -> torch.Tensor:
     :data:`HEADROOM_FLOOR` of it, plus the heat pumps' tank kWh; in [0, :data:`OUTLOOK_MAX`]. With the
     tank's size alone, a water heater filled on a broken-cloud morning still reads as room for the
     afternoon and the rule keeps it first while the other devices' surplus goes out (a drawn site lost
-    6 % against the PI there; README, "The headroom rule"). Only what the master counts: when a full
-    tank's power becomes available again its count restarts at 0."""
+    6 % against the PI there; README, "the outlook rule over the tanks' room left"). Only what the master
+    counts: when a full tank's power becomes available again its count restarts at 0."""
     mask = (torch.as_tensor(continuous_w, dtype=obs.dtype, device=obs.device) > 0).to(obs.dtype)
     acked = (torch.nan_to_num(obs[..., _ACKED_KWH]) * mask).sum(-1, keepdim=True)
     wh, hp = (obs[..., N_FEATURES + i : N_FEATURES + i + 1] * float(SITE_FEATURE_SCALE[i]) for i in _TANKS)
