@@ -284,11 +284,23 @@ def outlook_inputs(obs: torch.Tensor) -> torch.Tensor:
     energy left in the day (``pv_kwp x clear_sky_rest_kwh_m2``) over its water heaters' and heat pumps' tank
     kWh, in [0, :data:`OUTLOOK_MAX`]: how many times its tanks the day's PV should still bring if the half
     hour's weather holds. The PV size and the tanks are what the site's file says; the rest is the state."""
+    csi, pv_left = _pv_left_kwh(obs)
+    wh, hp = _tank_kwh(obs)
+    return torch.cat([csi, (pv_left / torch.clamp(wh + hp, min=1.0)).clamp(0.0, OUTLOOK_MAX)], dim=-1)
+
+
+def _pv_left_kwh(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1) each: the last half hour's clear-sky index and the PV energy left in the day at that index,
+    ``index x pv_kwp x clear_sky_rest_kwh_m2`` (kWh): the numerator of both outlooks."""
     kwp = _site_kwp(obs)
-    tanks = sum(obs[..., N_FEATURES + i : N_FEATURES + i + 1] * float(SITE_FEATURE_SCALE[i]) for i in _TANKS)
     csi = _csi(obs[..., _PV_EWM : _PV_EWM + 1], obs[..., _SKY_EWM : _SKY_EWM + 1], kwp)
-    outlook = csi * kwp * obs[..., _SKY_REST : _SKY_REST + 1] / torch.clamp(tanks, min=1.0)
-    return torch.cat([csi, outlook.clamp(0.0, OUTLOOK_MAX)], dim=-1)
+    return csi, csi * kwp * obs[..., _SKY_REST : _SKY_REST + 1]
+
+
+def _tank_kwh(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1) each: the site's water heaters' and heat pumps' tank kWh, from the site features."""
+    wh, hp = (obs[..., N_FEATURES + i : N_FEATURES + i + 1] * float(SITE_FEATURE_SCALE[i]) for i in _TANKS)
+    return wh, hp
 
 
 _ACKED_KWH = [FEAT[f"acked_kwh_since_available_l{p}"] for p in (1, 2, 3)]
@@ -308,11 +320,9 @@ def headroom_outlook(obs: torch.Tensor, continuous_w: Any) -> torch.Tensor:
     counts: when a full tank's power becomes available again its count restarts at 0."""
     mask = (torch.as_tensor(continuous_w, dtype=obs.dtype, device=obs.device) > 0).to(obs.dtype)
     acked = (torch.nan_to_num(obs[..., _ACKED_KWH]) * mask).sum(-1, keepdim=True)
-    wh, hp = (obs[..., N_FEATURES + i : N_FEATURES + i + 1] * float(SITE_FEATURE_SCALE[i]) for i in _TANKS)
+    wh, hp = _tank_kwh(obs)
     room = torch.maximum(wh - acked, HEADROOM_FLOOR * wh) + hp
-    csi = outlook_inputs(obs)[..., :1]
-    outlook = csi * _site_kwp(obs) * obs[..., _SKY_REST : _SKY_REST + 1] / torch.clamp(room, min=1.0)
-    return outlook.clamp(0.0, OUTLOOK_MAX)
+    return (_pv_left_kwh(obs)[1] / torch.clamp(room, min=1.0)).clamp(0.0, OUTLOOK_MAX)
 
 
 def outlook_prior(
