@@ -10,12 +10,12 @@ as the safety wrapper's fallback and on the edge.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from envs.actions import to_watts
-from envs.dispatch import allocate_to_phases
+from envs.dispatch import allocate_to_phases, start_power_w
 from envs.state_spec import FEAT
 
 _EXPORT_L = [FEAT[f"export_w_l{p}"] for p in (1, 2, 3)]
@@ -100,7 +100,8 @@ def pi_total_from_state(obs: np.ndarray, config: PIConfig | None = None) -> np.n
 
 
 def preference_spread(
-    u: np.ndarray, obs: np.ndarray, available: np.ndarray, continuous_w: np.ndarray, preference: np.ndarray
+    u: np.ndarray, obs: np.ndarray, available: np.ndarray, continuous_w: np.ndarray, preference: np.ndarray,
+    gate_w: Any = np.inf,
 ) -> np.ndarray:
     """A total ``u`` (B,) over the phases with a dispatch ``preference`` (B,) in [-1, 1] for the phases'
     continuously modulating devices (``continuous_w``, (3,) or (B, 3): per phase, the water heaters' power).
@@ -109,23 +110,41 @@ def preference_spread(
     day planner's rule for low or broken surplus, which a water heater follows exactly where a heat pump
     or an EV at 6 A imports on the dips), or away from it toward -1 (the on/off and stepped devices first:
     on a clear day they store the morning's steady surplus and the water heater keeps its headroom for
-    noon). The rest of the total goes by headroom. rllib_configs/pi_residual.py ``preference_spread`` is
-    its torch port."""
+    noon). The rest of the total goes by headroom. A positive preference holds only while ``u`` is under
+    ``gate_w`` (W, scalar or (B,): :func:`gated_w`); at or above it the spread is the PI's. rllib_configs/
+    pi_residual.py ``preference_spread`` is its torch port."""
     avail = np.clip(available, 0.0, None)
     own = np.minimum(np.clip(obs[:, _EXPORT_L] + obs[:, _ACKED_L], 0.0, None), avail)
     cont = np.minimum(avail, continuous_w)
-    claim = own + np.asarray(preference, dtype=np.float64)[:, None] * (cont - own)
+    pref = np.asarray(preference, dtype=np.float64)
+    pref = np.where((pref > 0.0) & (np.asarray(u, np.float64) >= gate_w), 0.0, pref)
+    claim = own + pref[:, None] * (cont - own)
     return allocate_to_phases(u, np.minimum(np.clip(claim, 0.0, None), avail), avail)
 
 
 def preference_targets(
-    obs: np.ndarray, preference: np.ndarray, continuous_w: np.ndarray, config: PIConfig | None = None
+    obs: np.ndarray, preference: np.ndarray, continuous_w: np.ndarray, config: PIConfig | None = None,
+    gate_w: Any = np.inf,
 ) -> np.ndarray:
     """Per-phase targets (B, 3) in W from raw state vectors alone: the PI's total
     (:func:`pi_total_from_state`) spread by :func:`preference_spread` (what a supervising agent's env runs
     every second, envs/export_env.py ``decision_s``)."""
     obs = np.atleast_2d(obs).astype(np.float64)
-    return preference_spread(pi_total_from_state(obs, config), obs, obs[:, _AVAIL_L], continuous_w, preference)
+    u = pi_total_from_state(obs, config)
+    return preference_spread(u, obs, obs[:, _AVAIL_L], continuous_w, preference, gate_w)
+
+
+def gated_w(site, gate: float) -> float:
+    """The PI total (W) at and above which :func:`preference_spread` drops a positive preference: ``gate``
+    times the smallest target that starts one of the ``site``'s on/off or stepped devices
+    (envs/dispatch.py ``start_power_w``); inf with ``gate`` 0 (no gate).
+
+    Why: "the water heaters first" puts the surplus of all three phases into a one-phase water heater, whose
+    phase then imports what the others export. While the total is too small to start a heat pump or an EV
+    that is the only way to store it (those devices would import on the dips); once it can start one, the
+    PI's own spread lets that device run on its phase's surplus and its neighbours', which keeps the phases
+    closer (README, "the preference's gate")."""
+    return float(gate * start_power_w(site)) if gate > 0 else float(np.inf)
 
 
 ROLE_KINDS = ("water_heater", "ev_charger", "heat_pump")
@@ -181,11 +200,13 @@ class ContinuousFirstPI(PIController):
     name = "pi_continuous_first"
 
     def __init__(
-        self, continuous_w: tuple[float, float, float], config: PIConfig | None = None, preference: float = 1.0
+        self, continuous_w: tuple[float, float, float], config: PIConfig | None = None, preference: float = 1.0,
+        gate_w: float = np.inf,
     ):
         super().__init__(config)
         self.continuous_w = np.asarray(continuous_w, dtype=np.float64)
         self.preference = float(preference)
+        self.gate_w = float(gate_w)
 
     @classmethod
     def for_site(cls, site) -> ContinuousFirstPI:
@@ -193,7 +214,8 @@ class ContinuousFirstPI(PIController):
         return cls(tuple(continuous_power(site)))
 
     def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
-        return preference_spread(u, obs, available, self.continuous_w, np.full(len(u), self.preference))
+        pref = np.full(len(u), self.preference)
+        return preference_spread(u, obs, available, self.continuous_w, pref, self.gate_w)
 
 
 @dataclass(frozen=True)

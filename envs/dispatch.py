@@ -22,6 +22,11 @@ from envs.jit import kernel
 from envs.site import N_PHASES, Site
 
 KIND_WATER_HEATER, KIND_EV, KIND_HEAT_PUMP = 0, 1, 2
+HEAT_PUMP_START, HEAT_PUMP_STAY = 0.9, 0.5
+"""A heat pump starts when its phase's remaining target covers this share of its power, and stays on down to
+the second."""
+EV_STAY = 0.75
+"""An EV charger starts at its minimum power and stays on down to this share of it."""
 KIND_CODES = {"water_heater": KIND_WATER_HEATER, "ev_charger": KIND_EV, "heat_pump": KIND_HEAT_PUMP}
 
 # Columns of the slave parameter table (S, SP_SIZE).
@@ -76,7 +81,7 @@ def dispatch_row(
         cmd = 0.0
         if kind == KIND_HEAT_PUMP:
             on = is_on[s] > 0.5
-            want = remaining[p] >= (0.5 if on else 0.9) * pmax and available[s] > 0.5
+            want = remaining[p] >= (HEAT_PUMP_STAY if on else HEAT_PUMP_START) * pmax and available[s] > 0.5
             if on and not want and time_in_state_s[s] < params[s, SP_MIN_ON]:
                 want = True
             if not on and want and time_in_state_s[s] < params[s, SP_MIN_OFF]:
@@ -85,7 +90,7 @@ def dispatch_row(
         elif available[s] > 0.5:
             if kind == KIND_EV:
                 pmin = params[s, SP_MIN_W]
-                threshold = 0.75 * pmin if is_on[s] > 0.5 else pmin
+                threshold = EV_STAY * pmin if is_on[s] > 0.5 else pmin
                 if remaining[p] >= threshold:
                     cmd = min(max(remaining[p], pmin), pmax)
             else:
@@ -105,6 +110,15 @@ def dispatch(
         np.asarray(is_on, dtype=np.float64), np.asarray(time_in_state_s, dtype=np.float64), params, out,
     )
     return out
+
+
+def start_power_w(site: Site) -> float:
+    """The smallest target that starts one of the site's on/off or stepped devices under :func:`dispatch_row`:
+    a heat pump's :data:`HEAT_PUMP_START` share of its power, an EV charger's minimum power; W (inf without
+    such a device). The site's master knows it from its devices' settings."""
+    starts = [HEAT_PUMP_START * sl.max_power_w if sl.kind == "heat_pump" else sl.min_power_w
+              for sl in site.slaves if sl.kind in ("heat_pump", "ev_charger")]
+    return float(min(starts, default=np.inf))
 
 
 def allocate_to_phases(total_w: np.ndarray, export_w_phase: np.ndarray, available_w: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from gymnasium.utils import seeding
 
 from envs.actions import N_ACTIONS, to_watts
 from envs.config import from_mapping
-from envs.controllers import PIController, continuous_power, preference_targets
+from envs.controllers import PIController, continuous_power, gated_w, preference_targets
 from envs.profiles import DAY_S, SCENARIOS, DayProfile, day_profile
 from envs.reward import RewardWeights
 from envs.simulator import (
@@ -84,6 +84,10 @@ class ExportEnvConfig:
     first, -1 = last), held for N seconds, while the PI sets the targets every second; its reward is the
     mean of those N seconds' rewards. A preference that matters over hours (which devices store a clear
     morning's surplus) is then a few hundred decisions, not tens of thousands of 1 s steps."""
+    preference_gate: float = 0.0
+    """With ``decision_s`` > 1: a positive preference holds only while the PI's total is under this many times
+    the smallest power that starts one of the member's site's heat pumps or EV chargers (envs/controllers.py
+    ``gated_w``); 0: always. A supervising module must carry the same ``pi_residual.preference_gate``."""
     reward_baseline: str = "none"
     """Training signal only (the vector env). 'none': the reward as envs/reward.py writes it. 'pi': minus what
     the site's PI earns on the same day: every member has a twin simulator, reset with copies of its random
@@ -114,6 +118,8 @@ class ExportEnvConfig:
             raise ValueError(f"reward_floor_kwh: must be > 0 (or null), got {self.reward_floor_kwh}")
         if self.warm_start not in ("none", "pi"):
             raise ValueError(f"warm_start: must be 'none' or 'pi', got {self.warm_start!r}")
+        if self.preference_gate < 0:
+            raise ValueError(f"preference_gate: must be >= 0 (0: no gate), got {self.preference_gate!r}")
         if self.reward_baseline not in ("none", "pi"):
             raise ValueError(f"reward_baseline: must be 'none' or 'pi', got {self.reward_baseline!r}")
         if self.decision_s < 1 or self.episode_s % self.decision_s:
@@ -327,6 +333,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self._rewards = np.zeros(num_envs)
         self._scale = np.ones(num_envs)
         self._continuous_w = np.tile(continuous_power(self.site), (num_envs, 1))
+        self._gate_w = np.full(num_envs, gated_w(self.site, self.config.preference_gate))
         self._site_features = np.tile(site_features(self.site), (num_envs, 1))[:, :n_site]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -342,6 +349,7 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
                 self._sims[g] = Simulator(site, weights, self.config.perfect_link, False)
             sim = self._sims[g]
             self._continuous_w[members] = continuous_power(sim.site)
+            self._gate_w[members] = gated_w(sim.site, self.config.preference_gate)
             self._site_features[members] = site_features(sim.site)[: self._site_features.shape[1]]
             drawn = [self.config.draw_episode(rng, sim.site) for rng in rngs]
             windows = [w for _, w in drawn]
@@ -367,6 +375,13 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
         self._needs_reset = False
         return self._observation(), {}
 
+    def site_of(self, member: int) -> Site:
+        """The site member ``member`` lives on this episode (its group's draw with ``site_draws``)."""
+        for sim, members in zip(self._sims, self._groups, strict=True):
+            if members.start <= member < members.stop:
+                return sim.site
+        raise IndexError(f"member {member}: the env has {self.num_envs}")
+
     def step(self, actions):
         if self._needs_reset:
             obs, info = self.reset()
@@ -379,7 +394,8 @@ class ExportControlVectorEnv(gym.vector.VectorEnv):
             preference = np.clip(np.nan_to_num(np.asarray(actions, np.float64)[:, 0]), -1.0, 1.0)
             total = np.zeros(self.num_envs)
             for _ in range(self.config.decision_s):
-                self._step_all(preference_targets(self._obs, preference, self._continuous_w))
+                targets = preference_targets(self._obs, preference, self._continuous_w, gate_w=self._gate_w)
+                self._step_all(targets)
                 total += self._rewards
             self._rewards = total * (self._scale / self.config.decision_s)
         done = self._sims[0].done

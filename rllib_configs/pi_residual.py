@@ -130,6 +130,18 @@ class ResidualConfig:
     the surplus of every phase first; below it, part stays on the phase that made it. Measured (README,
     "The imbalance, measured further"): 0.5 instead of 1 moves a dull day's export and phase imbalance
     little, since the water heater still takes what the other phases' on/off devices cannot follow."""
+    preference_gate: float = 0.0
+    """'supervisor': a positive preference holds only while the PI's total is under this many times
+    ``start_power_w`` (envs/controllers.py ``gated_w``); 0: always. Must equal the env's
+    ``env_config.preference_gate``, which runs the same rule in training."""
+    start_power_w: float = math.inf
+    """The smallest target that starts one of the site's heat pumps or EV chargers (envs/dispatch.py
+    ``start_power_w``), W: the site's layout, as ``continuous_w`` (``Policy.for_site`` sets it)."""
+    prior_sunny: float = -1.0
+    """``prior: outlook`` or ``headroom``: the rule's preference on a sunny day (outlook at or above
+    ``prior_threshold``), in [-1, 0]. At -1 the on/off and stepped devices claim twice their own phase's
+    surplus and take the water heater's phase's morning surplus too, which keeps the water heater's room
+    for noon but draws one phase's surplus into another's devices: the phase imbalance rises."""
 
     def __post_init__(self) -> None:
         if self.site_inputs not in ("all", "clear_sky_index", "outlook"):
@@ -138,6 +150,10 @@ class ResidualConfig:
             raise ValueError(f"prior: 'none', 'outlook' or 'headroom', got {self.prior!r}")
         if not 0.0 < self.prior_dull <= 1.0:
             raise ValueError(f"prior_dull: a preference in (0, 1], got {self.prior_dull!r}")
+        if self.preference_gate < 0 or self.start_power_w <= 0:
+            raise ValueError("preference_gate must be >= 0 (0: no gate) and start_power_w > 0 W")
+        if not -1.0 <= self.prior_sunny <= 0.0:
+            raise ValueError(f"prior_sunny: a preference in [-1, 0], got {self.prior_sunny!r}")
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
             raise ValueError("pi_residual: max_power_per_phase_w and residual_scale must be > 0, gains >= 0")
         if self.allocation not in ("residual", "learned", "supervisor"):
@@ -176,11 +192,13 @@ def pi_targets(obs: torch.Tensor, kp: float, ki: float) -> torch.Tensor:
 
 
 def preference_spread(
-    obs: torch.Tensor, total: torch.Tensor, pref: torch.Tensor, continuous_w: Any
+    obs: torch.Tensor, total: torch.Tensor, pref: torch.Tensor, continuous_w: Any, gate_w: float = math.inf
 ) -> torch.Tensor:
     """envs/controllers.py's ``preference_spread`` in torch (same formula; tests/test_pi_residual.py):
     ``total`` (B,) spread over the phases, each phase's first-pass claim moved by ``pref`` (B, 1) from its
-    own surplus (0) toward its available continuous power ``continuous_w`` (+1) or away from it (-1)."""
+    own surplus (0) toward its available continuous power ``continuous_w`` (+1) or away from it (-1); a
+    positive ``pref`` counts only while ``total`` is under ``gate_w`` (envs/controllers.py ``gated_w``)."""
+    pref = torch.where((pref > 0) & (total.unsqueeze(-1) >= gate_w), torch.zeros_like(pref), pref)
     avail = obs[..., _AVAIL].clamp_min(0.0)
     own = torch.minimum((obs[..., _EXPORT] + obs[..., _ACKED]).clamp_min(0.0), avail)
     cont = torch.minimum(avail, torch.as_tensor(continuous_w, dtype=obs.dtype, device=obs.device))
@@ -326,10 +344,11 @@ def headroom_outlook(obs: torch.Tensor, continuous_w: Any) -> torch.Tensor:
 
 
 def outlook_prior(
-    obs: torch.Tensor, threshold: float, dull: float = 1.0, continuous_w: Any = None
+    obs: torch.Tensor, threshold: float, dull: float = 1.0, continuous_w: Any = None, sunny: float = -1.0
 ) -> torch.Tensor:
     """(B, 1): the outlook rule's preference for state vectors followed by site features: ``dull`` (+1: the
-    water heaters first) while :func:`outlook_inputs`' outlook is under ``threshold``, else -1. On a dull day
+    water heaters first) while :func:`outlook_inputs`' outlook is under ``threshold``, else ``sunny`` (-1:
+    the on/off and stepped devices first). On a dull day
     the tanks can take what is left of the PV, and a water heater follows a low, broken surplus exactly; on
     a sunny day they cannot, and a water heater filled in the morning leaves the noon peak to export
     (tests/benchmarks/bench_preferences.py ``--outlook`` measures the rule alone). With ``continuous_w``
@@ -338,7 +357,7 @@ def outlook_prior(
         outlook = outlook_inputs(obs)[..., 1:2]
     else:
         outlook = headroom_outlook(obs, continuous_w)
-    return torch.where(outlook < threshold, torch.full_like(outlook, dull), -torch.ones_like(outlook))
+    return torch.where(outlook < threshold, torch.full_like(outlook, dull), torch.full_like(outlook, sunny))
 
 
 @functools.lru_cache(maxsize=8)
@@ -405,7 +424,8 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
             mean = mean + cfg.preference_bias
             if cfg.prior != "none":
                 room = cfg.continuous_w if cfg.prior == "headroom" else None
-                prior = outlook_prior(batch[Columns.OBS], cfg.prior_threshold, cfg.prior_dull, room)
+                prior = outlook_prior(batch[Columns.OBS], cfg.prior_threshold, cfg.prior_dull, room,
+                                      cfg.prior_sunny)
                 mean = mean + prior.to(mean.dtype)
             log_std = log_std + math.log(cfg.residual_scale)
             out[Columns.ACTION_DIST_INPUTS] = torch.cat([mean, log_std], dim=-1)
@@ -460,7 +480,8 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
         cfg = self.residual
         pref = self.greedy_preference(obs).double()
         raw = torch.nan_to_num(obs[..., :N_FEATURES].double())
-        targets = preference_spread(raw, pi_total(raw, cfg.kp, cfg.ki), pref, cfg.continuous_w)
+        gate_w = cfg.preference_gate * cfg.start_power_w if cfg.preference_gate > 0 else math.inf
+        targets = preference_spread(raw, pi_total(raw, cfg.kp, cfg.ki), pref, cfg.continuous_w, gate_w)
         return to_unit(targets, cfg).to(obs.dtype)
 
 

@@ -141,15 +141,27 @@ class Policy:
         site's water heaters per phase, as that site's master is configured, its envs/site.py
         ``site_features`` (which a supervisor trained with the env's ``site_features`` reads) and the order
         in which its networks read the site's phases (envs/controllers.py ``phase_map``: the phase whose
-        devices play each training phase's role); other policies are unchanged."""
+        devices play each training phase's role) and the power that starts its on/off and stepped devices
+        (envs/dispatch.py ``start_power_w``, for the preference's gate); other policies are unchanged."""
         from envs.controllers import continuous_power, phase_map
+        from envs.dispatch import start_power_w
         from envs.site import load_site, site_features
 
         cfg = getattr(self.module, "residual", None)
         if cfg is not None and cfg.allocation != "residual":
-            trained_on = load_site((self.info.get("env_config") or {}).get("site"))
+            env_config = self.info.get("env_config") or {}
+            trained_gate = float(env_config.get("preference_gate") or 0.0)
+            if cfg.allocation == "supervisor" and trained_gate != cfg.preference_gate:
+                raise ValueError(
+                    f"{self.checkpoint}: trained with env_config.preference_gate {trained_gate:g} but its "
+                    f"module's pi_residual.preference_gate is {cfg.preference_gate:g}: deployed, it would "
+                    "spread the PI's total otherwise than in training; set both to the same value in the "
+                    "config"
+                )
+            trained_on = load_site(env_config.get("site"))
             self.module.residual = replace(
                 cfg,
+                start_power_w=start_power_w(site),
                 continuous_w=tuple(float(w) for w in continuous_power(site)),
                 site_features=tuple(float(f) for f in site_features(site)),
                 phase_order=phase_map(trained_on, site),

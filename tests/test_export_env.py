@@ -263,16 +263,20 @@ def test_reward_floor_scales_each_window_by_its_surplus():
     np.testing.assert_allclose(scaled, raw * 2.0 / (surplus + 2.0), rtol=1e-9, atol=1e-12)
 
 
-def test_a_supervising_agent_sets_the_pis_preference_for_decision_s_seconds():
-    """decision_s: one action (the PI's dispatch preference) steps decision_s seconds of the PI with it; the
-    reward is those seconds' mean; the single env and a decision_s that does not divide the window say so."""
+@pytest.mark.parametrize("gate", [0.0, 1.5])
+def test_a_supervising_agent_sets_the_pis_preference_for_decision_s_seconds(gate):
+    """decision_s: one action (the PI's dispatch preference) steps decision_s seconds of the PI with it (with
+    ``preference_gate``, gated as envs/controllers.py ``gated_w`` says); the reward is those seconds' mean;
+    the single env, a decision_s that does not divide the window and a negative gate say so."""
     from envs.config import ConfigError
-    from envs.controllers import continuous_power, preference_targets
+    from envs.controllers import continuous_power, gated_w, preference_targets
     from envs.export_env import ExportControlVectorEnv
 
     base = {"scenario": "broken_clouds", "start_s": 11 * 3600, "episode_s": 1200}
-    env = ExportControlVectorEnv(3, ExportEnvConfig(**base, decision_s=300))
+    env = ExportControlVectorEnv(3, ExportEnvConfig(**base, decision_s=300, preference_gate=gate))
     twin = ExportControlVectorEnv(3, ExportEnvConfig(**base))  # the same days at 1 s, the PI by hand
+    gate_w = gated_w(twin.site, gate)
+    assert gate_w == (np.inf if gate == 0 else 1.5 * 1380.0)  # the default site's EV starts at 1,380 W
     assert env.single_action_space.shape == (1,) and twin.single_action_space.shape == (3,)
     obs, _ = env.reset(seed=5)
     obs1, _ = twin.reset(seed=5)
@@ -282,7 +286,7 @@ def test_a_supervising_agent_sets_the_pis_preference_for_decision_s_seconds():
     for _ in range(2):
         rewards = []
         for _ in range(300):
-            obs1, r, *_ = twin.step(preference_targets(obs1, pref[:, 0], cont) / 3750.0 - 1.0)
+            obs1, r, *_ = twin.step(preference_targets(obs1, pref[:, 0], cont, gate_w=gate_w) / 3750.0 - 1.0)
             rewards.append(r)
         obs, reward, _, truncated, _ = env.step(pref)
         np.testing.assert_allclose(obs, obs1, rtol=1e-6, atol=1e-3)
@@ -292,6 +296,8 @@ def test_a_supervising_agent_sets_the_pis_preference_for_decision_s_seconds():
     assert env.step(pref)[3].all(), "4 decisions of 300 s end a 1,200 s window"
     with pytest.raises(ConfigError, match="decision_s"):
         ExportEnvConfig.from_dict({**base, "decision_s": 700})
+    with pytest.raises(ConfigError, match="preference_gate"):
+        ExportEnvConfig.from_dict({**base, "decision_s": 300, "preference_gate": -1})
     with pytest.raises(ValueError, match="vector env only"):
         ExportControlEnv(ExportEnvConfig(**base, decision_s=300))
 

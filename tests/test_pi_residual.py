@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -283,14 +283,42 @@ def test_torch_preference_targets_are_the_controllers():
                                for p in (1, 2, 3)]].clip(0).sum(-1)), atol=1e-6)  # fmt: skip
     spread = preference_targets(obs, np.zeros(400), cont)  # preference 0: the PI's own spread
     np.testing.assert_allclose(spread, pi_targets(o, 0.3, 0.25).numpy(), atol=1e-9)
+    # The gate: a positive preference counts only while the PI's total is under gate_w, in both.
+    gated = preference_targets(obs, pref, cont, gate_w=1500.0)
+    theirs = preference_torch(o, total, torch.as_tensor(pref)[:, None], torch.as_tensor(cont), 1500.0)
+    theirs = theirs.numpy()
+    np.testing.assert_allclose(gated, theirs, rtol=1e-12, atol=1e-9)
+    dropped = (pref > 0) & (total.numpy() >= 1500.0)
+    assert 20 < dropped.sum() < 380, "the suite has rows on both sides of the gate"
+    np.testing.assert_allclose(gated[dropped], spread[dropped], atol=1e-9)
+    np.testing.assert_allclose(gated[~dropped], ours[~dropped], atol=1e-9)
+    assert not np.allclose(ours[dropped], spread[dropped]), "ungated, those rows' preference moved the spread"
+
+
+def test_the_gate_is_the_smallest_power_that_starts_a_heat_pump_or_an_ev():
+    """envs/dispatch.py ``start_power_w``: what dispatch_row needs to start a device; inf without one."""
+    from envs.config import from_mapping
+    from envs.controllers import gated_w
+    from envs.dispatch import start_power_w
+    from envs.site import Site, load_site
+
+    default = load_site(None)  # EV at 1,380 W minimum, heat pump of 1,800 W (starts at 90 %: 1,620 W)
+    assert start_power_w(default) == 1380.0
+    assert gated_w(default, 1.5) == 2070.0 and gated_w(default, 0.0) == np.inf
+    raw = asdict(default)
+    raw["slaves"] = [s for s in raw["slaves"] if s["kind"] != "ev_charger"]
+    assert start_power_w(from_mapping(Site, raw, source="no EV")) == 0.9 * 1800.0
+    raw["slaves"] = [s for s in raw["slaves"] if s["kind"] == "water_heater"]
+    assert start_power_w(from_mapping(Site, raw, source="water heater only")) == np.inf
 
 
 def test_the_supervisor_deploys_the_targets_of_its_greedy_preference():
     """``allocation: supervisor``: the env's action is one preference; the deployed graph (what gridrl
     benchmark, export, edge and Serve run) is the per-phase targets that preference gives, every second."""
-    from envs.controllers import preference_targets
+    from envs.controllers import continuous_power, gated_w, preference_targets
+    from envs.dispatch import start_power_w
     from envs.export_env import ExportControlVectorEnv
-    from envs.site import SITE_FEATURE_NAMES
+    from envs.site import SITE_FEATURE_NAMES, site_features
     from envs.state_spec import N_FEATURES
 
     spec = load_train_config(SUPERVISOR_CONFIG)
@@ -311,12 +339,20 @@ def test_the_supervisor_deploys_the_targets_of_its_greedy_preference():
         with pytest.raises(ValueError, match="Policy.for_site"):
             net(x[:, :N_FEATURES])  # deployed on a state vector alone, it must be told its site
         ours = []
+        theirs = []
         for i in range(4):  # deployed on member i's site: the state vector, its site's features in the graph
-            module.residual = replace(module.residual, site_features=tuple(float(f) for f in obs[i, N_FEATURES:]))
+            site = venv.site_of(i)
+            assert np.allclose(site_features(site), obs[i, N_FEATURES:])
+            module.residual = replace(
+                module.residual, site_features=tuple(float(f) for f in obs[i, N_FEATURES:]),
+                continuous_w=tuple(continuous_power(site)), start_power_w=start_power_w(site),
+            )
             ours.append(net(x[i : i + 1, :N_FEATURES]).double().numpy()[0])
+            gate_w = gated_w(site, env_config["preference_gate"])  # the env's gate on that site
+            cont = continuous_power(site)
+            theirs.append(preference_targets(obs[i : i + 1], pref[i : i + 1], cont, gate_w=gate_w))
     assert len({tuple(o[N_FEATURES:]) for o in obs}) > 1, "the members' drawn sites differ"
-    theirs = preference_targets(obs, pref, np.array([3000.0, 0.0, 0.0])) / 3750.0 - 1.0
-    np.testing.assert_allclose(np.array(ours), theirs, atol=1e-5)
+    np.testing.assert_allclose(np.array(ours), np.concatenate(theirs) / 3750.0 - 1.0, atol=1e-5)
     assert module.forward_exploration({"obs": x})["action_dist_inputs"].shape == (4, 2)  # mean, log-std
 
 
@@ -326,6 +362,7 @@ def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
     import gymnasium as gym
 
     from envs.config import from_mapping
+    from envs.dispatch import start_power_w
     from envs.site import Site, load_site, site_features
     from envs.site_sampler import random_site
     from rllib_configs.policy import Policy
@@ -339,10 +376,15 @@ def test_a_policy_is_told_the_layout_of_the_site_it_runs_on(tmp_path):
     spec = _supervisor_told_no_site()
     action = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     spaces = {"default_policy": (ExportControlEnv().observation_space, action)}
-    policy = Policy(spec.algo_config.get_rl_module_spec(spaces=spaces).build(), None, {}, tmp_path)
+    module = spec.algo_config.get_rl_module_spec(spaces=spaces).build()
+    gate = module.residual.preference_gate
+    with pytest.raises(ValueError, match="preference_gate"):  # trained with another gate than it deploys
+        Policy(module, None, {"env_config": {"preference_gate": gate + 1}}, tmp_path).for_site(other)
+    policy = Policy(module, None, {"env_config": {"preference_gate": gate}}, tmp_path)
     assert policy.for_site(load_site(None)).module.residual.continuous_w == (3000.0, 0.0, 0.0)
     cont = policy.for_site(other).module.residual.continuous_w
     assert cont[phases[0] - 1] > 0 and cont[0] == 0.0
+    assert policy.module.residual.start_power_w == start_power_w(other)
     np.testing.assert_allclose(policy.module.residual.site_features, site_features(other))
     _, residual = _module_with_zero_correction()
     unchanged = Policy(residual, None, {}, tmp_path).for_site(other)
@@ -359,7 +401,7 @@ def test_on_another_layout_the_networks_read_the_phases_in_the_training_sites_or
     import yaml
 
     from envs.config import from_mapping
-    from envs.controllers import phase_map, phase_roles, preference_targets
+    from envs.controllers import gated_w, phase_map, phase_roles, preference_targets
     from envs.site import Site, load_site
     from envs.state_spec import FEAT, N_FEATURES, phase_permuted_columns
     from rllib_configs.policy import Policy
@@ -384,7 +426,8 @@ def test_on_another_layout_the_networks_read_the_phases_in_the_training_sites_or
     torch.manual_seed(0)
     for prm in module.parameters():  # a network that reads its inputs (a fresh head's outputs are ~0)
         torch.nn.init.normal_(prm, std=0.3)
-    policy = Policy(module, None, {}, tmp_path)
+    trained = {"env_config": {"preference_gate": module.residual.preference_gate}}
+    policy = Policy(module, None, trained, tmp_path)
     rng = np.random.default_rng(0)
     obs = rng.uniform(0.0, 3000.0, (16, N_FEATURES)).astype(np.float32)
     x = torch.as_tensor(obs)
@@ -397,8 +440,9 @@ def test_on_another_layout_the_networks_read_the_phases_in_the_training_sites_or
         targets = deterministic_module(policy.for_site(other).module)(x).double().numpy()
     np.testing.assert_allclose(moved_pref, on_default, atol=1e-6)
     assert np.abs(before - moved_pref).max() > 1e-3, "the test's states must tell the orders apart"
-    theirs = preference_targets(obs, moved_pref[:, 0], np.array([0.0, 0.0, 3000.0])) / 3750.0 - 1.0
-    np.testing.assert_allclose(targets, theirs, atol=1e-5)
+    gate_w = gated_w(other, policy.module.residual.preference_gate)  # the site's gate, as the env's
+    theirs = preference_targets(obs, moved_pref[:, 0], np.array([0.0, 0.0, 3000.0]), gate_w=gate_w)
+    np.testing.assert_allclose(targets, theirs / 3750.0 - 1.0, atol=1e-5)
 
 
 def test_the_clear_sky_index_reads_the_weather_whatever_the_pv_size():

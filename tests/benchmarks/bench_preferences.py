@@ -20,7 +20,8 @@ the PI by 1 Wh left out). A supervisor does better only by changing its preferen
 ``--outlook T1,T2,...`` adds, beside the constants, the outlook rule at each threshold (rllib_configs/
 pi_residual.py ``outlook_prior``, every second: +1 while the PV left in the day, at the last half hour's
 clear-sky index, is under T times the site's tank kWh, else -1), which is what ``prior: outlook`` starts
-a supervisor from; ``T@D`` sets its dull-day preference to D instead of +1 (``prior_dull``), and ``hT``
+a supervisor from; ``T@D`` sets its dull-day preference to D instead of +1 (``prior_dull``), ``T@D@S`` also
+its sunny-day preference to S instead of -1 (``prior_sunny``), and ``hT``
 is the rule over the tanks' room left instead of their size (``prior: headroom``, ``headroom_outlook``).
 ``--constant`` may then be empty (``--constant=``). The summary gives, per rule, its mean phase imbalance
 and controlled import against the PI's over the same days (issue 16's targets: imbalance no worse, import at
@@ -42,7 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from envs.controllers import ContinuousFirstPI, PIController, continuous_power, preference_spread  # noqa: E402
+from envs.controllers import (  # noqa: E402
+    ContinuousFirstPI,
+    PIController,
+    continuous_power,
+    gated_w,
+    preference_spread,
+)
 from envs.export_env import ExportEnvConfig  # noqa: E402
 from envs.profiles import SCENARIOS  # noqa: E402
 from envs.rollout import rollout  # noqa: E402
@@ -61,6 +68,8 @@ def main() -> int:
     p.add_argument("--every-s", type=int, default=1800, help="seconds between two printed preferences")
     p.add_argument("--oracle", action="store_true", help="--constant: also the gap closed, and its ceiling")
     p.add_argument("--outlook", default="", help="comma-separated thresholds of the outlook rule")
+    p.add_argument("--gates", default="0", help="comma-separated preference gates (envs/controllers.py "
+                   "gated_w; 0: none): each rule and constant runs once per gate")
     args = p.parse_args()
     if args.constant is not None or args.outlook:
         return constants(args)
@@ -100,18 +109,30 @@ def constants(args: argparse.Namespace) -> int:
         print(f"--constant: preferences must be within [-1, 1], got {bad}", file=sys.stderr)
         return 2
     try:
-        specs = [x.strip().split("@") + ["1"] for x in args.outlook.split(",") if x.strip()]
-        thresholds = [(x[0].startswith("h"), float(x[0].removeprefix("h")), float(x[1])) for x in specs]
+        specs = [x.strip().split("@") for x in args.outlook.split(",") if x.strip()]
+        specs = [x + ["1", "-1"][len(x) - 1 :] for x in specs if len(x) <= 3]  # T[@D[@S]]
+        thresholds = [(x[0].startswith("h"), float(x[0].removeprefix("h")), float(x[1]), float(x[2]))
+                      for x in specs]
+        if len(specs) != len([x for x in args.outlook.split(",") if x.strip()]):
+            raise ValueError(args.outlook)
     except ValueError:
-        print(f"--outlook: T, hT or T@D (h: over the tanks' room left; D: the dull-day preference), got "
-              f"{args.outlook!r}", file=sys.stderr)
+        print(f"--outlook: T, hT, T@D or T@D@S (h: over the tanks' room left; D, S: the dull-day and "
+              f"sunny-day preferences), got {args.outlook!r}", file=sys.stderr)
         return 2
     if not prefs and not thresholds:
         print("--constant or --outlook: give at least one preference or threshold", file=sys.stderr)
         return 2
-    labels = [f"{x:+.2f}" for x in prefs]
-    labels += [("headroom " if h else "outlook ") + f"{t:g}" + (f"@{d:g}" if d != 1 else "")
-               for h, t, d in thresholds]
+    try:
+        gates = [float(x) for x in args.gates.split(",") if x.strip()]
+    except ValueError:
+        gates = [-1.0]
+    if not gates or min(gates) < 0:
+        print(f"--gates: comma-separated factors >= 0, got {args.gates!r}", file=sys.stderr)
+        return 2
+    names = [f"{x:+.2f}" for x in prefs]
+    names += [("headroom " if h else "outlook ") + f"{t:g}" + (f"@{d:g}" if d != 1 or s != -1 else "")
+              + (f"@{s:g}" if s != -1 else "") for h, t, d, s in thresholds]
+    labels = [name + (f" gate {g:g}" if g else "") for g in gates for name in names]
     day_seed = held_out_day_seed(args.seed, 0)  # gridrl benchmark's first held-out day
     where = args.site or "default site"
     print(f"{where}, day seed {day_seed}: export kWh, and vs the PI's (+ = less export)")
@@ -126,8 +147,12 @@ def constants(args: argparse.Namespace) -> int:
         if args.oracle:
             ctrl = make_controller("oracle", site.control.max_power_per_phase_w, day_seed)
             results["oracle"] = metrics_of_record(rollout(ctrl, cfg, seed=day_seed).frame)
-        rules = [ContinuousFirstPI(cont, preference=pref) for pref in prefs]
-        rules += [OutlookRule(site, t, d, headroom=h) for h, t, d in thresholds]
+        rules = []
+        for g in gates:
+            gate_w = gated_w(site, g)
+            rules += [ContinuousFirstPI(cont, preference=pref, gate_w=gate_w) for pref in prefs]
+            rules += [OutlookRule(site, t, d, headroom=h, sunny=s, gate_w=gate_w)
+                      for h, t, d, s in thresholds]
         for label, rule in zip(labels, rules, strict=True):
             results[label] = metrics_of_record(rollout(rule, cfg, day_seed).frame)
         add_gap_closed(results)  # gridrl benchmark's gap closed (NaN without --oracle)
@@ -168,17 +193,20 @@ class OutlookRule(ContinuousFirstPI):
     preference, recomputed every second from the state and the site's features: what ``prior: outlook``
     starts from; with ``headroom``, over the tanks' room left (``prior: headroom``)."""
 
-    def __init__(self, site, threshold: float, dull: float = 1.0, headroom: bool = False):
-        super().__init__(tuple(continuous_power(site)))
-        self.threshold, self.dull = threshold, dull
+    def __init__(
+        self, site, threshold: float, dull: float = 1.0, headroom: bool = False, sunny: float = -1.0,
+        gate_w: float = math.inf,
+    ):
+        super().__init__(tuple(continuous_power(site)), gate_w=gate_w)
+        self.threshold, self.dull, self.sunny = threshold, dull, sunny
         self.room = self.continuous_w if headroom else None
         self.site_features = torch.as_tensor(site_features(site), dtype=torch.float64)
 
     def spread(self, u: np.ndarray, obs: np.ndarray, available: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float64)
         x = torch.cat([x, self.site_features.expand(len(x), -1)], dim=-1)
-        pref = outlook_prior(x, self.threshold, self.dull, self.room)[:, 0].numpy()
-        return preference_spread(u, obs, available, self.continuous_w, pref)
+        pref = outlook_prior(x, self.threshold, self.dull, self.room, self.sunny)[:, 0].numpy()
+        return preference_spread(u, obs, available, self.continuous_w, pref, self.gate_w)
 
 
 if __name__ == "__main__":
