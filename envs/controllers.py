@@ -140,7 +140,7 @@ def gated_w(site, gate: float) -> float:
     (envs/dispatch.py ``start_power_w``); inf with ``gate`` 0 (no gate).
 
     Why: "the water heaters first" puts the surplus of all three phases into a one-phase water heater, whose
-    phase then imports what the others export. While the total is too small to start a heat pump or an EV
+    phase then imports what the others export. While the total is too small to start a heat pump or an EV,
     that is the only way to store it (those devices would import on the dips); once it can start one, the
     PI's own spread lets that device run on its phase's surplus and its neighbours', which keeps the phases
     closer (README, "the preference's gate")."""

@@ -23,8 +23,8 @@ from envs.site import N_PHASES, Site
 
 KIND_WATER_HEATER, KIND_EV, KIND_HEAT_PUMP = 0, 1, 2
 HEAT_PUMP_START, HEAT_PUMP_STAY = 0.9, 0.5
-"""A heat pump starts when its phase's remaining target covers this share of its power, and stays on down to
-the second."""
+"""A heat pump starts when its phase's remaining target covers the first share of its power and stays on
+while it covers the second."""
 EV_STAY = 0.75
 """An EV charger starts at its minimum power and stays on down to this share of it."""
 KIND_CODES = {"water_heater": KIND_WATER_HEATER, "ev_charger": KIND_EV, "heat_pump": KIND_HEAT_PUMP}
