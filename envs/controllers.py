@@ -144,7 +144,13 @@ def gated_w(site, gate: float) -> float:
     that is the only way to store it (those devices would import on the dips); once it can start one, the
     PI's own spread lets that device run on its phase's surplus and its neighbours', which keeps the phases
     closer (README, "the preference's gate")."""
-    return float(gate * start_power_w(site)) if gate > 0 else float(np.inf)
+    return gate_threshold_w(start_power_w(site), gate)
+
+
+def gate_threshold_w(start_w: float, gate: float) -> float:
+    """:func:`gated_w` from the start power itself (what a deployed module carries): ``gate x start_w``, inf
+    with ``gate`` 0."""
+    return float(gate * start_w) if gate > 0 else float(np.inf)
 
 
 ROLE_KINDS = ("water_heater", "ev_charger", "heat_pump")

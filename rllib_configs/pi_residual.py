@@ -48,7 +48,7 @@ from ray.rllib.core.models.base import ENCODER_OUT
 from ray.rllib.utils.numpy import SMALL_NUMBER
 
 from envs.config import from_mapping
-from envs.controllers import PIConfig
+from envs.controllers import PIConfig, gate_threshold_w
 from envs.normalization import CLIP, ObsNormalizer
 from envs.site import SITE_FEATURE_NAMES, SITE_FEATURE_SCALE
 from envs.state_spec import FEAT, N_FEATURES, phase_permuted_columns
@@ -151,7 +151,8 @@ class ResidualConfig:
         if not 0.0 < self.prior_dull <= 1.0:
             raise ValueError(f"prior_dull: a preference in (0, 1], got {self.prior_dull!r}")
         if self.preference_gate < 0 or self.start_power_w <= 0:
-            raise ValueError("preference_gate must be >= 0 (0: no gate) and start_power_w > 0 W")
+            raise ValueError("preference_gate must be >= 0 (0: no gate) and start_power_w > 0 W, got "
+                             f"{self.preference_gate!r} and {self.start_power_w!r}")
         if not -1.0 <= self.prior_sunny <= 0.0:
             raise ValueError(f"prior_sunny: a preference in [-1, 0], got {self.prior_sunny!r}")
         if self.max_power_per_phase_w <= 0 or self.residual_scale <= 0 or self.kp < 0 or self.ki < 0:
@@ -480,7 +481,7 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
         cfg = self.residual
         pref = self.greedy_preference(obs).double()
         raw = torch.nan_to_num(obs[..., :N_FEATURES].double())
-        gate_w = cfg.preference_gate * cfg.start_power_w if cfg.preference_gate > 0 else math.inf
+        gate_w = gate_threshold_w(cfg.start_power_w, cfg.preference_gate)
         targets = preference_spread(raw, pi_total(raw, cfg.kp, cfg.ki), pref, cfg.continuous_w, gate_w)
         return to_unit(targets, cfg).to(obs.dtype)
 

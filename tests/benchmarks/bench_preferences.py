@@ -110,11 +110,11 @@ def constants(args: argparse.Namespace) -> int:
         return 2
     try:
         specs = [x.strip().split("@") for x in args.outlook.split(",") if x.strip()]
-        specs = [x + ["1", "-1"][len(x) - 1 :] for x in specs if len(x) <= 3]  # T[@D[@S]]
+        if any(len(x) > 3 for x in specs):
+            raise ValueError(args.outlook)
+        specs = [x + ["1", "-1"][len(x) - 1 :] for x in specs]  # T[@D[@S]]: D defaults to +1, S to -1
         thresholds = [(x[0].startswith("h"), float(x[0].removeprefix("h")), float(x[1]), float(x[2]))
                       for x in specs]
-        if len(specs) != len([x for x in args.outlook.split(",") if x.strip()]):
-            raise ValueError(args.outlook)
     except ValueError:
         print(f"--outlook: T, hT, T@D or T@D@S (h: over the tanks' room left; D, S: the dull-day and "
               f"sunny-day preferences), got {args.outlook!r}", file=sys.stderr)
@@ -124,9 +124,9 @@ def constants(args: argparse.Namespace) -> int:
         return 2
     try:
         gates = [float(x) for x in args.gates.split(",") if x.strip()]
+        if not gates or min(gates) < 0:
+            raise ValueError(args.gates)
     except ValueError:
-        gates = [-1.0]
-    if not gates or min(gates) < 0:
         print(f"--gates: comma-separated factors >= 0, got {args.gates!r}", file=sys.stderr)
         return 2
     names = [f"{x:+.2f}" for x in prefs]
