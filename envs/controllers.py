@@ -333,6 +333,85 @@ class DitheredPIController:
         return self.pi.state()
 
 
+@dataclass(frozen=True)
+class PreferenceDitherConfig:
+    """Bounds of :class:`DitheredPreferenceController`'s exploration (``gridrl data generate --controller
+    dithered_preference``): the logs an offline supervisor learns from
+    (rllib_configs/offline_supervisor.py)."""
+
+    period_s: int = 600
+    """Control cycles (seconds) between two draws of the preference: the supervisor's decision period."""
+    choices: tuple[float, ...] = (-1.0, 0.0, 1.0)
+    """The preferences drawn from, uniformly (each in [-1, 1]; 0 is the PI's own spread)."""
+    gate: float = 2.0
+    """The preference's gate (:func:`gated_w`): a positive preference holds only while the PI's total is under
+    ``gate`` x the power that starts one of the site's heat pumps or EVs; 0: always."""
+
+    def __post_init__(self) -> None:
+        if self.period_s < 1:
+            raise ValueError(f"period_s: must be >= 1, got {self.period_s}")
+        if not self.choices or any(not -1.0 <= c <= 1.0 for c in self.choices):
+            raise ValueError(f"choices: preferences within [-1, 1], got {list(self.choices)}")
+        if self.gate < 0:
+            raise ValueError(f"gate: must be >= 0 (0: no gate), got {self.gate}")
+
+    def bound(self) -> str:
+        """The exploration's bound, in the words the --help, the manifests and the README use."""
+        return (
+            "every second the total target is the PI's own (its velocity form over the logged state); only "
+            "its split over the phases varies, by a dispatch preference drawn from "
+            f"{{{', '.join(f'{c:g}' for c in self.choices)}}} every {self.period_s} s (0 = the PI's "
+            f"spread; positive ones gated at {self.gate:g} x the site's start power), and every phase stays "
+            "within [0, its available power]"
+        )
+
+
+class DitheredPreferenceController:
+    """The PI as a supervisor runs it, with its dispatch preference drawn at random: logs in which the same
+    state is seen under several preferences, which an offline supervisor needs to compare them.
+
+    Every second the total is :func:`pi_total_from_state` (the PI's velocity form with the previous targets
+    as its integrator, as envs/export_env.py runs it for a supervising agent), spread by
+    :func:`preference_spread` with the current preference; every ``period_s`` seconds a new preference is
+    drawn from ``choices`` by the controller's own generator, seeded by ``seed`` at :meth:`reset`. What the
+    site absorbs in total is the PI's; only which phase's devices take it changes
+    (:meth:`PreferenceDitherConfig.bound`). :attr:`preferences` lists the drawn ones, in order.
+    """
+
+    name = "dithered_preference"
+
+    def __init__(self, site, dither: PreferenceDitherConfig | None = None, seed: int | None = None):
+        self.dither = dither or PreferenceDitherConfig()
+        self.config = PIConfig()
+        self.continuous_w = continuous_power(site)
+        self.gate_w = gated_w(site, self.dither.gate)
+        self.seed = seed
+        self.reset()
+
+    def reset(self, batch: int = 1) -> None:
+        self.rng = np.random.default_rng(self.seed)
+        self.steps = 0
+        self.preference = np.zeros(batch)
+        self.preferences: list[float] = []
+        self.u = np.zeros(batch)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.atleast_2d(obs).astype(np.float64)
+        if self.u.shape[0] != obs.shape[0]:
+            self.reset(obs.shape[0])
+        if self.steps % self.dither.period_s == 0:
+            self.preference = self.rng.choice(np.asarray(self.dither.choices, np.float64), obs.shape[0])
+            self.preferences.append(float(self.preference[0]))
+        self.steps += 1
+        self.u = pi_total_from_state(obs, self.config)
+        avail = obs[:, _AVAIL_L]
+        return preference_spread(self.u, obs, avail, self.continuous_w, self.preference, self.gate_w)
+
+    def state(self) -> np.ndarray:
+        """The PI's total (W) per batch member, for the PI-state log."""
+        return self.u.copy()
+
+
 def pi_target_from_state(obs: np.ndarray, config: PIConfig | None = None) -> np.ndarray:
     """What the PI would command next from the state vector alone (B, 3) W: one step of
     :class:`PIController` whose integrator is the total of the state's previous targets and whose

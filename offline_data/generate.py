@@ -15,7 +15,10 @@ recorded) and writes the three streams of offline_data/schemas.py, each on its o
 logs show what the PI does and nothing else), or ``dithered_pi``, :class:`envs.controllers.
 DitheredPIController`: the PI with its gains varied per hour and a small residual held for some seconds,
 within the bound that :meth:`envs.controllers.DitherConfig.bound` states (by default: kp and ki within
-[0.7, 1.3] x nominal; the target never more than 300 W per phase from that PI's). Its draws come from its
+[0.7, 1.3] x nominal; the target never more than 300 W per phase from that PI's), or
+``dithered_preference``, :class:`envs.controllers.DitheredPreferenceController`: the PI's own total every
+second, split over the phases with a dispatch preference drawn every 10 minutes from {-1, 0, +1} (the logs an
+offline supervisor learns from, rllib_configs/offline_supervisor.py). Their draws come from their
 own generator, seeded by ``(seed, day of year)``: the same seed gives the same logs. Each day's controller,
 its settings, the bound and the gains it drew are written to ``RAW/_logging/date=YYYY-MM-DD.json``; the
 build copies them into the dataset's manifest.
@@ -52,7 +55,13 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from envs.config import to_mapping
-from envs.controllers import DitherConfig, DitheredPIController, PIController
+from envs.controllers import (
+    DitherConfig,
+    DitheredPIController,
+    DitheredPreferenceController,
+    PIController,
+    PreferenceDitherConfig,
+)
 from envs.export_env import ExportEnvConfig
 from envs.outputs import OutputError, check_output, staged_output, swap_in
 from envs.profiles import DAY_S, SCENARIOS
@@ -91,10 +100,12 @@ class GenerateConfig:
     """Local start of the window (None = midnight for whole days, 10:00 otherwise)."""
     scenario: str = "random"
     """Weather scenario of every day ('random' = drawn per day)."""
-    controller: Literal["pi", "dithered_pi"] = "pi"
+    controller: Literal["pi", "dithered_pi", "dithered_preference"] = "pi"
     """The logging controller: the plain PI, or the PI with bounded exploration (module docstring)."""
     dither: DitherConfig = field(default_factory=DitherConfig)
-    """Bounds of ``dithered_pi``'s exploration (ignored for ``pi``)."""
+    """Bounds of ``dithered_pi``'s exploration (ignored otherwise)."""
+    preference: PreferenceDitherConfig = field(default_factory=PreferenceDitherConfig)
+    """Bounds of ``dithered_preference``'s exploration (ignored otherwise)."""
 
     def __post_init__(self) -> None:
         if self.days < 1:
@@ -144,16 +155,39 @@ def _parse_date(text: str) -> dt.date:
         raise ValueError(f"start_date: expected YYYY-MM-DD, got {text!r}") from exc
 
 
-def logging_controller(cfg: GenerateConfig, date: dt.date) -> PIController | DitheredPIController:
-    """The controller that logs ``date``: a fresh PI, or a dithered PI seeded by (seed, day of year)."""
+Logger = PIController | DitheredPIController | DitheredPreferenceController
+
+
+def logging_controller(cfg: GenerateConfig, date: dt.date) -> Logger:
+    """The controller that logs ``date``: a fresh PI, or a dithered one seeded by (seed, day of year)."""
     if cfg.controller == "pi":
         return PIController()
     seq = np.random.SeedSequence([cfg.seed, date.timetuple().tm_yday, 2])
+    if cfg.controller == "dithered_preference":
+        seed = int(seq.generate_state(1)[0])
+        return DitheredPreferenceController(load_site(cfg.site), cfg.preference, seed=seed)
     return DitheredPIController(cfg.dither, seed=int(seq.generate_state(1)[0]))
 
 
-def logging_record(cfg: GenerateConfig, pi: PIController | DitheredPIController) -> dict:
+def logging_bound(cfg: GenerateConfig) -> str:
+    """The bound of ``cfg.controller``'s exploration, in words."""
+    if cfg.controller == "dithered_pi":
+        return cfg.dither.bound()
+    if cfg.controller == "dithered_preference":
+        return cfg.preference.bound()
+    return NO_DITHER
+
+
+def logging_record(cfg: GenerateConfig, pi: Logger) -> dict:
     """What ``RAW/_logging/date=*.json`` holds for a day that ``pi`` logged (after the day ran)."""
+    if isinstance(pi, DitheredPreferenceController):
+        return {
+            "controller": pi.name,
+            "pi": to_mapping(pi.config),
+            "dither": to_mapping(pi.dither),
+            "bound": pi.dither.bound(),
+            "preferences": pi.preferences,
+        }
     if isinstance(pi, DitheredPIController):
         return {
             "controller": pi.name,
@@ -169,7 +203,7 @@ def simulate_day(
     cfg: GenerateConfig,
     site: Site,
     date: dt.date,
-    pi: PIController | DitheredPIController | None = None,
+    pi: Logger | None = None,
 ) -> tuple[Trace, dict[str, pl.DataFrame]]:
     """Run the logging controller for one day (or window); return the trace and the three clean streams.
 
@@ -371,7 +405,7 @@ def generate(
     check_raw_site(out, site, site_path)
     summary: dict = {
         "controller": cfg.controller,
-        "bound": cfg.dither.bound() if cfg.controller == "dithered_pi" else NO_DITHER,
+        "bound": logging_bound(cfg),
         "days": [],
         "rows": {},
         "defects": {},

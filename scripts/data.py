@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from envs.config import ConfigError, from_mapping, load_yaml, to_mapping
-from envs.controllers import DitherConfig
+from envs.controllers import DitherConfig, PreferenceDitherConfig
 from envs.outputs import OutputError
 from rllib_configs.storage import storage_path
 from scripts.flags import (
@@ -80,6 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     store = storage_path()
 
     dither = DitherConfig()
+    preference = PreferenceDitherConfig()
     g = sub.add_parser(
         "generate",
         help="run the PI (or a dithered PI) in the simulator and write raw logs with defects",
@@ -135,11 +136,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_scenario(g, "every day", default="random")
     g.add_argument(
         "--controller",
-        choices=("pi", "dithered_pi"),
+        choices=("pi", "dithered_pi", "dithered_preference"),
         default="pi",
         help="the logging controller: the plain PI (default; one action per state), or the PI with "
-        "bounded exploration, so that offline RL sees more than one action per state: "
-        f"{dither.bound()} (envs/controllers.py DitheredPIController; the --dither-* flags set the numbers)",
+        "bounded exploration, so that offline RL sees more than one action per state. dithered_pi: "
+        f"{dither.bound()} (envs/controllers.py DitheredPIController; the --dither-* flags set the numbers). "
+        f"dithered_preference: {preference.bound()} (DitheredPreferenceController; the logs "
+        "rllib_configs/offline_supervisor.py learns from; --preference-* set the numbers)",
+    )
+    g.add_argument(
+        "--preference-period",
+        type=int_at_least(1),
+        default=None,
+        metavar="S",
+        help="dithered_preference: seconds between two draws of the preference "
+        f"(default {preference.period_s})",
+    )
+    g.add_argument(
+        "--preference-gate",
+        type=float_in(0, 100),
+        default=None,
+        metavar="G",
+        help="dithered_preference: a positive preference holds only while the PI's total is under G x the "
+        f"power that starts the site's heat pump or EV; 0 = always (default {preference.gate:g})",
     )
     g.add_argument(
         "--dither-gains",
@@ -321,14 +340,37 @@ def _dither_mapping(args: argparse.Namespace) -> dict:
     return out
 
 
+def _preference_mapping(args: argparse.Namespace) -> dict:
+    """The PreferenceDitherConfig keys the --preference-* flags set; refuses them with another controller."""
+    given = {"--preference-period": args.preference_period, "--preference-gate": args.preference_gate}
+    named = [flag for flag, v in given.items() if v is not None]
+    if named and args.controller != "dithered_preference":
+        raise FlagError(
+            named[0],
+            f"applies to --controller dithered_preference only (the controller is {args.controller})",
+        )
+    out: dict = {}
+    if args.preference_period is not None:
+        out["period_s"] = args.preference_period
+    if args.preference_gate is not None:
+        out["gate"] = args.preference_gate
+    return out
+
+
 def _generate(args: argparse.Namespace) -> int:
     from offline_data.generate import GenerateConfig, generate
 
-    data = {k: getattr(args, k) for k in GENERATE_FLAGS} | {"dither": _dither_mapping(args)}
+    data = {k: getattr(args, k) for k in GENERATE_FLAGS} | {
+        "dither": _dither_mapping(args),
+        "preference": _preference_mapping(args),
+    }
     try:
         cfg = from_mapping(GenerateConfig, data, source="command line")
     except ConfigError as exc:
-        flags = GENERATE_FLAGS | {f"dither.{k}": v for k, v in DITHER_FLAGS.items()}
+        flags = GENERATE_FLAGS | {f"dither.{k}": v for k, v in DITHER_FLAGS.items()} | {
+            "preference.period_s": "--preference-period",
+            "preference.gate": "--preference-gate",
+        }
         raise flag_error(exc, flags) or exc from exc
 
     from offline_data.progress import Progress

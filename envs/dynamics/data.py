@@ -26,7 +26,7 @@ SPLITS = ("train", "val", "test")
 _AVAIL = [FEAT[f"available_w_l{p}"] for p in (1, 2, 3)]
 _KWH = [FEAT[f"acked_kwh_since_available_l{p}"] for p in (1, 2, 3)]
 BUDGET_GAP_S = 60  # availability_budgets: a log resumed within this many seconds continues a segment
-COLUMNS = ("obs", "actions", "new_obs", "eps_id", "t", "time_s")
+COLUMNS = ("obs", "actions", "rewards", "new_obs", "eps_id", "t", "time_s")
 
 
 @dataclass
@@ -47,6 +47,8 @@ class SplitData:
     """(N,) int64 UTC second of ``obs``."""
     episode_ids: tuple[str, ...]
     """The dataset's ``eps_id`` of each episode code."""
+    rewards: np.ndarray | None = None
+    """(N,) float32 rewards of the steps (offline_data/transitions.py), where read."""
     _budgets: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -168,6 +170,7 @@ def load_split(dataset: str | Path, split: str) -> SplitData:
         t=t[order],
         time_s=table["time_s"].to_numpy().astype(np.int64)[order],
         episode_ids=tuple(str(e) for e in episode_ids),
+        rewards=table["rewards"].to_numpy().astype(np.float32)[order],
     )
 
 

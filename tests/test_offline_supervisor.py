@@ -1,0 +1,104 @@
+"""The offline supervisor (issue 17): logs of the PI with a dithered dispatch preference keep the PI's
+total and state their bound; the learner recovers the preference each window held, refuses logs without
+one, and writes an RLModule that loads like a trained supervisor and only ever splits the PI's total."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+
+from envs.actions import to_watts
+from envs.controllers import PreferenceDitherConfig, pi_total_from_state
+from envs.site import load_site
+from envs.state_spec import FEAT
+from offline_data.build import BuildConfig, build
+from offline_data.generate import GenerateConfig, generate, simulate_day
+
+DATE = dt.date(2025, 6, 1)
+DITHER = PreferenceDitherConfig(period_s=300)
+CFG = GenerateConfig(days=2, hours=2.0, start_hour=10.0, seed=5, scenario="broken_clouds",
+                     controller="dithered_preference", preference=DITHER)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("offline_supervisor")
+    summary = generate(CFG, root / "raw")
+    (root / "summary.json").write_text(json.dumps(summary))
+    build(root / "raw", root / "dataset", BuildConfig(), seed=0, progress=False)
+    return root
+
+
+def test_dithered_preference_keeps_the_pis_total_and_states_its_bound(logs):
+    record = json.loads((logs / "raw" / "_logging" / f"date={DATE}.json").read_text())
+    assert record["controller"] == "dithered_preference" and record["bound"] == DITHER.bound()
+    prefs = np.array(record["preferences"])
+    assert prefs.shape == (CFG.episode_s // DITHER.period_s,)
+    assert set(prefs) <= {-1.0, 0.0, 1.0} and len(set(prefs)) == 3
+
+    site = load_site(None)
+    trace, _ = simulate_day(CFG, site, DATE)  # the same seed: the same day and draws
+    targets = trace.frame.select(f"target_w_l{p}" for p in (1, 2, 3)).to_numpy()
+    obs = trace.obs[: len(targets)].astype(np.float64)
+    # Every second the total is the PI's from the state, and every phase within [0, available].
+    np.testing.assert_allclose(targets.sum(1), pi_total_from_state(obs), atol=1e-3)
+    available = obs[:, [FEAT[f"available_w_l{p}"] for p in (1, 2, 3)]]
+    assert (targets >= -1e-9).all() and (targets <= np.maximum(available, 0) + 1e-6).all()
+    # The preference changed the split: the water heater's phase (L1) takes more under +1 than under -1.
+    per_second = np.repeat(prefs, DITHER.period_s)[: len(targets)]
+    share = targets[:, 0] / np.maximum(targets.sum(1), 1.0)
+    busy = targets.sum(1) > 500
+    assert share[busy & (per_second == 1)].mean() > share[busy & (per_second == -1)].mean() + 0.05
+
+
+def test_the_preference_each_window_held_is_recovered_from_the_logged_targets(logs):
+    from envs.dynamics.data import load_split
+    from rllib_configs.offline_supervisor import OfflineSupervisorConfig, logged_preferences
+
+    cfg = OfflineSupervisorConfig(period_s=DITHER.period_s)
+    split = load_split(logs / "dataset", "train")
+    got = logged_preferences(split, load_site(None), cfg, DITHER.gate)
+    drawn = np.full(len(split), np.nan)
+    for day in json.loads((logs / "summary.json").read_text())["days"]:
+        rec = json.loads((logs / "raw" / "_logging" / f"date={day['date']}.json").read_text())
+        t0 = int(day["time0"])
+        inside = (split.time_s >= t0) & (split.time_s < t0 + CFG.episode_s)
+        drawn[inside] = np.array(rec["preferences"])[(split.time_s[inside] - t0) // DITHER.period_s]
+    known = ~np.isnan(drawn)
+    assert known.mean() > 0.9
+    moved = known & (got != 0)
+    assert moved.sum() > 0.2 * known.sum()  # many windows did move the split ...
+    assert (got[moved] == drawn[moved]).all()  # ... and a recovered preference is the one drawn
+    assert ((got == 0) | ~known).sum() + moved.sum() == len(got)
+
+
+def test_logs_without_a_dithered_preference_are_refused(small_dataset, tmp_path):
+    """The PI's own logs hold preference 0 only: nothing can be learned about -1 or +1, and a head never
+    fitted must not be chosen."""
+    from rllib_configs.offline_supervisor import OfflineSupervisorConfig, train
+
+    with pytest.raises(ValueError, match="dithered_preference"):
+        train(small_dataset, tmp_path / "out", OfflineSupervisorConfig(epochs=1), seed=0)
+
+
+def test_the_learned_supervisor_loads_as_a_policy_and_only_splits_the_pis_total(logs, tmp_path):
+    from envs.dynamics.data import load_split
+    from rllib_configs.offline_supervisor import OfflineSupervisorConfig, train
+    from rllib_configs.policy import load_policy
+
+    cfg = OfflineSupervisorConfig(period_s=DITHER.period_s, epochs=2)
+    report = train(logs / "dataset", tmp_path / "a", cfg, seed=0)
+    assert report["samples"]["train"] > 0 and 0.0 <= report["distilled_agreement"] <= 1.0
+    site = load_site(None)
+    policy = load_policy(tmp_path / "a" / "module").for_site(site)
+    split = load_split(logs / "dataset", "test")
+    obs = split.obs[::7]
+    targets = to_watts(policy.act_unit(obs), site.control.max_power_per_phase_w)
+    np.testing.assert_allclose(targets.sum(1), pi_total_from_state(obs), rtol=1e-3, atol=2.0)
+    # Same seed, same module.
+    train(logs / "dataset", tmp_path / "b", cfg, seed=0)
+    again = load_policy(tmp_path / "b" / "module").for_site(site)
+    np.testing.assert_array_equal(again.act_unit(obs), policy.act_unit(obs))
