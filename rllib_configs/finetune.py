@@ -33,6 +33,8 @@ from rllib_configs.algorithms import OFFLINE_ALGORITHMS
 from rllib_configs.policy import RUN_INFO, find_run_info, latest_checkpoint, module_path
 
 DATASET_NORMALIZATION = "${dataset}/normalization.json"
+SUPERVISOR = "OFFLINE_SUPERVISOR"
+"""rllib_configs/offline_supervisor.py ALGORITHM, as run infos are compared here (upper case)."""
 
 
 class FinetuneError(ValueError):
@@ -150,10 +152,11 @@ def policy_run(checkpoint: str | Path) -> tuple[Path, dict[str, Any]]:
     ckpt = _checkpoint_dir(checkpoint)
     info = run_info_of(ckpt, "policy checkpoint")
     algorithm = str(info.get("algorithm", "")).upper()
-    if algorithm not in OFFLINE_ALGORITHMS:
+    if algorithm not in OFFLINE_ALGORITHMS and algorithm != SUPERVISOR:
         raise FinetuneError(
             f"policy checkpoint {ckpt}: a {algorithm or 'unknown'} run ({info.get('config')}); retraining "
-            f"learns from logs, so it fine-tunes offline runs only ({', '.join(OFFLINE_ALGORITHMS)})"
+            f"learns from logs, so it fine-tunes offline runs only ({', '.join(OFFLINE_ALGORITHMS)}, "
+            f"{SUPERVISOR})"
         )
     if info.get("domain", "export") != "export":
         raise FinetuneError(
@@ -182,7 +185,11 @@ def model_run(checkpoint: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def check_overrides(ckpt: Path, info: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """KeyError naming the key and the run's config if an override names a key its YAML lacks."""
+    """KeyError naming the key and the run's config if an override names a key its YAML lacks (for an
+    offline supervisor: a key its settings lack)."""
+    if str(info.get("algorithm", "")).upper() == SUPERVISOR:
+        _supervisor_settings(ckpt, info, overrides)
+        return
     _overridden(info["config_yaml"], ckpt, info, overrides)
 
 
@@ -211,6 +218,49 @@ def _policy_yaml(info: dict[str, Any], configs: Path) -> dict[str, Any]:
     return raw
 
 
+def _is_offline_supervisor(checkpoint: str | Path) -> bool:
+    try:
+        return str(find_run_info(checkpoint).get("algorithm", "")).upper() == SUPERVISOR
+    except FileNotFoundError:
+        return False
+
+
+def _supervisor_settings(
+    checkpoint: str | Path, info: dict[str, Any], overrides: dict[str, Any] | None
+) -> Any:
+    """The offline supervisor's settings of ``checkpoint``'s run (its ``gridrl_run.json``, key ``offline``)
+    with ``overrides``; KeyError naming a key they lack."""
+    from dataclasses import fields
+
+    from envs.config import from_mapping
+    from rllib_configs.offline_supervisor import OfflineSupervisorConfig
+
+    settings = dict((info.get("offline") or {}).get("settings") or {})
+    known = {f.name for f in fields(OfflineSupervisorConfig)}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise KeyError(f"{key}: not a setting of the offline supervisor {checkpoint} "
+                           f"({', '.join(sorted(known))})")
+        settings[key] = value
+    where = f"{checkpoint}: {RUN_INFO} offline.settings"
+    return from_mapping(OfflineSupervisorConfig, settings, source=where)
+
+
+def _relearn_supervisor(
+    checkpoint: str | Path, dataset: str | Path, storage: Path, seed: int, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """An offline supervisor (rllib_configs/offline_supervisor.py) is learned again on the merged dataset
+    with its run's settings (``overrides``: dotted keys of those settings, e.g. ``margin``): its fit takes
+    seconds, and the Q networks it kept are not in its checkpoint (only the distilled RLModule is)."""
+    from rllib_configs.offline_supervisor import train
+
+    cfg = _supervisor_settings(checkpoint, find_run_info(checkpoint), overrides)
+    out = storage / "policy"
+    report = train(dataset, out, cfg, seed=seed)
+    return {"checkpoint": str((out / "module").resolve()), "init_from": str(Path(checkpoint).resolve()),
+            "config": cfg.config, "init": "relearned", "offline": report}
+
+
 def finetune(
     what: str,
     checkpoint: str | Path,
@@ -233,6 +283,8 @@ def finetune(
     if what not in FINETUNED:
         raise ValueError(f"finetune: {what!r} is not one of {FINETUNED}")
     configs = Path(configs)
+    if what == "policy" and _is_offline_supervisor(checkpoint):
+        return _relearn_supervisor(checkpoint, dataset, Path(storage), seed, overrides)
     ckpt, info = policy_run(checkpoint) if what == "policy" else model_run(checkpoint)
     raw = _policy_yaml(info, configs) if what == "policy" else info["config_yaml"]
     configs.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ class OfflineSupervisorConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    margin: float = 0.02
+    margin: float = 0.1
     """A preference other than 0 is chosen only where its Q beats 0's by this many return standard
     deviations (0: plain argmax)."""
 
@@ -158,6 +158,7 @@ def _module_spec(raw: dict[str, Any], site: Site) -> Any:
     mc["pi_residual"] |= {
         "start_power_w": float(start_power_w(site)),
         "continuous_w": [float(w) for w in continuous_power(site)],
+        "site_features": [float(f) for f in site_features(site)],  # told its site: it runs there as saved
     }
     n_obs = N_FEATURES + len(SITE_FEATURE_NAMES)
     return RLModuleSpec(

@@ -1,17 +1,19 @@
 """``gridrl pipeline``: the end-to-end main job, stage by stage, on a local embedded Ray by default.
 
-Stages: generate raw logs of the PI dithered within its stated bound (offline_data/generate.py: the logs an
-operator would record, with the coverage offline RL needs; with real-log defects) -> build the RLlib dataset
--> the forward dynamics model (trained on the dataset, scored on its test split against persistence) -> the
-policy: residual IQL, the PI plus a correction learned from the logs
-(rllib_configs/export/iql_residual.yaml: it starts as the PI, needs no BC stage, and is the offline
-algorithm that stayed nearest the PI on the benchmark suite: README, "IQL and residual CQL at GPU budgets")
--> evaluation of the policy against the PI, the oracle and no control on held-out days -> the same policy
-estimated with the forward model on the test split, with the estimate's trust -> the promotion rule
-(envs/promotion.py): the policy against the PI on validation days in the site's simulator (and, for
-information, as the forward model would judge it without one) -> export of what the rule ships as the
-bundle: the policy (ONNX + manifest, parity-checked) only if it beats the PI by the margin
-(``--margin-pct``), with controlled import at most 1.1x the PI's (or less wasted energy) and no safety
+Stages: generate raw logs of the PI with its dispatch preference dithered within its stated bound
+(offline_data/generate.py ``dithered_preference``: the PI's own total every second, split over the phases
+with a preference drawn every 10 minutes; the logs an operator would record, with the coverage offline
+learning needs; with real-log defects) -> build the RLlib dataset -> the forward dynamics model (trained on
+the dataset, scored on its test split against persistence) -> the policy: the offline supervisor, the PI's
+preference learned from the logs alone (rllib_configs/offline_supervisor.py, ``gridrl supervise``: it can
+only split the PI's total, and keeps the PI's own spread where the logs show no gain; residual IQL and
+CQL, which replace the PI's per-second targets, lost to the PI on the benchmark suite: README, "The
+offline supervisor") -> evaluation of the policy against the PI, the oracle and no control on held-out
+days -> the same policy estimated with the forward model on the test split, with the estimate's trust ->
+the promotion rule (envs/promotion.py): the policy against the PI on validation days in the site's
+simulator (and, for information, as the forward model would judge it without one) -> export of what the
+rule ships as the bundle: the policy (ONNX + manifest, parity-checked) only if it beats the PI by the
+margin (``--margin-pct``), with controlled import at most 1.1x the PI's (or less wasted energy) and no safety
 violation; otherwise the PI (a manifest-only ``controller: pi`` bundle) -> a short shadow run of the shipped
 bundle behind Ray Serve on loopback, with simulated site traffic (the PI acts, the bundle's controller is
 logged) -> a report.
@@ -45,8 +47,8 @@ class Profile:
     log_hours: float
     log_start_hour: float
     model_iters: int
-    policy_iters: int
-    """Training iterations of the policy (its YAML's dataset_num_iters_per_learner learner updates each)."""
+    policy_epochs: int
+    """Passes of the offline supervisor's fit and distillation over the logs (OfflineSupervisorConfig)."""
     model_windows: int
     model_horizon_s: int
     eval_days: int
@@ -57,46 +59,46 @@ class Profile:
     """Validation days of the promotion rule (one weather after another, envs/promotion.py)."""
     promotion_hours: float = 24.0
     promotion_start_hour: float = 0.0
+    preference_period_s: int = 600
+    """Seconds the logging controller holds each drawn preference (PreferenceDitherConfig.period_s)."""
     shrink: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Overrides of the training YAMLs per config ('policy', 'forward_model'): dotted key -> value. The
-    patched YAMLs are written to OUT/configs/ and trained from there (the tiny profile's sizes)."""
+    """Overrides of the training YAMLs per config ('forward_model'): dotted key -> value. The patched
+    YAMLs are written to OUT/configs/ and trained from there (the tiny profile's sizes)."""
 
 
 PROFILES = {
-    # demo: daylight windows, a few iterations (1,000 learner updates): minutes on 2 cores
+    # demo: daylight windows, a short forward model, the supervisor's default fit: minutes on 2 cores
     "demo": Profile(
-        log_days=2, log_hours=8.0, log_start_hour=8.0, model_iters=1, policy_iters=10,
+        log_days=2, log_hours=8.0, log_start_hour=8.0, model_iters=1, policy_epochs=40,
         model_windows=16, model_horizon_s=120, eval_days=1, eval_hours=6.0, eval_start_hour=9.0,
         shadow_hours=0.05, promotion_days=5, promotion_hours=2.0, promotion_start_hour=11.0,
     ),
-    # full: a week of whole days of logs, 10,000 learner updates (50 minutes on 2 shared cores; with the
-    # 8-iteration forward model, hours in all: README), three whole held-out days, 5 whole validation days
+    # full: a week of whole days of logs (the supervisor's fit: under a minute; the 8-iteration forward
+    # model: hours on 2 cores, README), three whole held-out days, 5 whole validation days
     "full": Profile(
-        log_days=7, log_hours=24.0, log_start_hour=0.0, model_iters=8, policy_iters=100,
+        log_days=7, log_hours=24.0, log_start_hour=0.0, model_iters=8, policy_epochs=40,
         model_windows=64, model_horizon_s=600, eval_days=3, eval_hours=24.0, eval_start_hour=0.0,
         shadow_hours=1.0,
     ),
     # tiny: every stage at the smallest size that runs it (CI's run of the job: tests/test_pipeline_run.py)
     "tiny": Profile(
-        log_days=2, log_hours=1.5, log_start_hour=10.0, model_iters=1, policy_iters=1,
+        log_days=2, log_hours=1.5, log_start_hour=10.0, model_iters=1, policy_epochs=2,
         model_windows=4, model_horizon_s=60, eval_days=1, eval_hours=0.25, eval_start_hour=11.0,
         shadow_hours=0.02, promotion_days=5, promotion_hours=0.25, promotion_start_hour=11.0,
+        preference_period_s=300,
         shrink={
             "forward_model": {
                 "model.hidden": 32, "model.members": 2, "model.context": 6, "training.steps_per_iter": 20,
                 "training.batch_size": 64, "training.val_windows": 300, "training.num_threads": 1,
-            },
-            "policy": {
-                "offline_data.dataset_num_iters_per_learner": 2, "environment.env_config.episode_s": 60,
             },
         },
     ),
 }  # fmt: skip
 CONFIGS = {
     "forward_model": "rllib_configs/export/forward_model.yaml",
-    "policy": "rllib_configs/export/iql_residual.yaml",
+    "policy": "rllib_configs/export/ppo_supervisor.yaml",  # the supervisor's module, period, gate, discount
 }
-POLICY = "the residual IQL policy"
+POLICY = "the offline supervisor"
 """What the reports and the console call the trained policy."""
 
 
@@ -150,6 +152,17 @@ def model_stage(dataset: Path, runs: Path, seed: int, iters: int, config: Path) 
     return {**summary, "evaluation": {"passed": report["passed"], "criteria": report["criteria"]}}
 
 
+def supervisor_stage(dataset: Path, runs: Path, seed: int, prof: Profile, config: Path) -> dict[str, Any]:
+    """The policy: the offline supervisor learned from ``dataset`` (``gridrl supervise``) into
+    ``RUNS/policy``; returns ``checkpoint`` (its RLModule) and the learner's report (``offline``)."""
+    from rllib_configs.offline_supervisor import OfflineSupervisorConfig, train
+
+    cfg = OfflineSupervisorConfig(config=str(config), period_s=prof.preference_period_s,
+                                  epochs=prof.policy_epochs)  # fmt: skip
+    report = train(dataset, runs / "policy", cfg, seed=seed)
+    return {"checkpoint": str((runs / "policy" / "module").resolve()), "offline": report}
+
+
 def stage_configs(prof: Profile, out: Path) -> dict[str, Path]:
     """The training YAML of each stage: the repository's, or a copy with the profile's ``shrink`` overrides
     (written to OUT/configs/, so the report's paths name what was trained)."""
@@ -183,7 +196,9 @@ def promotion_stage(
     from rllib_configs.policy import load_policy
 
     site = site_path(dataset)
-    policy = PolicyController(load_policy(checkpoint), load_site(site).control.max_power_per_phase_w)
+    site_obj = load_site(site)
+    policy = PolicyController(load_policy(checkpoint).for_site(site_obj),
+                              site_obj.control.max_power_per_phase_w)  # fmt: skip
     margin = {} if margin_pct is None else {"margin_pct": margin_pct}
     config = PromotionConfig(**margin, days=prof.promotion_days, hours=prof.promotion_hours,
                              start_h=prof.promotion_start_hour, model_windows=prof.model_windows,
@@ -274,6 +289,7 @@ def format_promotion(promotion: dict[str, Any]) -> str:
 
 def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) -> dict[str, Any]:
     """The nine stages; returns the report (without the wall time and the logs)."""
+    from envs.controllers import PreferenceDitherConfig
     from envs.dynamics.evaluator import evaluate_with_model
     from offline_data.build import BuildConfig, build
     from offline_data.generate import GenerateConfig, generate
@@ -282,17 +298,18 @@ def _stages(args: argparse.Namespace, prof: Profile, out: Path, stages: Stages) 
     from scripts.serve import serve_and_drive
 
     gen = GenerateConfig(days=prof.log_days, hours=prof.log_hours, start_hour=prof.log_start_hour,
-                         seed=args.seed, defects=0.02, scenario="random",
-                         controller="dithered_pi")  # fmt: skip
-    stages.run("generate raw logs of the dithered PI (bounded exploration)", generate, gen, out / "raw")
+                         seed=args.seed, defects=0.02, scenario="random", controller="dithered_preference",
+                         preference=PreferenceDitherConfig(period_s=prof.preference_period_s))  # fmt: skip
+    stages.run("generate raw logs of the PI with a dithered dispatch preference (bounded exploration)",
+               generate, gen, out / "raw")  # fmt: skip
     manifest = stages.run("build the dataset", build, out / "raw", out / "dataset", BuildConfig(),
                           seed=args.seed, progress=False)  # fmt: skip
     configs = stage_configs(prof, out)
     fwd = stages.run("forward model: train, score on the test split", model_stage, out / "dataset",
                      out / "runs", args.seed, prof.model_iters, configs["forward_model"])  # fmt: skip
-    policy = stages.run("residual IQL: the PI plus a correction learned from the logs", _train,
-                        configs["policy"], out / "dataset", out / "runs", "policy", prof.policy_iters,
-                        args.seed)  # fmt: skip
+    policy = stages.run("the offline supervisor: the PI's dispatch preference learned from the logs",
+                        supervisor_stage, out / "dataset", out / "runs", args.seed, prof,
+                        configs["policy"])  # fmt: skip
     results = stages.run(
         "evaluate the policy against PI, oracle and no control on held-out days", evaluate_export,
         policy["checkpoint"], out / "evaluation", prof.eval_days, args.seed, ["pi", "oracle", "zero"], None,

@@ -102,3 +102,22 @@ def test_the_learned_supervisor_loads_as_a_policy_and_only_splits_the_pis_total(
     train(logs / "dataset", tmp_path / "b", cfg, seed=0)
     again = load_policy(tmp_path / "b" / "module").for_site(site)
     np.testing.assert_array_equal(again.act_unit(obs), policy.act_unit(obs))
+
+
+def test_retrain_learns_an_offline_supervisor_again_with_its_settings(logs, tmp_path):
+    """gridrl retrain's policy stage (rllib_configs/finetune.py) on an offline supervisor: learned again on
+    the (merged) dataset with its run's settings and the overrides; an unknown setting is named."""
+    from rllib_configs.finetune import check_overrides, finetune, policy_run
+    from rllib_configs.offline_supervisor import OfflineSupervisorConfig, train
+    from rllib_configs.policy import load_policy
+
+    cfg_dir = tmp_path / "configs"
+    train(logs / "dataset", tmp_path / "first", OfflineSupervisorConfig(period_s=DITHER.period_s, epochs=1))
+    ckpt, info = policy_run(tmp_path / "first" / "module")
+    check_overrides(ckpt, info, {"margin": 0.5})
+    with pytest.raises(KeyError, match="lr_typo"):
+        check_overrides(ckpt, info, {"lr_typo": 1})
+    out = finetune("policy", ckpt, logs / "dataset", tmp_path / "runs", cfg_dir, 1, 0, {"margin": 0.5})
+    assert out["init"] == "relearned" and out["offline"]["settings"]["margin"] == 0.5
+    assert out["offline"]["settings"]["period_s"] == DITHER.period_s  # the run's own settings kept
+    load_policy(out["checkpoint"]).for_site(load_site(None))

@@ -46,7 +46,7 @@ def test_tiny_pipeline_ships_what_the_rule_decided(tmp_path):
     verdict = report["promotion"]["simulator"]
     assert verdict["promoted"] is (shipped["controller"] == "policy")
     assert shipped["reason"].startswith(verdict["reason"]) and "validation day" in shipped["reason"]
-    assert f"shipped: {'the residual IQL policy' if verdict['promoted'] else 'the PI'}: " in res.stdout
+    assert f"shipped: {'the offline supervisor' if verdict['promoted'] else 'the PI'}: " in res.stdout
     assert len(verdict["cases"]) == report["settings"]["promotion_days"]
     # the forward model's verdict, for information, carries its trust: a one-iteration model is not trusted
     assert report["promotion"]["forward_model"]["trust"] < 1.0
