@@ -455,6 +455,12 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
         """``allocation: supervisor``: the greedy dispatch preference (B, 1) in [-1, 1] for raw state vectors
         (B, F), followed by the deployed site's features (``site_features``, :meth:`Policy.for_site
         <rllib_configs.policy.Policy.for_site>`) when the policy was trained with them."""
+        out = self.forward_inference({Columns.OBS: self.site_inputs(obs)})
+        return out[Columns.ACTION_DIST_INPUTS][..., :1].clamp(-1.0, 1.0)
+
+    def site_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """``allocation: supervisor``: raw state vectors (B, F) as the networks read them: followed by the
+        deployed site's features where the module was built for them (:meth:`greedy_preference`)."""
         cfg = self.residual
         if cfg.allocation != "supervisor":
             raise ValueError(f"greedy_preference: allocation 'supervisor' only, not {cfg.allocation!r}")
@@ -469,8 +475,7 @@ class PIResidualPPOModule(DefaultPPOTorchRLModule):
                 )
             site = torch.as_tensor(cfg.site_features, dtype=obs.dtype, device=obs.device)
             inputs = torch.cat([inputs, site.expand(*obs.shape[:-1], n_site)], dim=-1)
-        mean = self.forward_inference({Columns.OBS: inputs})[Columns.ACTION_DIST_INPUTS][..., :1]
-        return mean.clamp(-1.0, 1.0)
+        return inputs
 
     def deployed_action(self, obs: torch.Tensor) -> torch.Tensor:
         """``allocation: supervisor``: the per-phase targets (B, 3) in [-1, 1] units that the site runs every

@@ -3,7 +3,8 @@
     .venv/bin/python tests/benchmarks/bench_dither.py --work /tmp/gridrl_dither [--days 7 --hours 24]
 
 On the same simulated days (same seed: same weather, loads and link), for the plain PI and for the PI with
-bounded exploration (``gridrl data generate --controller dithered_pi``, envs/controllers.py):
+bounded exploration (``gridrl data generate --controller dithered_pi``, or ``dithered_preference``: the
+PI's total split with a random dispatch preference; envs/controllers.py; ``--controllers`` picks them):
 
 * **coverage**: clean logs are generated and built into a dataset each (``gridrl data generate`` and
   ``gridrl data build``, in ``--work``), and offline_data/coverage.py measures how far the logged actions
@@ -57,11 +58,14 @@ def main() -> int:
     ap.add_argument("--dither-gains", default=None, help="LOW,HIGH (default DitherConfig's)")
     ap.add_argument("--dither-residual", type=float, default=None, help="W (default DitherConfig's)")
     ap.add_argument("--dither-hold", default=None, help="LOW,HIGH seconds (default DitherConfig's)")
+    ap.add_argument("--controllers", default="pi,dithered_pi",
+                    help="comma-separated logging controllers, pi first (default pi,dithered_pi; also "
+                    "dithered_preference)")
     args = ap.parse_args()
 
     from dataclasses import replace
 
-    from envs.controllers import DitherConfig
+    from envs.controllers import DitherConfig, PreferenceDitherConfig
     from envs.site import load_site
     from offline_data.build import BuildConfig, build
     from offline_data.coverage import dataset_coverage
@@ -83,9 +87,13 @@ def main() -> int:
         "seed": args.seed,
         "scenario": args.scenario,
         "bound": dither.bound(),
+        "preference_bound": PreferenceDitherConfig().bound(),
         "dates": None,
     }
-    for controller in ("pi", "dithered_pi"):
+    controllers = args.controllers.split(",")
+    if controllers[0] != "pi":
+        ap.error("--controllers: the plain PI comes first (the others are compared with it)")
+    for controller in controllers:
         cfg = GenerateConfig(
             days=args.days, start_date=args.start_date, seed=args.seed, hours=args.hours,
             start_hour=args.start_hour, scenario=args.scenario, controller=controller, dither=dither,
@@ -105,9 +113,16 @@ def main() -> int:
             "seconds": {"logs_and_dataset": round(t1 - t0, 1), "metrics": round(time.perf_counter() - t1, 1)},
         }
         print(f"[bench_dither] {controller}: {json.dumps(report[controller])}", file=sys.stderr, flush=True)
-    pi, di = report["pi"], report["dithered_pi"]
+    for other in controllers[1:]:
+        report[f"{other}_vs_pi"] = versus_pi(report["pi"], report[other])
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def versus_pi(pi: dict, di: dict) -> dict:
+    """A dithered controller's coverage and cost against the plain PI's."""
     a, b = pi["metrics"], di["metrics"]
-    report["dithered_vs_pi"] = {
+    return {
         "spread_ratio_per_phase": [
             round(d / p, 2) if p and d is not None else None
             for p, d in zip(
@@ -122,8 +137,6 @@ def main() -> int:
         ),
         "oscillations_per_min": [a["oscillations_per_min"], b["oscillations_per_min"]],
     }
-    print(json.dumps(report, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
