@@ -5,18 +5,18 @@ Stages: generate raw logs of the PI with its dispatch preference dithered within
 with a preference drawn every 10 minutes; the logs an operator would record, with the coverage offline
 learning needs; with real-log defects) -> build the RLlib dataset -> the forward dynamics model (trained on
 the dataset, scored on its test split against persistence) -> the policy: the offline supervisor, the PI's
-preference learned from the logs alone (rllib_configs/offline_supervisor.py, ``gridrl supervise``: it can
-only split the PI's total, and keeps the PI's own spread where the logs show no gain; residual IQL and
-CQL, which replace the PI's per-second targets, lost to the PI on the benchmark suite: README, "The
-offline supervisor") -> evaluation of the policy against the PI, the oracle and no control on held-out
-days -> the same policy estimated with the forward model on the test split, with the estimate's trust ->
-the promotion rule (envs/promotion.py): the policy against the PI on validation days in the site's
-simulator (and, for information, as the forward model would judge it without one) -> export of what the
-rule ships as the bundle: the policy (ONNX + manifest, parity-checked) only if it beats the PI by the
-margin (``--margin-pct``), with controlled import at most 1.1x the PI's (or less wasted energy) and no safety
-violation; otherwise the PI (a manifest-only ``controller: pi`` bundle) -> a short shadow run of the shipped
-bundle behind Ray Serve on loopback, with simulated site traffic (the PI acts, the bundle's controller is
-logged) -> a report.
+dispatch preference chosen from the logs alone (rllib_configs/offline_supervisor.py, ``gridrl supervise``:
+it can only split the PI's total; it keeps the outlook rule's preference unless an ensemble of Q networks
+fitted on the logs is sure of a better one; residual IQL and CQL, which replace the PI's per-second targets,
+lost to the PI on the benchmark suite: README, "The offline supervisor") -> evaluation of the policy against
+the PI, the oracle and no control on held-out days -> the same policy estimated with the forward model on
+the test split, with the estimate's trust -> the promotion rule (envs/promotion.py): the policy against the
+PI on validation days in the site's simulator (and, for information, as the forward model would judge it
+without one) -> export of what the rule ships as the bundle: the policy (ONNX + manifest, parity-checked)
+only if it beats the PI by the margin (``--margin-pct``), with controlled import at most 1.1x the PI's (or
+less wasted energy) and no safety violation; otherwise the PI (a manifest-only ``controller: pi`` bundle) ->
+a short shadow run of the shipped bundle behind Ray Serve on loopback, with simulated site traffic (the PI
+acts, the bundle's controller is logged) -> a report.
 
 Each stage prints one progress line; then come the tables and the line ``shipped: CONTROLLER: why``; the
 last stdout line is a JSON summary, whose ``shipped`` is ``{"controller": "policy" | "pi", "reason": ...}``
@@ -48,7 +48,7 @@ class Profile:
     log_start_hour: float
     model_iters: int
     policy_epochs: int
-    """Passes of the offline supervisor's fit and distillation over the logs (OfflineSupervisorConfig)."""
+    """Passes of each offline supervisor's Q network over the logs (OfflineSupervisorConfig.epochs)."""
     model_windows: int
     model_horizon_s: int
     eval_days: int

@@ -7,9 +7,10 @@
 
 The logs must hold the PI run with a dithered dispatch preference (``--controller dithered_preference``:
 its total is the PI's every second, only the split over the phases varies). From them it recovers the
-preference each 10-minute window held, fits the return of each preference from every logged state, keeps
-the best only where it beats the PI's own spread by ``--margin`` return standard deviations, and distils
-that into the supervisor's RLModule (rllib_configs/offline_supervisor.py says how, step by step).
+preference each 10-minute window held, fits the return of each preference from every logged state (an
+ensemble of Q networks), and moves off a baseline (the outlook rule, or the PI's own spread) only where the
+ensemble is sure of a gain: its mean advantage less ``--kappa`` x its spread must exceed ``--margin``
+return standard deviations (rllib_configs/offline_supervisor.py says how, step by step).
 
 Writes ``DIR/module`` (an RLModule checkpoint: ``gridrl benchmark``, ``gridrl export`` and Serve take it
 as ``--checkpoint``), ``DIR/gridrl_run.json`` (the run's info, with the learner's report under
@@ -31,7 +32,7 @@ SUPERVISE_OUTPUT = OutputKind("the results of gridrl supervise", ("report.json",
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from rllib_configs.offline_supervisor import OfflineSupervisorConfig
+    from rllib_configs.offline_supervisor import Q_INPUTS, OfflineSupervisorConfig
 
     d = OfflineSupervisorConfig()
     p = command_parser(sub, "supervise", __doc__)
@@ -42,11 +43,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0, help="network initialisation and minibatches (default 0)")
     p.add_argument("--config", default=d.config, help="the supervisor's training config: its RLModule, "
                    f"decision period, gate and discount (default {d.config})")
-    p.add_argument("--margin", type=float, default=d.margin, help="a preference other than the PI's "
-                   "spread is kept only where its fitted return beats the spread's by this many return "
-                   f"standard deviations (default {d.margin:g}; 0 = plain argmax)")
+    p.add_argument("--baseline", choices=("rule", "pi"), default=d.baseline,
+                   help="the preference kept where the Q ensemble is not sure of a better one: the outlook "
+                   f"rule the PPO supervisor starts from, or 0, the PI's own spread (default {d.baseline})")
+    p.add_argument("--margin", type=float, default=d.margin, help="another preference is chosen only where "
+                   "its pessimistic advantage over the baseline's exceeds this many return standard "
+                   f"deviations (default {d.margin:g}; inf: the baseline alone)")
+    p.add_argument("--members", type=int_at_least(1), default=d.members,
+                   help=f"Q networks, each on its own bootstrap of the logged episodes (default {d.members})")
+    p.add_argument("--kappa", type=float, default=d.kappa, help="pessimism: the advantage counts as the "
+                   f"members' mean less KAPPA x their std (default {d.kappa:g})")
+    p.add_argument("--q-inputs", choices=Q_INPUTS, default=d.q_inputs,
+                   help=f"what the Q networks read (default {d.q_inputs}; see "
+                   "rllib_configs/offline_supervisor.py)")
     p.add_argument("--epochs", type=int_at_least(1), default=d.epochs,
-                   help=f"passes over the samples, for the fit and for the distillation (default {d.epochs})")
+                   help=f"passes over the samples of each Q network's fit (default {d.epochs})")
     return p
 
 
@@ -54,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     from rllib_configs.offline_supervisor import OfflineSupervisorConfig, train
 
     try:
-        cfg = OfflineSupervisorConfig(config=args.config, margin=args.margin, epochs=args.epochs)
+        cfg = OfflineSupervisorConfig(config=args.config, margin=args.margin, epochs=args.epochs,
+                                      baseline=args.baseline, members=args.members, kappa=args.kappa,
+                                      q_inputs=args.q_inputs)
         with staged_output(Path(args.out), SUPERVISE_OUTPUT, force=args.force) as tmp:
             report = train(args.dataset, tmp, cfg, seed=args.seed)
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
