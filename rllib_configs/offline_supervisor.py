@@ -104,12 +104,12 @@ class OfflineSupervisorConfig:
     members: int = 5
     """Q networks, each fitted on its own bootstrap of the logged episodes."""
     kappa: float = 1.0
-    """Pessimism: a preference's advantage over 0 counts as the members' mean less ``kappa`` times their
-    standard deviation, so where they disagree (states unlike the logs', another site) the PI's spread
-    stays."""
+    """Pessimism: a preference's advantage over the baseline's counts as the members' mean less ``kappa``
+    times their standard deviation, so where they disagree (states unlike the logs', another site) the
+    baseline stays."""
     margin: float = 0.1
-    """A preference other than 0 is chosen only where that pessimistic advantage over 0 exceeds this many
-    return standard deviations."""
+    """Another preference than the baseline's is chosen only where that pessimistic advantage exceeds this
+    many return standard deviations (inf: the baseline alone)."""
 
     def __post_init__(self) -> None:
         if 0.0 not in self.choices or any(not -1.0 <= c <= 1.0 for c in self.choices):
@@ -139,12 +139,16 @@ class OfflineSupervisorModule(PIResidualPPOModule):
         super().setup()
         q = dict(self.model_config["offline_q"])
         choices = [float(c) for c in q["choices"]]
-        self.q_zero = choices.index(0.0)
         self.q_margin, self.q_kappa = float(q["margin"]), float(q["kappa"])
         self.q_inputs = str(q.get("inputs", "state"))
         self.q_baseline = str(q.get("baseline", "pi"))
-        if self.q_baseline == "rule" and self.residual.prior == "none":
-            raise ValueError("offline_q.baseline 'rule' needs pi_residual.prior 'outlook' or 'headroom'")
+        if self.q_baseline == "rule":
+            rule = (self.residual.prior_dull, self.residual.prior_sunny)
+            if self.residual.prior == "none" or any(p not in choices for p in rule):
+                raise ValueError(
+                    "offline_q.baseline 'rule' needs pi_residual.prior 'outlook' or 'headroom' whose "
+                    f"preferences (prior_dull, prior_sunny: {rule}) are among the choices {choices}"
+                )
         self.register_buffer("q_choices", torch.as_tensor(choices, dtype=torch.float32))
         with torch.no_grad():
             width = int(self.q_features(torch.zeros(1, self.observation_space.shape[-1])).shape[-1])
