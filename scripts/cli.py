@@ -15,7 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("scripts.pipeline", "the end-to-end main job (demo profile: minutes on 2 cores)"),
     "train": ("scripts.train", "train an RLlib algorithm from a YAML config (rllib_configs/...)"),
-    "supervise": ("scripts.supervise", "learn the PI's dispatch preference offline from dithered-preference logs"),
+    "supervise": ("scripts.supervise", "learn the PI's dispatch preference from dithered-preference logs"),
     "retrain": ("scripts.retrain", "retrain a bundle on new logs; ship only what beats it (promotion rule)"),
     "tune": ("scripts.tune", "run a Tune sweep (tune/<domain>/<algo>.yaml) and promote the best checkpoint"),
     "evaluate": ("scripts.evaluate", "evaluate a trained policy against the baselines on held-out days"),
