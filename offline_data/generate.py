@@ -162,11 +162,10 @@ def logging_controller(cfg: GenerateConfig, date: dt.date) -> Logger:
     """The controller that logs ``date``: a fresh PI, or a dithered one seeded by (seed, day of year)."""
     if cfg.controller == "pi":
         return PIController()
-    seq = np.random.SeedSequence([cfg.seed, date.timetuple().tm_yday, 2])
+    seed = int(np.random.SeedSequence([cfg.seed, date.timetuple().tm_yday, 2]).generate_state(1)[0])
     if cfg.controller == "dithered_preference":
-        seed = int(seq.generate_state(1)[0])
         return DitheredPreferenceController(load_site(cfg.site), cfg.preference, seed=seed)
-    return DitheredPIController(cfg.dither, seed=int(seq.generate_state(1)[0]))
+    return DitheredPIController(cfg.dither, seed=seed)
 
 
 def logging_bound(cfg: GenerateConfig) -> str:

@@ -218,13 +218,6 @@ def _policy_yaml(info: dict[str, Any], configs: Path) -> dict[str, Any]:
     return raw
 
 
-def _is_offline_supervisor(checkpoint: str | Path) -> bool:
-    try:
-        return str(find_run_info(checkpoint).get("algorithm", "")).upper() == SUPERVISOR
-    except FileNotFoundError:
-        return False
-
-
 def _supervisor_settings(
     checkpoint: str | Path, info: dict[str, Any], overrides: dict[str, Any] | None
 ) -> Any:
@@ -247,14 +240,16 @@ def _supervisor_settings(
 
 
 def _relearn_supervisor(
-    checkpoint: str | Path, dataset: str | Path, storage: Path, seed: int, overrides: dict[str, Any] | None
+    checkpoint: Path, info: dict[str, Any], dataset: str | Path, storage: Path, seed: int,
+    overrides: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """An offline supervisor (rllib_configs/offline_supervisor.py) is learned again on the merged dataset
-    with its run's settings (``overrides``: dotted keys of those settings, e.g. ``margin``): its fit takes
-    seconds, and the Q networks it kept are not in its checkpoint (only the distilled RLModule is)."""
+    """An offline supervisor (rllib_configs/offline_supervisor.py; ``info`` its run's) is learned again on
+    the merged dataset with its run's settings (``overrides``: keys of those settings, e.g. ``margin``):
+    its whole fit takes about a minute for a week of logs, so it starts afresh rather than from its Q
+    networks."""
     from rllib_configs.offline_supervisor import train
 
-    cfg = _supervisor_settings(checkpoint, find_run_info(checkpoint), overrides)
+    cfg = _supervisor_settings(checkpoint, info, overrides)
     out = storage / "policy"
     report = train(dataset, out, cfg, seed=seed)
     return {"checkpoint": str((out / "module").resolve()), "init_from": str(Path(checkpoint).resolve()),
@@ -283,9 +278,9 @@ def finetune(
     if what not in FINETUNED:
         raise ValueError(f"finetune: {what!r} is not one of {FINETUNED}")
     configs = Path(configs)
-    if what == "policy" and _is_offline_supervisor(checkpoint):
-        return _relearn_supervisor(checkpoint, dataset, Path(storage), seed, overrides)
     ckpt, info = policy_run(checkpoint) if what == "policy" else model_run(checkpoint)
+    if what == "policy" and str(info.get("algorithm", "")).upper() == SUPERVISOR:
+        return _relearn_supervisor(ckpt, info, dataset, Path(storage), seed, overrides)
     raw = _policy_yaml(info, configs) if what == "policy" else info["config_yaml"]
     configs.mkdir(parents=True, exist_ok=True)
     path = configs / f"{what}.yaml"

@@ -315,19 +315,24 @@ def _build_config(args: argparse.Namespace):
     return from_mapping(BuildConfig, overrides, source=source)
 
 
+def _only_with(args: argparse.Namespace, controller: str, given: dict[str, object]) -> None:
+    """FlagError naming the first of ``given`` (flag -> its value, None when not given) that was given while
+    ``--controller`` is not ``controller``."""
+    named = [flag for flag, v in given.items() if v is not None]
+    if named and args.controller != controller:
+        raise FlagError(
+            named[0], f"applies to --controller {controller} only (the controller is {args.controller})"
+        )
+
+
 def _dither_mapping(args: argparse.Namespace) -> dict:
-    """The DitherConfig keys the --dither-* flags set; refuses them with --controller pi."""
-    given = {
+    """The DitherConfig keys the --dither-* flags set; refuses them with another controller."""
+    _only_with(args, "dithered_pi", {
         "--dither-gains": args.dither_gains,
         "--dither-gain-period": args.dither_gain_period,
         "--dither-residual": args.dither_residual,
         "--dither-hold": args.dither_hold,
-    }
-    named = [flag for flag, v in given.items() if v is not None]
-    if named and args.controller != "dithered_pi":
-        raise FlagError(
-            named[0], f"applies to --controller dithered_pi only (the controller is {args.controller})"
-        )
+    })  # fmt: skip
     out: dict = {}
     if args.dither_gains is not None:
         out["gain_low"], out["gain_high"] = args.dither_gains
@@ -342,13 +347,8 @@ def _dither_mapping(args: argparse.Namespace) -> dict:
 
 def _preference_mapping(args: argparse.Namespace) -> dict:
     """The PreferenceDitherConfig keys the --preference-* flags set; refuses them with another controller."""
-    given = {"--preference-period": args.preference_period, "--preference-gate": args.preference_gate}
-    named = [flag for flag, v in given.items() if v is not None]
-    if named and args.controller != "dithered_preference":
-        raise FlagError(
-            named[0],
-            f"applies to --controller dithered_preference only (the controller is {args.controller})",
-        )
+    _only_with(args, "dithered_preference",
+               {"--preference-period": args.preference_period, "--preference-gate": args.preference_gate})
     out: dict = {}
     if args.preference_period is not None:
         out["period_s"] = args.preference_period
