@@ -123,7 +123,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     stop.add_argument("--time-budget", type=float, default=None, metavar="S", help="wall-clock seconds")
     t.add_argument("--seed", type=int, default=0, help="seed of envs, networks and sampling (default 0)")
     t.add_argument("--storage-path", default="runs", help="root of checkpoints and logs (default ./runs)")
-    t.add_argument("--name", default=None, help="experiment name (default citylearn_<algo>_<schema folder>)")
+    t.add_argument("--name", default=None,
+                   help="experiment name (default citylearn_<algorithm>_<schema folder>)")
     t.add_argument("--num-env-runners", type=int, default=None, help="override env_runners.num_env_runners")
     t.add_argument("--num-envs-per-runner", type=int, default=None,
                    help="override env_runners.num_envs_per_env_runner (vectorised sampling)")  # fmt: skip
@@ -292,7 +293,7 @@ def _train(args: argparse.Namespace) -> int:
         stop_timesteps=args.stop_timesteps,
         time_budget_s=args.time_budget,
         num_env_runners=args.num_env_runners,
-        name=args.name or f"citylearn_{args.algo}_{schema_name}",
+        name=args.name or f"citylearn_{spec.algorithm.lower()}_{schema_name}",  # the config's, not --algo's
     )
     init_ray(args.address, num_cpus=args.num_cpus)
     try:
