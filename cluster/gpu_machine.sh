@@ -11,7 +11,7 @@
 #       python3 tests/benchmarks/bench_sampling.py (cluster/gpu_bench.sh runs the issue-15 figures).
 #
 # Not installed there by `prepare`/`install`: polars (gridrl data / evaluate / simulate need it; training
-# and the benchmarks that generate no dataset do not), CityLearn, Serve's extras.
+# and the benchmarks that generate no dataset do not), CityLearn (`prepare-citylearn` below), Serve's extras.
 #
 # Serving (issue 19; cluster/gpu_serve_bench.sh runs tests/benchmarks/bench_serve.py there):
 #   here:   bash cluster/gpu_machine.sh prepare-serve
@@ -121,6 +121,31 @@ prepare_offline() {
   echo "prepared in $((SECONDS - t0)) s"
 }
 
+# CityLearn training there (cluster/gpu_citylearn.sh): Ray with RLlib, its deps, polars (gridrl evaluate) and
+# CityLearn 3.0.2 without its pins (as scripts/dev.sh installs it; the image's pandas and scikit-learn serve),
+# plus the 2022 district's schema (../shared/citylearn) as an xz archive: .gpu/citylearn/, 52 MB, prepared
+# here in about 4 min. Not yet run there: on 2026-12-08 no machine could be started in five tries.
+CITYLEARN_DIR=${CITYLEARN_DIR:-$GPU_DIR/citylearn}
+DISTRICT=${DISTRICT:-../shared/citylearn/citylearn_challenge_2022_phase_all_plus_evs}
+prepare_citylearn() {
+  local t0=$SECONDS
+  pack_site "$CITYLEARN_DIR" "ray/jars/ ray/dashboard/client/ ray/llm/" \
+    "ray==$RAY_VERSION" "${DEPS[@]}" polars==1.44.2 polars-runtime-32==1.44.2 citylearn==3.0.2 platformdirs
+  tar -C "$(dirname "$DISTRICT")" -cf - "$(basename "$DISTRICT")" | xz -9 > "$CITYLEARN_DIR/district.tar.xz"
+  du -sh "$CITYLEARN_DIR"/*
+  echo "prepared in $((SECONDS - t0)) s"
+}
+
+install_citylearn() {  # also unpacks the district into /tmp/citylearn_schemas (gpu_citylearn.sh reads it)
+  local t0=$SECONDS
+  [ -f "$SITE/ray/__init__.py" ] || unpack_site "$CITYLEARN_DIR"
+  mkdir -p /tmp/citylearn_schemas && tar -C /tmp/citylearn_schemas -xJf "$CITYLEARN_DIR/district.tar.xz"
+  PYTHONPATH="$SITE:$PWD" python3 -c "import ray, ray.rllib, polars, torch, numpy, citylearn.citylearn, envs.citylearn.env
+print('ray', ray.__version__, 'polars', polars.__version__, 'torch', torch.__version__, 'cuda',
+      torch.cuda.is_available(), 'numpy', numpy.__version__)"
+  echo "installed in $((SECONDS - t0)) s"
+}
+
 unpack_site() {  # DIR: DIR/site.tar.xz (pack_site's) into $SITE
   mkdir -p "$SITE" && tar -C "$SITE" -xJf "$1/site.tar.xz"
 }
@@ -189,7 +214,9 @@ case "${1:-}" in
   install-serve) install_serve ;;
   prepare-offline) prepare_offline ;;
   install-offline) install_offline ;;
-  *) echo "usage: bash cluster/gpu_machine.sh {prepare|install|prepare-serve[-wheels]|install-serve|prepare-offline|install-offline}" \
+  prepare-citylearn) prepare_citylearn ;;
+  install-citylearn) install_citylearn ;;
+  *) echo "usage: bash cluster/gpu_machine.sh {prepare|install|prepare-serve[-wheels]|install-serve|prepare-offline|install-offline|prepare-citylearn|install-citylearn}" \
       "(prepare here, install there)" >&2
     exit 2 ;;
 esac
