@@ -14,7 +14,7 @@
 # it when it sees one). Back in $OUT/NAME/ (default ./out/gpu_citylearn): the held-out evaluation
 # (kpis.json, targets.json), progress.csv, the last stdout line (train.json) and train.err's [train] lines;
 # machine.txt has the cores, the load before and after, and the GPU. Size the jobs' runners to the cores.
-# Not yet run there: on 2026-12-08 the device could not be started in five tries (README, CityLearn).
+# Not yet run there: on 2026-12-08 the device could not be started in six tries (README, CityLearn).
 set -euo pipefail
 seconds=${1:?usage: bash cluster/gpu_citylearn.sh SECONDS NAME=CONFIG,SCHEMA,RUNNERS[,SEED] ...}
 shift

@@ -124,7 +124,7 @@ prepare_offline() {
 # CityLearn training there (cluster/gpu_citylearn.sh): Ray with RLlib, its deps, polars (gridrl evaluate) and
 # CityLearn 3.0.2 without its pins (as scripts/dev.sh installs it; the image's pandas and scikit-learn serve),
 # plus the 2022 district's schema (../shared/citylearn) as an xz archive: .gpu/citylearn/, 52 MB, prepared
-# here in about 4 min. Not yet run there: on 2026-12-08 no machine could be started in five tries.
+# here in about 4 min. Not yet run there: on 2026-12-08 no machine could be started in six tries.
 CITYLEARN_DIR=${CITYLEARN_DIR:-$GPU_DIR/citylearn}
 DISTRICT=${DISTRICT:-../shared/citylearn/citylearn_challenge_2022_phase_all_plus_evs}
 prepare_citylearn() {
